@@ -1,0 +1,290 @@
+"""The run directory: event stream, status file and control channel.
+
+This module is the contract between the trainer and anything that watches it (the dashboard,
+`mlx-dpo view`, scripts). It is plain Python, with no MLX and no Textual, so both sides import it.
+
+Layout (DESIGN.md "Run directory"):
+    metrics.jsonl   one JSON object a line, append-only: {"event", "step", "time", ...}
+    status.json     the latest state, replaced atomically
+    control.jsonl   commands to the trainer: {"command": "pause"|"resume"|"checkpoint"|"stop"}
+
+Event fields beyond event/step/time (numbers that are not finite are null):
+    run_start  model, data, run_dir, total_steps, epochs, train_pairs, valid_pairs, test_pairs,
+               batch_size, grad_accumulation, beta, loss, reference ("cached"|"live"),
+               trainable_parameters, total_parameters, truncated {split: {pairs, prompt,
+               response}}, world_size, resumed_from (step or null), pid, config (dict)
+    reference  split, done, total (pairs), cached (true when read from the on-disk cache)
+    step       epoch, METRIC_NAMES, grad_norm, learning_rate, tokens_per_second,
+               pairs_per_second, peak_memory_gb, elapsed, eta (seconds)
+    eval       split, pairs, METRIC_NAMES
+    checkpoint path
+    state      state: "paused" | "resumed" | "stopping" | "evaluating" | "training"
+    export     status: "started" | "done" | "failed", path, message
+    health     kind, severity ("warning" | "error"), message, suggestion, values (dict)
+    log        level ("info" | "warning" | "error"), message
+    run_end    status ("completed" | "stopped" | "failed"), error, adapter_path,
+               last_checkpoint, final_eval (dict or null), best_eval (dict or null), elapsed
+
+status.json: state (STATES), step, total_steps, epoch, pid, model, last_checkpoint, error,
+updated. The trainer writes its stdout and stderr to train.log in the run directory when the
+dashboard runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status.json"
+CONTROL_FILE = "control.jsonl"
+CONFIG_FILE = "config.yaml"
+ADAPTER_FILE = "adapters.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+CHECKPOINT_DIR = "checkpoints"
+LOG_FILE = "train.log"
+
+EVENTS = (
+    "run_start",
+    "reference",
+    "step",
+    "eval",
+    "checkpoint",
+    "state",
+    "export",
+    "health",
+    "log",
+    "run_end",
+)
+COMMANDS = ("pause", "resume", "checkpoint", "stop")
+
+# States written to status.json["state"].
+STATES = (
+    "starting",
+    "computing_reference",
+    "training",
+    "paused",
+    "evaluating",
+    "stopping",
+    "finished",
+    "stopped",
+    "failed",
+)
+FINAL_STATES = ("finished", "stopped", "failed")
+
+# The TRL metric names every step and eval event carries.
+METRIC_NAMES = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "kl",
+)
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: non-finite numbers are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`,
+    so a reader or a crash never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(finite_or_none(obj), indent=2) + "\n")
+
+
+class EventWriter:
+    """Appends events to metrics.jsonl. Each line is written whole and flushed."""
+
+    def __init__(self, run_dir: str | os.PathLike, world_size: int = 1):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.world_size = world_size
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def write(self, event: str, step: int, **fields: Any) -> dict:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}")
+        record = {"event": event, "step": int(step), "time": time.time(), **fields}
+        if event == "run_start":
+            record.setdefault("world_size", self.world_size)
+        self._handle.write(json.dumps(finite_or_none(record)) + "\n")
+        self._handle.flush()
+        return record
+
+    def sync(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+
+def truncate_events_after(run_dir: str | os.PathLike, step: int) -> None:
+    """Drop events past `step` (a resumed run recomputes them exactly), keeping run_start
+    events and every complete line up to there. Replaced atomically."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = []
+    for event in parse_lines(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if event.get("step", 0) <= step or event.get("event") == "run_start":
+            kept.append(json.dumps(event))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def parse_lines(lines: Iterable[str]) -> list[dict]:
+    """Events from complete lines; a torn or foreign line is skipped, not fatal."""
+    events = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and "event" in event:
+            events.append(event)
+    return events
+
+
+def read_events(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return parse_lines(path.read_text(encoding="utf-8", errors="replace").splitlines())
+
+
+class EventFollower:
+    """Reads metrics.jsonl incrementally: each `poll()` returns the events of the complete lines
+    appended since the last call. A partial last line waits for its newline. If the file shrinks
+    (a resumed run rewrote it), `reset` is set and reading starts over."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.offset = 0
+        self.reset = False
+        self._pending = b""
+
+    def poll(self) -> list[dict]:
+        self.reset = False
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self.offset:
+            self.offset = 0
+            self._pending = b""
+            self.reset = True
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            chunk = handle.read(size - self.offset)
+        self.offset += len(chunk)
+        data = self._pending + chunk
+        complete, _, self._pending = data.rpartition(b"\n")
+        if not complete:
+            return []
+        return parse_lines(complete.decode("utf-8", errors="replace").splitlines())
+
+
+def write_status(run_dir: str | os.PathLike, **status: Any) -> None:
+    status.setdefault("updated", time.time())
+    atomic_write_json(Path(run_dir) / STATUS_FILE, status)
+
+
+def read_status(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def send_command(run_dir: str | os.PathLike, command: str, **fields: Any) -> None:
+    """Append a command for the trainer (the dashboard's side of the control channel)."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; expected one of {COMMANDS}")
+    record = {"command": command, "time": time.time(), **fields}
+    path = Path(run_dir) / CONTROL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One small write with O_APPEND: whole lines even with several writers.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+class ControlReader:
+    """The trainer's side of the control channel: new commands since the last poll.
+    Commands written before the trainer started (a previous run's) are skipped."""
+
+    def __init__(self, run_dir: str | os.PathLike, skip_existing: bool = True):
+        self.path = Path(run_dir) / CONTROL_FILE
+        self.offset = 0
+        if skip_existing and self.path.exists():
+            self.offset = self.path.stat().st_size
+
+    def poll(self) -> list[str]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size <= self.offset:
+            self.offset = min(self.offset, size)
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(size - self.offset)
+        complete, _, _ = data.rpartition(b"\n")
+        self.offset += len(complete) + (1 if complete else 0)
+        commands = []
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                command = json.loads(line).get("command")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if command in COMMANDS:
+                commands.append(command)
+        return commands

@@ -1,0 +1,118 @@
+"""Epochs, seeded shuffling, length buckets, padding and rank sharding.
+
+The order of the data is a pure function of (seed, epoch), so a resumed run only needs the
+step number to continue exactly where the interrupted one was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlx_dpo.data import TokenizedPair
+
+# Padded lengths are rounded up so the compiled step is reused rather than traced again.
+PAD_MULTIPLE = 32
+# Bucketing window: sort by length inside windows of this many batches, then shuffle batches.
+BUCKET_WINDOW = 8
+
+
+@dataclass
+class Batch:
+    """B pairs as 2B rows: chosen rows first, then rejected rows.
+
+    tokens              (2B, L) int32, each row prompt + response, right-padded
+    response_positions  (2B, W) int32, target positions (in tokens[:, 1:]) of response tokens
+    response_mask       (2B, W) float32, 1 where the position is a real response token
+    prompt_lengths      (B,)    int32, prompt length of each pair (for prefix sharing)
+    pair_indices        (B,)    the pairs' indices in their split
+    """
+
+    tokens: np.ndarray
+    response_positions: np.ndarray
+    response_mask: np.ndarray
+    prompt_lengths: np.ndarray
+    pair_indices: np.ndarray
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pair_indices)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.response_mask.sum() + self.prompt_lengths.sum() * 2)
+
+
+def round_up(n: int, multiple: int = PAD_MULTIPLE) -> int:
+    return max(multiple, multiple * math.ceil(n / multiple))
+
+
+def pair_length(pair: TokenizedPair) -> int:
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+
+def collate(pairs: list[TokenizedPair], pad_id: int = 0) -> Batch:
+    rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [
+        (p.prompt_ids, p.rejected_ids) for p in pairs
+    ]
+    # +1: inputs are tokens[:, :-1], so L-1 positions hold the longest sequence.
+    length = round_up(max(len(a) + len(b) for a, b in rows)) + 1
+    window = round_up(max(len(b) for _, b in rows), 16)
+    tokens = np.full((len(rows), length), pad_id, dtype=np.int32)
+    positions = np.zeros((len(rows), window), dtype=np.int32)
+    mask = np.zeros((len(rows), window), dtype=np.float32)
+    for row, (prompt, response) in enumerate(rows):
+        sequence = prompt + response
+        tokens[row, : len(sequence)] = sequence
+        # Target position t predicts tokens[t + 1]: the first response token is predicted at
+        # len(prompt) - 1.
+        start = len(prompt) - 1
+        positions[row] = np.minimum(start + np.arange(window), length - 2)
+        mask[row, : len(response)] = 1.0
+    return Batch(
+        tokens=tokens,
+        response_positions=positions,
+        response_mask=mask,
+        prompt_lengths=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int32),
+        pair_indices=np.array([p.index for p in pairs], dtype=np.int64),
+    )
+
+
+def epoch_batches(
+    pairs: list[TokenizedPair],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    bucket: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[list[int]]:
+    """Batches of pair positions for one epoch: a seeded shuffle, then (optionally) length
+    buckets inside windows, then a seeded shuffle of the batch order. Every pair appears
+    once per epoch; the last batch may be smaller. With several ranks each global batch of
+    batch_size × world_size pairs is dealt out, rank r taking every world_size-th pair."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(pairs))
+    global_batch = batch_size * world_size
+    if bucket:
+        window = global_batch * BUCKET_WINDOW
+        chunks = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunks.append(chunk[np.argsort([pair_length(pairs[i]) for i in chunk], kind="stable")])
+        order = np.concatenate(chunks) if chunks else order
+    batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
+    if bucket:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return [[int(i) for i in batch[rank::world_size]] for batch in batches]
+
+
+def batches_per_epoch(num_pairs: int, batch_size: int, world_size: int = 1) -> int:
+    return math.ceil(num_pairs / (batch_size * world_size))
+
+
+def eval_batches(num_pairs: int, batch_size: int) -> list[list[int]]:
+    """Evaluation and reference passes: the split in order, length-sorted to pad little."""
+    return [list(range(i, min(i + batch_size, num_pairs))) for i in range(0, num_pairs, batch_size)]

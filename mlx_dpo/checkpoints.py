@@ -1,0 +1,110 @@
+"""Adapters and checkpoints on disk, every write atomic.
+
+The run directory's adapters.safetensors + adapter_config.json are exactly what mlx-lm's
+`load(..., adapter_path=RUN_DIR)` expects. A checkpoint adds the optimizer state and the step
+(the data order is a function of the step, see batching.epoch_batches).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlx_dpo.events import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILE,
+    CHECKPOINT_DIR,
+    _umask,
+    atomic_write_json,
+)
+
+
+def save_safetensors_atomic(path: Path, arrays: dict[str, mx.array], metadata: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".safetensors")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        mx.save_safetensors(tmp, arrays, metadata=metadata or {})
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def adapter_config(num_layers: int, lora_parameters: dict, run_config: dict[str, Any]) -> dict:
+    """mlx-lm's adapter_config.json (fine_tune_type, num_layers, lora_parameters) plus the
+    run's configuration, which mlx-lm ignores."""
+    return {
+        **{k: v for k, v in run_config.items() if k not in ("fields", "health")},
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": lora_parameters,
+    }
+
+
+def save_adapters(
+    directory: Path, weights: dict[str, mx.array], config: dict[str, Any]
+) -> None:
+    save_safetensors_atomic(directory / ADAPTER_FILE, weights)
+    atomic_write_json(directory / ADAPTER_CONFIG_FILE, config)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    weights: dict[str, mx.array],
+    optimizer_state: Any,
+    adapter_cfg: dict,
+    extra: dict[str, Any],
+) -> Path:
+    """Write checkpoints/step-N/ into a temporary folder, then rename it into place."""
+    root = run_dir / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{checkpoint_name(step)}."))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        save_adapters(tmp, weights, adapter_cfg)
+        save_safetensors_atomic(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer_state)))
+        atomic_write_json(tmp / "state.json", {"step": step, **extra})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (temporary folders of a torn write are ignored)."""
+    root = run_dir / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    complete = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()
+    ]
+    return max(complete, key=lambda p: p.name, default=None)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, mx.array], Any, dict]:
+    weights = mx.load(str(path / ADAPTER_FILE))
+    optimizer_state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
+    state = json.loads((path / "state.json").read_text())
+    return weights, optimizer_state, state

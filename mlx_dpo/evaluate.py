@@ -1,0 +1,66 @@
+"""`mlx-dpo eval`: preference metrics of a model (and adapter) on a data split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlx_dpo.config import TrainConfig
+from mlx_dpo.errors import UserError
+from mlx_dpo.events import ADAPTER_CONFIG_FILE, atomic_write_text
+
+
+def _adapter_settings(adapter_path: str | None) -> dict[str, Any]:
+    if not adapter_path:
+        return {}
+    config_file = Path(adapter_path) / ADAPTER_CONFIG_FILE
+    if not config_file.is_file():
+        raise UserError(f"{adapter_path}: not an adapter folder (no {ADAPTER_CONFIG_FILE})")
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
+
+
+def evaluate_command(
+    model: str | None,
+    adapter_path: str | None,
+    data: str,
+    split: str = "test",
+    beta: float | None = None,
+    batch_size: int = 4,
+    max_length: int | None = None,
+    output: str | None = None,
+) -> dict[str, Any]:
+    from mlx_dpo.trainer import evaluate_split, open_session
+
+    saved = _adapter_settings(adapter_path)
+    model = model or saved.get("base_model") or saved.get("model")
+    if not model:
+        raise UserError("no model given: pass --model (or an --adapter-path that records it)")
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"--split must be train, valid or test, got {split!r}")
+    if beta is not None and beta <= 0:
+        raise UserError(f"--beta must be > 0, got {beta}")
+    config = TrainConfig(
+        model=model,
+        data=data,
+        beta=beta if beta is not None else float(saved.get("beta", 0.1)),
+        loss=saved.get("loss", "sigmoid"),
+        label_smoothing=float(saved.get("label_smoothing", 0.0)),
+        simpo_gamma=saved.get("simpo_gamma"),
+        batch_size=batch_size,
+        max_length=max_length or int(saved.get("max_length", 1024)),
+        fields=saved.get("fields") or {},
+        quantize=saved.get("quantize"),
+    )
+    session = open_session(config, splits=(split,), adapter_path=adapter_path)
+    if split not in session.splits:
+        raise UserError(f"{data}: no {split} split")
+    session.model.eval()
+    result = evaluate_split(session, session.splits[split], config, per_pair=output is not None)
+    per_pair = result.pop("per_pair", None)
+    if output:
+        atomic_write_text(output, "".join(json.dumps(row) + "\n" for row in per_pair))
+    return result

@@ -1,0 +1,104 @@
+"""Summed response log-probabilities, computed only where they count.
+
+Only response positions go through the LM head, in chunks, with logsumexp: no
+(rows × length × vocab) float32 log-softmax is ever built. When a chunk's logits would be
+large, the chunk is checkpointed so the backward pass recomputes it instead of keeping it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+# Largest float32 logits block (bytes) kept alive for one chunk.
+LOGITS_BUDGET_BYTES = 1 << 28
+
+
+@dataclass
+class HeadSplit:
+    """The model as backbone (tokens -> final hidden states) and LM head (hidden -> logits)."""
+
+    backbone: Callable[[mx.array], mx.array]
+    head: Callable[[mx.array], mx.array]
+
+
+def find_head_split(model: nn.Module) -> HeadSplit | None:
+    """mlx-lm models are `model.model` (the backbone) plus `lm_head` or tied embeddings. Check
+    on a few tokens that head(backbone(x)) really equals model(x) — some architectures scale
+    or cap logits — and fall back to full logits otherwise."""
+    inner = getattr(model, "model", None)
+    if inner is None or not callable(inner):
+        return None
+    if hasattr(model, "lm_head"):
+        head = model.lm_head
+    elif hasattr(getattr(inner, "embed_tokens", None), "as_linear"):
+        head = inner.embed_tokens.as_linear
+    else:
+        return None
+    probe = mx.array([[1, 2, 3, 4]], dtype=mx.int32)
+    try:
+        expected = model(probe).astype(mx.float32)
+        split = head(inner(probe)).astype(mx.float32)
+    except Exception:  # an architecture whose backbone needs other arguments
+        return None
+    if expected.shape != split.shape:
+        return None
+    scale = mx.maximum(mx.abs(expected).max(), 1e-6)
+    if (mx.abs(expected - split).max() / scale).item() > 1e-3:
+        return None
+    return HeadSplit(backbone=inner, head=head)
+
+
+def _token_logps(logits: mx.array, targets: mx.array) -> mx.array:
+    logits = logits.astype(mx.float32)
+    target_logits = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return target_logits - mx.logsumexp(logits, axis=-1)
+
+
+def response_logps(
+    model: nn.Module,
+    tokens: mx.array,
+    positions: mx.array,
+    mask: mx.array,
+    split: HeadSplit | None,
+    hidden: mx.array | None = None,
+) -> mx.array:
+    """Sum over response tokens of log p(token | everything before it), one value per row.
+
+    tokens (R, L) int32; positions (R, W) target positions of response tokens in
+    tokens[:, 1:]; mask (R, W) 1 for real response tokens. `hidden` may carry backbone
+    outputs already computed (prefix sharing)."""
+    targets = mx.take_along_axis(tokens[:, 1:], positions, axis=1)
+    if split is None:
+        logits = model(tokens[:, :-1])
+        logits = mx.take_along_axis(logits, positions[..., None], axis=1)
+        return (_token_logps(logits, targets) * mask).sum(axis=-1)
+
+    if hidden is None:
+        hidden = split.backbone(tokens[:, :-1])
+    hidden = mx.take_along_axis(hidden, positions[..., None], axis=1)
+    return (chunked_token_logps(hidden, targets, split.head) * mask).sum(axis=-1)
+
+
+def chunked_token_logps(
+    hidden: mx.array, targets: mx.array, head: Callable[[mx.array], mx.array]
+) -> mx.array:
+    """log p(target) for hidden (R, W, D) and targets (R, W), through the head in chunks."""
+    rows, width, _ = hidden.shape
+    vocab = head(hidden[:1, :1]).shape[-1]
+    chunk = max(1, LOGITS_BUDGET_BYTES // (rows * vocab * 4))
+    if chunk >= width:
+        return _token_logps(head(hidden), targets)
+
+    def piece(h: mx.array, t: mx.array) -> mx.array:
+        return _token_logps(head(h), t)
+
+    piece = mx.checkpoint(piece)
+    parts = [
+        piece(hidden[:, start : start + chunk], targets[:, start : start + chunk])
+        for start in range(0, width, chunk)
+    ]
+    return mx.concatenate(parts, axis=1)

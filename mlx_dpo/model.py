@@ -1,0 +1,265 @@
+"""Loading the base model, applying LoRA with mlx-lm's own layers, and the reference switch.
+
+The reference model is the same weights with every LoRA branch switched off (scale 0): no
+second copy of the weights is ever loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mlx_dpo.errors import UserError
+
+ADAPTER_LEAVES = ("lora_a", "lora_b")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~"))
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local folder, or a Hugging Face id fetched (or found in the local hub cache) through
+    mlx-lm. A path that does not exist is an error here, never a hub request."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{model}: not a model folder (expected a folder with config.json)")
+        return path
+    if not _looks_like_hub_id(model):
+        raise UserError(f"{model}: no such model folder (and not a Hugging Face id 'org/name')")
+    from mlx_lm.utils import _download
+
+    try:
+        return Path(_download(model))
+    except Exception as err:  # the hub client raises many kinds; all mean "not available"
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1 is set and it is not in the local cache)" if offline else ""
+        raise UserError(f"{model}: could not get this model from the Hugging Face hub{hint}: {err}") from None
+
+
+def check_model_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model folder (no config.json)")
+    if not list(path.glob("model*.safetensors")):
+        raise UserError(
+            f"{path}: no model*.safetensors weights (only safetensors weights are loaded)"
+        )
+
+
+def load_model(
+    model: str, quantize: int | None = None, trust_remote_code: bool = False
+) -> tuple[nn.Module, Any, Path, dict]:
+    """(model, tokenizer, local path, model config). Quantizes at load time if asked."""
+    from mlx_lm.utils import load_model as mlx_load_model
+    from mlx_lm.utils import load_tokenizer
+
+    path = resolve_model_path(model)
+    check_model_folder(path)
+    try:
+        net, config = mlx_load_model(path, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        raise UserError(f"{path}: cannot load this model: {err}") from None
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    if quantize is not None:
+        if "quantization" in config:
+            raise UserError(f"{model}: already quantized; --quantize applies to a full-precision model")
+        from mlx_lm.utils import quantize_model
+
+        net, config = quantize_model(net, config, group_size=64, bits=quantize)
+    return net, tokenizer, path, config
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(model.layers)
+
+
+def apply_lora(
+    model: nn.Module,
+    rank: int,
+    scale: float,
+    dropout: float,
+    layers: int | None = None,
+    keys: list[str] | None = None,
+) -> dict:
+    """Freeze the model and wrap linears in the last `layers` blocks (all by default) with
+    mlx-lm's LoRA layers. Returns the lora_parameters as mlx-lm's adapter_config wants them."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    total = num_layers(model)
+    layers = total if layers is None else layers
+    if layers > total:
+        raise UserError(f"'lora_layers' is {layers} but the model has {total} layers")
+    lora_parameters = {"rank": rank, "scale": scale, "dropout": dropout}
+    if keys:
+        available = set()
+        for block in model.layers:
+            available.update(name for name, _ in block.named_modules())
+        unknown = [k for k in keys if k not in available]
+        if unknown:
+            linears = sorted(
+                name
+                for name, m in model.layers[0].named_modules()
+                if isinstance(m, (nn.Linear, nn.QuantizedLinear))
+            )
+            raise UserError(
+                f"'lora_keys' {unknown} not found in the model's layers; "
+                f"its linear layers are: {', '.join(linears)}"
+            )
+        lora_parameters["keys"] = list(keys)
+    model.freeze()
+    linear_to_lora_layers(model, layers, lora_parameters)
+    return lora_parameters
+
+
+@contextlib.contextmanager
+def reference_mode(
+    model: nn.Module, frozen_adapter: dict[str, tuple[mx.array, mx.array]] | None = None
+) -> Iterator[None]:
+    """Make the model the reference, and restore it afterwards, even on error.
+
+    Without `frozen_adapter` every LoRA branch is switched off (scale 0): the reference is
+    the base. With it (training that started from --init-adapter), each LoRA layer's
+    lora_a/lora_b are swapped for the frozen initial ones: the reference is base + that
+    adapter. Inside mx.compile the scale is read when the function is traced, so this must
+    be used inside the traced function, not around the call."""
+    modules = dict(named_lora_modules(model))
+    saved = {name: (m.scale, m.lora_a, m.lora_b) for name, m in modules.items()}
+    try:
+        for name, m in modules.items():
+            if frozen_adapter is None:
+                m.scale = 0.0
+            else:
+                m.lora_a, m.lora_b = frozen_adapter[name]
+        yield
+    finally:
+        for name, m in modules.items():
+            m.scale, m.lora_a, m.lora_b = saved[name]
+
+
+def named_lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if hasattr(m, "lora_a") and hasattr(m, "lora_b") and hasattr(m, "scale")
+    ]
+
+
+def snapshot_adapter(model: nn.Module) -> dict[str, tuple[mx.array, mx.array]]:
+    """Copies of every LoRA layer's current lora_a/lora_b (the frozen init adapter)."""
+    frozen = {name: (mx.array(m.lora_a), mx.array(m.lora_b)) for name, m in named_lora_modules(model)}
+    mx.eval(frozen)
+    return frozen
+
+
+def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
+    return {
+        name: value
+        for name, value in tree_flatten(model.trainable_parameters())
+        if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES
+    }
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; quantized weights count their logical size."""
+    from mlx_lm.utils import get_total_parameters
+
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    return trainable, get_total_parameters(model)
+
+
+def load_adapter_into(model: nn.Module, adapter_path: str | Path) -> dict:
+    """Apply LoRA layers as described by an mlx-lm adapter folder and load its tensors.
+    Returns the adapter config. Clear errors for a missing or mismatched adapter."""
+    adapter_path = Path(adapter_path).expanduser()
+    config_file = adapter_path / "adapter_config.json"
+    weights_file = adapter_path / "adapters.safetensors"
+    if not adapter_path.is_dir():
+        raise UserError(f"{adapter_path}: no such adapter folder")
+    if not config_file.is_file() or not weights_file.is_file():
+        raise UserError(
+            f"{adapter_path}: not an adapter folder (needs adapter_config.json and "
+            "adapters.safetensors)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if config.get("fine_tune_type", "lora") != "lora":
+        raise UserError(
+            f"{adapter_path}: fine_tune_type {config.get('fine_tune_type')!r} is not supported "
+            "(only LoRA: DoRA and full fine-tuning cannot switch the reference off)"
+        )
+    params = config.get("lora_parameters") or {}
+    if not {"rank", "scale"} <= set(params):
+        raise UserError(f"{config_file}: 'lora_parameters' needs 'rank' and 'scale'")
+    layers = int(config.get("num_layers", num_layers(model)))
+    if layers > num_layers(model):
+        raise UserError(
+            f"{adapter_path}: made for a model with at least {layers} layers; this one has "
+            f"{num_layers(model)}"
+        )
+    model.freeze()
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    linear_to_lora_layers(model, layers, {"dropout": 0.0, **params})
+    weights = mx.load(str(weights_file))
+    expected = {
+        name: value.shape
+        for name, value in tree_flatten(model.parameters())
+        if name.rsplit(".", 1)[-1] in ADAPTER_LEAVES
+    }
+    problems = []
+    for name, value in weights.items():
+        if name not in expected:
+            problems.append(f"{name}: not a LoRA parameter of this model")
+        elif tuple(value.shape) != tuple(expected[name]):
+            problems.append(
+                f"{name}: shape {tuple(value.shape)} but the model needs {tuple(expected[name])}"
+            )
+    if problems:
+        raise UserError(f"{adapter_path}: this adapter does not fit the model", problems)
+    model.load_weights(list(weights.items()), strict=False)
+    return config
+
+
+def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
+    """SHA-256 over file contents; memoised by (path, size, mtime) so repeated runs on the
+    same multi-gigabyte weights do not hash them again."""
+    digest = hashlib.sha256()
+    memo: dict[str, str] = {}
+    memo_file = memo_dir / "file-hashes.json" if memo_dir else None
+    if memo_file and memo_file.exists():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            memo = json.loads(memo_file.read_text())
+    changed = False
+    for path in sorted(paths):
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in memo:
+            file_digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    file_digest.update(chunk)
+            memo[key] = file_digest.hexdigest()
+            changed = True
+        digest.update(path.name.encode() + memo[key].encode())
+    if memo_file and changed:
+        from mlx_dpo.events import atomic_write_json
+
+        atomic_write_json(memo_file, memo)
+    return digest.hexdigest()
+
+
+def model_fingerprint(path: Path, memo_dir: Path | None = None) -> str:
+    files = list(path.glob("model*.safetensors")) + [path / "config.json"]
+    return fingerprint_files(files, memo_dir)

@@ -26,7 +26,9 @@ from mlx_dpo.events import (
 )
 
 
-def save_safetensors_atomic(path: Path, arrays: dict[str, mx.array], metadata: dict | None = None) -> None:
+def save_safetensors_atomic(
+    path: Path, arrays: dict[str, mx.array], metadata: dict | None = None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".safetensors")
     os.close(fd)
@@ -52,9 +54,7 @@ def adapter_config(num_layers: int, lora_parameters: dict, run_config: dict[str,
     }
 
 
-def save_adapters(
-    directory: Path, weights: dict[str, mx.array], config: dict[str, Any]
-) -> None:
+def save_adapters(directory: Path, weights: dict[str, mx.array], config: dict[str, Any]) -> None:
     save_safetensors_atomic(directory / ADAPTER_FILE, weights)
     atomic_write_json(directory / ADAPTER_CONFIG_FILE, config)
 

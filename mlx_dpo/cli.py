@@ -34,7 +34,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="run directory (adapters, checkpoints, metrics); default adapters/run-<time>",
     )
     g.add_argument("--max-length", type=int, help=f"tokens per sequence (default {d.max_length})")
-    g.add_argument("--quantize", type=int, choices=(4, 8), help="quantize a full-precision base at load")
+    g.add_argument(
+        "--quantize", type=int, choices=(4, 8), help="quantize a full-precision base at load"
+    )
     g.add_argument("--init-adapter", help="start from this LoRA adapter (reference = base + it)")
     g.add_argument(
         "--trust-remote-code",
@@ -47,11 +49,15 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=float, help="epochs over the train split")
     g.add_argument("--batch-size", type=int, help=f"pairs per batch (default {d.batch_size})")
     g.add_argument("--grad-accumulation", type=int, help="batches per optimizer step (default 1)")
-    g.add_argument("--learning-rate", type=float, help=f"peak learning rate (default {d.learning_rate})")
+    g.add_argument(
+        "--learning-rate", type=float, help=f"peak learning rate (default {d.learning_rate})"
+    )
     g.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {d.lr_schedule}")
     g.add_argument("--warmup", type=int, help="linear warmup steps (default 0)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
-    g.add_argument("--max-grad-norm", type=float, help=f"clip gradients (default {d.max_grad_norm}; 0 = off)")
+    g.add_argument(
+        "--max-grad-norm", type=float, help=f"clip gradients (default {d.max_grad_norm}; 0 = off)"
+    )
     g.add_argument("--seed", type=int, help="data order, LoRA init and dropout (default 0)")
     g = parser.add_argument_group("objective")
     g.add_argument("--beta", type=float, help=f"DPO β (default {d.beta})")
@@ -66,7 +72,11 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
     g = parser.add_argument_group("LoRA")
     g.add_argument("--lora-rank", type=int, help=f"default {d.lora_rank}")
-    g.add_argument("--lora-scale", type=float, help=f"mlx-lm's scale, not PEFT's alpha (default {d.lora_scale})")
+    g.add_argument(
+        "--lora-scale",
+        type=float,
+        help=f"mlx-lm's scale, not PEFT's alpha (default {d.lora_scale})",
+    )
     g.add_argument("--lora-dropout", type=float, help="default 0")
     g.add_argument("--lora-layers", type=int, help="last N layers (default all)")
     g.add_argument("--lora-keys", nargs="+", help="module names in a layer, e.g. self_attn.q_proj")
@@ -77,16 +87,49 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="recompute layer activations in the backward pass (less memory, slower)",
     )
     g = parser.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval-every", type=int, help=f"steps between evaluations (default {d.eval_every}; 0 = end only)")
-    g.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        help=f"steps between evaluations (default {d.eval_every}; 0 = end only)",
+    )
+    g.add_argument(
+        "--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})"
+    )
 
 
-TRAIN_FLAG_KEYS = (
-    "model data adapter_path max_length quantize init_adapter trust_remote_code iters epochs "
-    "batch_size grad_accumulation learning_rate lr_schedule warmup weight_decay max_grad_norm seed "
-    "beta loss label_smoothing simpo_gamma sft_weight reference lora_rank lora_scale lora_dropout "
-    "lora_layers lora_keys grad_checkpoint eval_every save_every"
-).split()
+TRAIN_FLAG_KEYS = [
+    "model",
+    "data",
+    "adapter_path",
+    "max_length",
+    "quantize",
+    "init_adapter",
+    "trust_remote_code",
+    "iters",
+    "epochs",
+    "batch_size",
+    "grad_accumulation",
+    "learning_rate",
+    "lr_schedule",
+    "warmup",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "beta",
+    "loss",
+    "label_smoothing",
+    "simpo_gamma",
+    "sft_weight",
+    "reference",
+    "lora_rank",
+    "lora_scale",
+    "lora_dropout",
+    "lora_layers",
+    "lora_keys",
+    "grad_checkpoint",
+    "eval_every",
+    "save_every",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapter-path", help="run directory or adapter folder")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default="test", help="train, valid or test (default test)")
-    evaluate.add_argument("--beta", type=float, help="β for rewards (default: the adapter's, else 0.1)")
+    evaluate.add_argument(
+        "--beta", type=float, help="β for rewards (default: the adapter's, else 0.1)"
+    )
     evaluate.add_argument("--batch-size", type=int, default=4)
     evaluate.add_argument("--max-length", type=int, help="default: the adapter's, else 1024")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -144,7 +189,9 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         yaml_values = read_yaml(saved)
     if args.config:
         yaml_values.update(read_yaml(args.config))
-    is_demo = not args.config and not args.resume and flags["model"] is None and flags["data"] is None
+    is_demo = (
+        not args.config and not args.resume and flags["model"] is None and flags["data"] is None
+    )
     if is_demo:
         from mlx_dpo import demo
 
@@ -175,9 +222,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def run_headless(config: TrainConfig, resume: bool = False) -> int:
     from mlx_dpo.trainer import RunOptions, train
 
-    status = train(config, RunOptions(Path(config.adapter_path), resume=resume, on_line=_print_flush))
+    status = train(
+        config, RunOptions(Path(config.adapter_path), resume=resume, on_line=_print_flush)
+    )
     if status == "completed":
-        print(f"done. chat with it: mlx_lm.chat --model {config.model} --adapter-path {config.adapter_path}")
+        print(
+            f"done. chat with it: mlx_lm.chat --model {config.model} --adapter-path {config.adapter_path}"
+        )
     return EXIT_FAILED if status == "failed" else 0
 
 
@@ -199,13 +250,16 @@ def run_with_dashboard(config: TrainConfig, resume: bool = False) -> int:
     command = [sys.executable, "-m", "mlx_dpo.cli", "train", str(launch_config), "--no-tui"]
     if resume:
         command += ["--resume", "--adapter-path", str(run_dir)]
-    log = open(run_dir / LOG_FILE, "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env=env,
-    )
-    log.close()
+    with open(run_dir / LOG_FILE, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
     code = run_dashboard(run_dir, process)
     if process.poll() is not None and process.returncode not in (0, None):
         tail = (run_dir / LOG_FILE).read_text(errors="replace").strip().splitlines()[-5:]

@@ -97,8 +97,19 @@ def _check_type(value: Any, expected: Any) -> bool:
     return isinstance(value, expected)
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def _type_name(expected: Any) -> str:
-    return str(expected).replace("typing.", "").replace("NoneType", "null")
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        arms = [_type_name(a) for a in typing.get_args(expected) if a is not type(None)]
+        return " or ".join(arms) + " (or null)"
+    if origin is list:
+        return "a list of strings"
+    if origin is dict:
+        return "a mapping"
+    return _TYPE_NAMES.get(expected, str(expected))
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -186,16 +197,14 @@ def _range_problems(config: TrainConfig) -> list[str]:
     need(c.learning_rate > 0, f"'learning_rate' must be > 0, got {c.learning_rate}")
     need(c.warmup >= 0, f"'warmup' must be >= 0, got {c.warmup}")
     need(c.weight_decay >= 0, f"'weight_decay' must be >= 0, got {c.weight_decay}")
-    need(c.max_grad_norm >= 0, f"'max_grad_norm' must be >= 0 (0 = no clipping)")
+    need(c.max_grad_norm >= 0, "'max_grad_norm' must be >= 0 (0 = no clipping)")
     need(c.sft_weight >= 0, f"'sft_weight' must be >= 0, got {c.sft_weight}")
     need(c.max_length >= 8, f"'max_length' must be >= 8, got {c.max_length}")
-    need(c.eval_every >= 0, f"'eval_every' must be >= 0 (0 = only at the end)")
-    need(c.save_every >= 0, f"'save_every' must be >= 0 (0 = only at the end)")
+    need(c.eval_every >= 0, "'eval_every' must be >= 0 (0 = only at the end)")
+    need(c.save_every >= 0, "'save_every' must be >= 0 (0 = only at the end)")
     need(c.iters is None or c.iters > 0, f"'iters' must be > 0, got {c.iters}")
     need(c.epochs is None or c.epochs > 0, f"'epochs' must be > 0, got {c.epochs}")
-    need(
-        c.iters is None or c.epochs is None, "give 'iters' or 'epochs', not both"
-    )
+    need(c.iters is None or c.epochs is None, "give 'iters' or 'epochs', not both")
     need(c.lora_layers is None or c.lora_layers > 0, "'lora_layers' must be > 0")
     need(c.quantize in (None, 4, 8), f"'quantize' must be 4 or 8, got {c.quantize}")
     need(c.loss in LOSSES, f"'loss' must be one of {', '.join(LOSSES)}, got {c.loss!r}")

@@ -166,7 +166,9 @@ def _messages(value: Any, name: str, role: str | None) -> tuple[list[Message] | 
     return messages, None
 
 
-def validate_record(source: str, value: Any, fields: dict[str, str]) -> tuple[PreferenceRecord | None, list[str]]:
+def validate_record(
+    source: str, value: Any, fields: dict[str, str]
+) -> tuple[PreferenceRecord | None, list[str]]:
     names = {name: fields.get(name, name) for name in ("prompt", "chosen", "rejected", "system")}
     if not isinstance(value, dict):
         return None, [f"{source}: a record must be a JSON object, got {type(value).__name__}"]
@@ -228,7 +230,7 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -239,7 +241,9 @@ def _plain_text(messages: list[Message]) -> str:
     return "\n\n".join(m["content"] for m in messages)
 
 
-def tokenize_record(record: PreferenceRecord, tokenizer: Any) -> tuple[list[int], list[int], list[int], bool]:
+def tokenize_record(
+    record: PreferenceRecord, tokenizer: Any
+) -> tuple[list[int], list[int], list[int], bool]:
     """(prompt_ids, chosen_ids, rejected_ids, prefix_mismatch) before truncation."""
     if has_chat_template(tokenizer):
         prompt_ids = _as_ids(

@@ -32,6 +32,7 @@ dashboard runs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -116,10 +117,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -144,7 +143,7 @@ class EventWriter:
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.world_size = world_size
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
 
     def write(self, event: str, step: int, **fields: Any) -> dict:
         if event not in EVENTS:

@@ -94,7 +94,8 @@ def chunked_token_logps(
         return _token_logps(head(hidden), targets)
 
     def piece(h: mx.array, t: mx.array) -> mx.array:
-        return _token_logps(head(h), t)
+        # The checkpoint differentiates every input; targets are indices, not variables.
+        return _token_logps(head(h), mx.stop_gradient(t))
 
     piece = mx.checkpoint(piece)
     parts = [

@@ -81,9 +81,7 @@ def hinge_loss(logps: PairLogps, s: LossSettings) -> mx.array:
 @register("ipo")
 def ipo_loss(logps: PairLogps, s: LossSettings) -> mx.array:
     """IPO (Azar et al., 2023) on length-averaged log-ratios."""
-    delta = (
-        logps.chosen_ratio / logps.chosen_tokens - logps.rejected_ratio / logps.rejected_tokens
-    )
+    delta = logps.chosen_ratio / logps.chosen_tokens - logps.rejected_ratio / logps.rejected_tokens
     return (delta - 1 / (2 * s.beta)) ** 2
 
 

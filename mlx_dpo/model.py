@@ -44,7 +44,9 @@ def resolve_model_path(model: str) -> Path:
     except Exception as err:  # the hub client raises many kinds; all mean "not available"
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set and it is not in the local cache)" if offline else ""
-        raise UserError(f"{model}: could not get this model from the Hugging Face hub{hint}: {err}") from None
+        raise UserError(
+            f"{model}: could not get this model from the Hugging Face hub{hint}: {err}"
+        ) from None
 
 
 def check_model_folder(path: Path) -> None:
@@ -72,7 +74,9 @@ def load_model(
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     if quantize is not None:
         if "quantization" in config:
-            raise UserError(f"{model}: already quantized; --quantize applies to a full-precision model")
+            raise UserError(
+                f"{model}: already quantized; --quantize applies to a full-precision model"
+            )
         from mlx_lm.utils import quantize_model
 
         net, config = quantize_model(net, config, group_size=64, bits=quantize)
@@ -156,7 +160,9 @@ def named_lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def snapshot_adapter(model: nn.Module) -> dict[str, tuple[mx.array, mx.array]]:
     """Copies of every LoRA layer's current lora_a/lora_b (the frozen init adapter)."""
-    frozen = {name: (mx.array(m.lora_a), mx.array(m.lora_b)) for name, m in named_lora_modules(model)}
+    frozen = {
+        name: (mx.array(m.lora_a), mx.array(m.lora_b)) for name, m in named_lora_modules(model)
+    }
     mx.eval(frozen)
     return frozen
 

@@ -37,7 +37,10 @@ def preload_blas() -> str | None:
     global _loaded_blas
     if _loaded_blas is not None:
         return _loaded_blas
-    if not sys.platform.startswith("linux") or os.environ.get(DISABLE_BLAS_ENV, "") not in ("", "0"):
+    if not sys.platform.startswith("linux") or os.environ.get(DISABLE_BLAS_ENV, "") not in (
+        "",
+        "0",
+    ):
         return None
     if "mlx.core" in sys.modules:
         return None

@@ -91,9 +91,13 @@ def reference_logps(
     chosen = np.zeros(total, dtype=np.float32)
     rejected = np.zeros(total, dtype=np.float32)
     # Length-sorted batches pad little; results go back to their pairs' positions.
-    order = sorted(range(total), key=lambda i: len(split.pairs[i].prompt_ids) + max(
-        len(split.pairs[i].chosen_ids), len(split.pairs[i].rejected_ids)
-    ))
+    order = sorted(
+        range(total),
+        key=lambda i: (
+            len(split.pairs[i].prompt_ids)
+            + max(len(split.pairs[i].chosen_ids), len(split.pairs[i].rejected_ids))
+        ),
+    )
     done = 0
     for start in range(0, total, batch_size):
         positions = order[start : start + batch_size]

@@ -52,7 +52,7 @@ TEMPLATES = {
 
 def train_tokenizer(
     texts: Iterable[str], vocab_size: int, special_tokens: list[str]
-) -> "tokenizers.Tokenizer":  # noqa: F821
+) -> tokenizers.Tokenizer:  # noqa: F821
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -94,7 +94,24 @@ def default_texts() -> list[str]:
     rng = random.Random(0)
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zi", "pa", "do", "fe", "gu"]
     words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(4000)]
-    common = "the a is of and to in what which how answer question yes no city river".split()
+    common = [
+        "the",
+        "a",
+        "is",
+        "of",
+        "and",
+        "to",
+        "in",
+        "what",
+        "which",
+        "how",
+        "answer",
+        "question",
+        "yes",
+        "no",
+        "city",
+        "river",
+    ]
     lines = []
     for _ in range(3000):
         lines.append(" ".join(rng.choice(words + common) for _ in range(rng.randint(4, 16))) + ".")

@@ -229,11 +229,8 @@ def evaluate_split(
         batch = collate([split.pairs[i] for i in positions], pad_id)
         arrays = batch_arrays(batch)
         rows = rows_logps(session, *arrays)
-        if reference_logps is None:
-            ref_rows = reference_rows_logps(session, *arrays)
-        else:
-            ref_rows = None
-        mx.eval(rows, ref_rows) if ref_rows is not None else mx.eval(rows)
+        ref_rows = reference_rows_logps(session, *arrays) if reference_logps is None else None
+        mx.eval(rows, ref_rows)
         n = len(positions)
         rows = np.array(rows)
         policy[positions] = np.stack([rows[:n], rows[n:]], axis=1)
@@ -253,7 +250,10 @@ def evaluate_split(
         rejected_tokens=mx.array(tokens[:, 1]),
     )
     loss, _ = preference_loss(config.loss, logps, settings, config.sft_weight)
-    metrics = {"loss": loss.item(), **{k: v.item() for k, v in pair_metrics(logps, config.beta).items()}}
+    metrics = {
+        "loss": loss.item(),
+        **{k: v.item() for k, v in pair_metrics(logps, config.beta).items()},
+    }
     metrics["pairs"] = len(split)
     if per_pair:
         metrics["per_pair"] = [
@@ -278,6 +278,29 @@ def loss_settings(config: TrainConfig) -> LossSettings:
         label_smoothing=config.label_smoothing,
         simpo_gamma=0.5 if config.simpo_gamma is None else config.simpo_gamma,
     )
+
+
+def make_loss_fn(session: Session, config: TrainConfig) -> Callable[..., tuple[mx.array, mx.array]]:
+    """The training objective of one batch: (mean loss, the other METRIC_NAMES stacked).
+    With a live reference the reference log-probs are computed inside (LoRA switched off
+    inside the traced function); otherwise they are inputs from the cache."""
+    settings = loss_settings(config)
+    live = config.reference == "live"
+
+    def loss_fn(tokens, positions, mask, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens):
+        rows = rows_logps(session, tokens, positions, mask)
+        n = chosen_tokens.shape[0]
+        if live:
+            ref_rows = reference_rows_logps(session, tokens, positions, mask)
+            ref_chosen, ref_rejected = ref_rows[:n], ref_rows[n:]
+        logps = PairLogps(
+            rows[:n], rows[n:], ref_chosen, ref_rejected, chosen_tokens, rejected_tokens
+        )
+        loss, _ = preference_loss(config.loss, logps, settings, config.sft_weight)
+        metrics = pair_metrics(logps, config.beta)
+        return loss, mx.stack([metrics[k] for k in METRIC_NAMES[1:]])
+
+    return loss_fn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,14 +403,24 @@ def train(config: TrainConfig, options: RunOptions) -> str:
         session = open_session(config)
     except BaseException as err:
         message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        writer.write("run_end", 0, status="failed", error=message, adapter_path=None,
-                     last_checkpoint=None, final_eval=None, best_eval=None,
-                     elapsed=time.time() - start_time)
+        writer.write(
+            "run_end",
+            0,
+            status="failed",
+            error=message,
+            adapter_path=None,
+            last_checkpoint=None,
+            final_eval=None,
+            best_eval=None,
+            elapsed=time.time() - start_time,
+        )
         set_state(state="failed", error=message)
         writer.close()
         raise
     try:
-        return _run(config, options, session, writer, stop, state, set_state, resume_from, start_time)
+        return _run(
+            config, options, session, writer, stop, state, set_state, resume_from, start_time
+        )
     finally:
         writer.close()
         for sig, handler in previous_handlers.items():
@@ -415,15 +448,20 @@ def _run(
     micro_per_epoch = batches_per_epoch(len(train_split), config.batch_size)
     trainable, total_params = count_parameters(model)
     save_config(config, run_dir / "config.yaml")
-    adapter_cfg = checkpoints.adapter_config(session.lora_layers, session.lora_parameters, {
-        **config.to_dict(),
-        "base_model": config.model,
-        "init_adapter_provenance": session.init_adapter_config and {
-            "path": str(Path(config.init_adapter).expanduser().resolve()),
-            "base_model": session.init_adapter_config.get("base_model")
-            or session.init_adapter_config.get("model"),
+    adapter_cfg = checkpoints.adapter_config(
+        session.lora_layers,
+        session.lora_parameters,
+        {
+            **config.to_dict(),
+            "base_model": config.model,
+            "init_adapter_provenance": session.init_adapter_config
+            and {
+                "path": str(Path(config.init_adapter).expanduser().resolve()),
+                "base_model": session.init_adapter_config.get("base_model")
+                or session.init_adapter_config.get("model"),
+            },
         },
-    })
+    )
     set_wired_limit()
     writer.write(
         "run_start",
@@ -495,7 +533,9 @@ def _run(
                 config.batch_size,
                 progress,
             )
-            say(f"reference log-probs for {name}: {len(split)} pairs in {time.perf_counter() - tic:.1f}s")
+            say(
+                f"reference log-probs for {name}: {len(split)} pairs in {time.perf_counter() - tic:.1f}s"
+            )
 
     # Optimizer, compiled step.
     schedule = build_schedule(config, steps)
@@ -514,7 +554,6 @@ def _run(
         say(f"resumed from {resume_from} at step {start_step}")
     mx.eval(model.parameters(), optimizer.state)
 
-    settings = loss_settings(config)
     live = config.reference == "live"
     if config.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint
@@ -522,17 +561,7 @@ def _run(
         # Patches the block class: this process trains one model, so that is what we want.
         grad_checkpoint(model.layers[0])
 
-    def loss_fn(tokens, positions, mask, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens):
-        rows = rows_logps(session, tokens, positions, mask)
-        n = chosen_tokens.shape[0]
-        if live:
-            ref_rows = reference_rows_logps(session, tokens, positions, mask)
-            ref_chosen, ref_rejected = ref_rows[:n], ref_rows[n:]
-        logps = PairLogps(rows[:n], rows[n:], ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
-        loss, _ = preference_loss(config.loss, logps, settings, config.sft_weight)
-        metrics = pair_metrics(logps, config.beta)
-        return loss, mx.stack([metrics[k] for k in METRIC_NAMES[1:]])
-
+    loss_fn = make_loss_fn(session, config)
     value_and_grad = nn.value_and_grad(model, loss_fn)
     compiled_state = [model.state, optimizer.state, mx.random.state]
 
@@ -589,7 +618,12 @@ def _run(
         weights = adapter_weights(model)
         checkpoints.save_adapters(run_dir, weights, adapter_cfg)
         path = checkpoints.save_checkpoint(
-            run_dir, step, weights, optimizer.state, adapter_cfg, {"best_eval": best_eval, "seed": config.seed}
+            run_dir,
+            step,
+            weights,
+            optimizer.state,
+            adapter_cfg,
+            {"best_eval": best_eval, "seed": config.seed},
         )
         writer.write("checkpoint", step, path=str(path))
         writer.sync()
@@ -678,7 +712,7 @@ def _run(
             eta = recent * (steps - step)
             learning_rate = float(schedule(step - 1)) if callable(schedule) else float(schedule)
             epoch_progress = step * config.grad_accumulation / micro_per_epoch
-            values = dict(zip(METRIC_NAMES, (metric_sums / pairs).tolist()))
+            values = dict(zip(METRIC_NAMES, (metric_sums / pairs).tolist(), strict=True))
             writer.write(
                 "step",
                 step,
@@ -727,7 +761,9 @@ def _run(
         final_eval = run_eval(step) if valid_split else None
     path = save(step)
     say(f"adapters saved to {run_dir} (checkpoint {path.name})")
-    _finish(writer, set_state, run_dir, step, status, None, state, final_eval, best_eval, start_time)
+    _finish(
+        writer, set_state, run_dir, step, status, None, state, final_eval, best_eval, start_time
+    )
     return status
 
 
@@ -739,7 +775,9 @@ def _pair_list(batch: Batch, split: TokenizedSplit) -> str:
     return ", ".join(split.pairs[i].source for i in batch.pair_indices[:8])
 
 
-def _finish(writer, set_state, run_dir, step, status, error, state, final_eval, best_eval, start_time):
+def _finish(
+    writer, set_state, run_dir, step, status, error, state, final_eval, best_eval, start_time
+):
     writer.write(
         "run_end",
         step,

@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny models and preference data built offline, an isolated cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import mlx_dpo  # noqa: E402,F401  (loads OpenBLAS before MLX)
+
+COLORS = ["red", "blue", "green", "gold", "pink", "gray", "teal", "lime", "plum", "rust"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def corpus() -> list[str]:
+    rng = random.Random(0)
+    lines = []
+    for i in range(600):
+        a, b = rng.sample(COLORS, 2)
+        lines.append(f"what color is item {i}? the item is {a} and nice. ugh it is {b} obviously.")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def llama_chatml(tmp_path_factory) -> Path:
+    from mlx_dpo.tiny import build_model
+
+    return build_model(
+        tmp_path_factory.mktemp("llama_chatml"), model_type="llama", texts=corpus(), seed=1
+    )
+
+
+@pytest.fixture(scope="session")
+def qwen2_llama3(tmp_path_factory) -> Path:
+    """A qwen2 model with tied embeddings and a Llama-3-style template."""
+    from mlx_dpo.tiny import build_model
+
+    return build_model(
+        tmp_path_factory.mktemp("qwen2_llama3"),
+        model_type="qwen2",
+        texts=corpus(),
+        template="llama3",
+        tie_word_embeddings=True,
+        seed=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def llama_plain(tmp_path_factory) -> Path:
+    """No chat template: prompt, then response and EOS."""
+    from mlx_dpo.tiny import build_model
+
+    return build_model(
+        tmp_path_factory.mktemp("llama_plain"), model_type="llama", texts=corpus(), template="none"
+    )
+
+
+def preference_rows(n: int, seed: int = 0, start: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(start, start + n):
+        a, b = rng.sample(COLORS, 2)
+        prompt = f"what color is item {i}?"
+        chosen, rejected = f"the item is {a} and nice.", f"ugh it is {b} obviously."
+        if i % 3 == 0:
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
+        elif i % 3 == 1:
+            rows.append(
+                {"prompt": prompt, "chosen": chosen, "rejected": rejected, "system": "be kind"}
+            )
+        else:
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def preference_data(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    write_jsonl(folder / "train.jsonl", preference_rows(24))
+    write_jsonl(folder / "valid.jsonl", preference_rows(8, seed=1, start=100))
+    write_jsonl(folder / "test.jsonl", preference_rows(8, seed=2, start=200))
+    return folder

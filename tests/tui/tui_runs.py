@@ -1,0 +1,172 @@
+"""Recorded event streams for the dashboard tests: run directories written with the same
+`mlx_dpo.events` writer the trainer uses, with fixed times so screens are reproducible."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from mlx_dpo.events import ADAPTER_FILE, EventWriter, write_status
+
+START_TIME = 1_700_000_000.0
+SECONDS_PER_STEP = 2.0
+MODEL = "mlx-community/SmolLM2-135M-Instruct-4bit"
+DATA = "demo"
+
+
+def step_metrics(step: int) -> dict[str, Any]:
+    """Smooth, plausible DPO numbers: rewards part, accuracy and margin rise, loss falls."""
+    progress = 1 - math.exp(-step / 30)
+    wiggle = 0.05 * math.sin(step)
+    return {
+        "loss": round(math.log(2) * (1 - 0.6 * progress) + wiggle / 5, 6),
+        "rewards/chosen": round(0.8 * progress + wiggle, 6),
+        "rewards/rejected": round(-1.2 * progress - wiggle, 6),
+        "rewards/margins": round(2.0 * progress + 2 * wiggle, 6),
+        "rewards/accuracies": round(min(1.0, 0.5 + 0.45 * progress + wiggle), 6),
+        "logps/chosen": round(-120.0 + 8 * progress, 6),
+        "logps/rejected": round(-130.0 - 12 * progress, 6),
+        "kl": round(0.02 * step, 6),
+        "grad_norm": round(1.5 - progress, 6),
+        "learning_rate": 5e-6 if step > 5 else 1e-6 * step,
+        "tokens_per_second": 850.0 + step,
+        "pairs_per_second": 3.5,
+        "peak_memory_gb": round(1.2 + 0.01 * min(step, 10), 4),
+    }
+
+
+def eval_metrics(step: int) -> dict[str, Any]:
+    metrics = step_metrics(step)
+    return {
+        name: metrics[name] + (0.02 if name == "loss" else -0.01)
+        for name in (
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "kl",
+        )
+    }
+
+
+def at(step: float) -> float:
+    return START_TIME + 10.0 + step * SECONDS_PER_STEP
+
+
+def write_run(
+    run_dir: str | Path,
+    *,
+    steps: int = 40,
+    total_steps: int = 100,
+    eval_every: int = 10,
+    checkpoint_every: int = 20,
+    end: str | None = None,
+    paused: bool = False,
+    health: bool = False,
+    truncated: bool = True,
+    pid: int | None = None,
+    resumed_from: int | None = None,
+    first_step: int = 1,
+) -> Path:
+    """Write a run directory with `steps` step events (and evals/checkpoints), ending as
+    `end` ("completed" | "stopped" | "failed") or still going."""
+    run_dir = Path(run_dir)
+    writer = EventWriter(run_dir)
+    writer.write(
+        "run_start",
+        first_step - 1,
+        time=START_TIME,
+        model=MODEL,
+        data=DATA,
+        run_dir=str(run_dir),
+        total_steps=total_steps,
+        epochs=2,
+        train_pairs=200,
+        valid_pairs=20,
+        test_pairs=0,
+        batch_size=4,
+        grad_accumulation=1,
+        beta=0.1,
+        loss="sigmoid",
+        reference="cached",
+        trainable_parameters=1_000_000,
+        total_parameters=135_000_000,
+        truncated={"train": {"pairs": 3, "prompt": 2, "response": 1}} if truncated else {},
+        resumed_from=resumed_from,
+        pid=pid,
+        config={},
+    )
+    writer.write(
+        "reference", 0, time=START_TIME + 5, split="train", done=200, total=200, cached=False
+    )
+    last_checkpoint = None
+    for step in range(first_step, steps + 1):
+        writer.write(
+            "step",
+            step,
+            time=at(step),
+            epoch=round(step * 2 / total_steps, 4),
+            elapsed=10.0 + step * SECONDS_PER_STEP,
+            eta=(total_steps - step) * SECONDS_PER_STEP,
+            **step_metrics(step),
+        )
+        if eval_every and step % eval_every == 0:
+            writer.write(
+                "eval", step, time=at(step + 0.5), split="valid", pairs=20, **eval_metrics(step)
+            )
+        if checkpoint_every and step % checkpoint_every == 0:
+            last_checkpoint = str(run_dir / "checkpoints" / f"{step:07d}")
+            writer.write("checkpoint", step, time=at(step + 0.6), path=last_checkpoint)
+            (run_dir / ADAPTER_FILE).write_bytes(b"adapters")
+        if health and step == 25:
+            writer.write(
+                "health",
+                step,
+                time=at(step + 0.7),
+                kind="kl_growing",
+                severity="warning",
+                message="KL to the reference grows fast",
+                suggestion="lower the learning rate or raise beta",
+                values={"kl": 0.5},
+            )
+    state = "training"
+    if paused:
+        writer.write("state", steps, time=at(steps + 0.8), state="paused")
+        state = "paused"
+    if end is not None:
+        final_eval = {"split": "valid", "step": steps, **eval_metrics(steps)}
+        best_eval = {"split": "valid", "step": steps - eval_every, **eval_metrics(steps - 10)}
+        error = f"RuntimeError: NaN loss at step {steps}" if end == "failed" else None
+        if end != "failed":
+            (run_dir / ADAPTER_FILE).write_bytes(b"adapters")
+        writer.write(
+            "run_end",
+            steps,
+            time=at(steps + 1),
+            status=end,
+            error=error,
+            adapter_path=str(run_dir),
+            last_checkpoint=last_checkpoint,
+            final_eval=final_eval if end != "failed" else None,
+            best_eval=best_eval if end != "failed" else None,
+            elapsed=10.0 + (steps + 1) * SECONDS_PER_STEP,
+        )
+        state = {"completed": "finished", "stopped": "stopped", "failed": "failed"}[end]
+    writer.close()
+    write_status(
+        run_dir,
+        state=state,
+        step=steps,
+        total_steps=total_steps,
+        epoch=round(steps * 2 / total_steps, 4),
+        pid=pid,
+        model=MODEL,
+        last_checkpoint=last_checkpoint,
+        error=None,
+        updated=at(steps + 1),
+    )
+    return run_dir

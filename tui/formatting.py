@@ -1,0 +1,52 @@
+"""Numbers and durations as the dashboard prints them."""
+
+from __future__ import annotations
+
+import math
+
+
+def format_duration(seconds: float | None) -> str:
+    """`3h 02m`, `12m 05s`, `45s`; a dash when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A compact number: fixed point for everyday magnitudes, scientific for tiny or huge."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1e5 or magnitude < 1e-3:
+        return f"{value:.{max(digits - 1, 1)}e}"
+    if magnitude >= 100:
+        return f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def format_percent(value: float | None) -> str:
+    """A share in [0, 1] as a percentage."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{100 * value:.1f}%"
+
+
+def format_rate(value: float | None, unit: str) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value >= 1000:
+        text = f"{value / 1000:.1f}k"
+    elif value >= 10:
+        text = f"{value:.0f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}" if unit else text

@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlx_dpo.audit import add_data_parser, run_data
+from mlx_dpo.compare import add_compare_parser, run_compare
 from mlx_dpo.config import LOSSES, REFERENCE_MODES, SCHEDULES, TrainConfig, build_config, read_yaml
 from mlx_dpo.errors import UserError
+from mlx_dpo.export import add_export_parser, run_export
 
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -160,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-length", type=int, help="default: the adapter's, else 1024")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--output", help="write per-pair log-probs and rewards (JSON lines)")
+    add_export_parser(sub)
+    add_compare_parser(sub)
+    add_data_parser(sub)
     return parser
 
 
@@ -196,6 +202,8 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         from mlx_dpo import demo
 
         yaml_values = demo.demo_config_values()
+        if flags["iters"] is not None:
+            yaml_values.pop("epochs")
     config = build_config(yaml_values, flags)
     if config.adapter_path is None:
         config.adapter_path = _default_run_dir()
@@ -300,7 +308,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "view": cmd_view, "eval": cmd_eval}
+COMMANDS = {
+    "train": cmd_train,
+    "view": cmd_view,
+    "eval": cmd_eval,
+    "export": run_export,
+    "compare": run_compare,
+    "data": run_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,11 @@ from mlx_dpo.events import (
     METRIC_NAMES,
     ControlReader,
     EventWriter,
+    read_events,
     truncate_events_after,
     write_status,
 )
+from mlx_dpo.health import HealthMonitor, summarize, thresholds_from_dict
 from mlx_dpo.logprobs import HeadSplit, find_head_split, response_logps
 from mlx_dpo.losses import LossSettings, PairLogps, pair_metrics, preference_loss
 from mlx_dpo.model import (
@@ -463,7 +465,7 @@ def _run(
         },
     )
     set_wired_limit()
-    writer.write(
+    run_start = writer.write(
         "run_start",
         0,
         model=config.model,
@@ -496,6 +498,38 @@ def _run(
         + (f", {len(valid_split)} valid" if valid_split else "")
         + f"; {steps} steps"
     )
+    health = HealthMonitor.from_run_start(run_start, thresholds_from_dict(config.health))
+    if resume_from is not None:
+        # Rebuild the checks' windows from the kept stream; its findings are already written.
+        for event in read_events(run_dir):
+            health.observe(event)
+    findings: list[dict] = []
+
+    def observe(event: dict) -> None:
+        """Run health checks on an event; an error-level finding stops the run."""
+        for finding in health.observe(event):
+            report_finding(finding)
+
+    def report_finding(finding: dict) -> None:
+        findings.append(finding)
+        fields = {k: v for k, v in finding.items() if k != "step"}
+        writer.write("health", finding.get("step", state["step"]), **fields)
+        say(
+            f"health {finding['severity']}: {finding['message']} Suggestion: {finding['suggestion']}"
+        )
+        if finding["severity"] == "error":
+            raise TrainingFailed(finding["message"])
+
+    if resume_from is None:
+        chosen_lengths = np.array([len(p.chosen_ids) for p in train_split.pairs])
+        rejected_lengths = np.array([len(p.rejected_ids) for p in train_split.pairs])
+        for finding in health.length_bias(
+            float((chosen_lengths > rejected_lengths).mean()),
+            float(chosen_lengths.mean()),
+            float(rejected_lengths.mean()),
+            len(train_split),
+        ):
+            report_finding(finding)
     for name, split in session.splits.items():
         cut = split.truncation
         if cut.get("pairs"):
@@ -603,7 +637,7 @@ def _run(
         model.eval()
         result = evaluate_split(session, valid_split, config, cached_reference.get("valid"))
         model.train()
-        writer.write("eval", step, split="valid", **result)
+        observe(writer.write("eval", step, split="valid", **result))
         if best_eval is None or result["loss"] < best_eval["loss"]:
             best_eval = {"step": step, **result}
         say(
@@ -713,7 +747,7 @@ def _run(
             learning_rate = float(schedule(step - 1)) if callable(schedule) else float(schedule)
             epoch_progress = step * config.grad_accumulation / micro_per_epoch
             values = dict(zip(METRIC_NAMES, (metric_sums / pairs).tolist(), strict=True))
-            writer.write(
+            step_event = writer.write(
                 "step",
                 step,
                 epoch=epoch_progress,
@@ -727,6 +761,7 @@ def _run(
                 eta=eta,
             )
             set_state(step=step, epoch=epoch_progress)
+            observe(step_event)
             now = time.time()
             if step % report_every == 0 or step == steps or now - last_report >= REPORT_SECONDS:
                 last_report = now
@@ -740,6 +775,8 @@ def _run(
                 run_eval(step)
             if config.save_every and step % config.save_every == 0 and step < steps:
                 save(step)
+        if not stop.requested and valid_split:
+            final_eval = run_eval(step)
     except TrainingFailed as err:
         status, error = "failed", str(err)
     except Exception as err:  # a bug or an out-of-memory: record it, then re-raise
@@ -757,10 +794,9 @@ def _run(
         set_state(state="stopping")
         reason = f" ({stop.signal_name})" if stop.signal_name else ""
         say(f"stopping after step {step}{reason}; saving")
-    else:
-        final_eval = run_eval(step) if valid_split else None
     path = save(step)
     say(f"adapters saved to {run_dir} (checkpoint {path.name})")
+    say(f"run health: {summarize(findings)}")
     _finish(
         writer, set_state, run_dir, step, status, None, state, final_eval, best_eval, start_time
     )

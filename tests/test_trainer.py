@@ -244,3 +244,22 @@ def test_training_learns_the_train_set(llama_chatml, preference_data, tmp_path):
     result = evaluate_split(session, session.splits["train"], config)
     assert result["rewards/accuracies"] >= 0.9
     assert result["rewards/margins"] > 0
+
+
+def test_reference_mismatch_stops_the_run(llama_chatml, preference_data, tmp_path, monkeypatch):
+    """A reference that is not the policy's starting point is an error, not a warning."""
+    from mlx_dpo import reference
+
+    original = reference.reference_logps
+
+    def shifted(*args, **kwargs):
+        chosen, rejected = original(*args, **kwargs)
+        return chosen + 3.0, rejected - 3.0
+
+    monkeypatch.setattr(reference, "reference_logps", shifted)
+    status, events = run(config_for(llama_chatml, preference_data, tmp_path / "run", iters=4))
+    assert status == "failed"
+    errors = [e for e in events if e["event"] == "health" and e["severity"] == "error"]
+    assert [h["kind"] for h in errors] == ["reference_mismatch"]
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "failed"
+    assert len(steps(events)) == 1

@@ -135,19 +135,25 @@ def reference_mode(
     the base. With it (training that started from --init-adapter), each LoRA layer's
     lora_a/lora_b are swapped for the frozen initial ones: the reference is base + that
     adapter. Inside mx.compile the scale is read when the function is traced, so this must
-    be used inside the traced function, not around the call."""
+    be used inside the traced function, not around the call. The reference is deterministic:
+    LoRA dropout is off in it (with an init adapter the branch is live, and training mode
+    would otherwise drop its inputs)."""
     modules = dict(named_lora_modules(model))
-    saved = {name: (m.scale, m.lora_a, m.lora_b) for name, m in modules.items()}
+    saved = {name: (m.scale, m.lora_a, m.lora_b, m.get("dropout")) for name, m in modules.items()}
     try:
         for name, m in modules.items():
             if frozen_adapter is None:
                 m.scale = 0.0
             else:
                 m.lora_a, m.lora_b = frozen_adapter[name]
+                if "dropout" in m:
+                    m.dropout = nn.Identity()
         yield
     finally:
         for name, m in modules.items():
-            m.scale, m.lora_a, m.lora_b = saved[name]
+            m.scale, m.lora_a, m.lora_b, dropout = saved[name]
+            if dropout is not None:
+                m.dropout = dropout
 
 
 def named_lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -376,9 +376,11 @@ def train(config: TrainConfig, options: RunOptions) -> str:
     resume_from = None
     if options.resume:
         resume_from = checkpoints.latest_checkpoint(run_dir)
+        resume_step = 0
         if resume_from is not None:
             resume_step = checkpoints.load_checkpoint(resume_from)[2]["step"]
-            truncate_events_after(run_dir, resume_step)
+        # Steps after the checkpoint are recomputed exactly; their events go.
+        truncate_events_after(run_dir, resume_step)
     writer = EventWriter(run_dir)
     stop = _StopRequested()
     previous_handlers = {}
@@ -484,7 +486,7 @@ def _run(
         trainable_parameters=trainable,
         total_parameters=total_params,
         truncated={name: split.truncation for name, split in session.splits.items()},
-        resumed_from=None,
+        resumed_from=_checkpoint_step(resume_from),
         pid=os.getpid(),
         config=config.to_dict(),
     )
@@ -805,6 +807,10 @@ def _run(
 
 def _leaves(tree: Any) -> list[mx.array]:
     return [v for _, v in tree_flatten(tree)]
+
+
+def _checkpoint_step(path: Path | None) -> int | None:
+    return None if path is None else int(path.name.split("-")[1])
 
 
 def _pair_list(batch: Batch, split: TokenizedSplit) -> str:

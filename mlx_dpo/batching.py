@@ -104,13 +104,18 @@ def epoch_batches(
             chunks.append(chunk[np.argsort([pair_length(pairs[i]) for i in chunk], kind="stable")])
         order = np.concatenate(chunks) if chunks else order
     batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
+    if world_size > 1 and batches and len(batches[-1]) < world_size:
+        # Every rank needs at least one pair; a last global batch smaller than the number of
+        # ranks is left out of this epoch.
+        batches.pop()
     if bucket:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return [[int(i) for i in batch[rank::world_size]] for batch in batches]
 
 
 def batches_per_epoch(num_pairs: int, batch_size: int, world_size: int = 1) -> int:
-    return math.ceil(num_pairs / (batch_size * world_size))
+    full, rest = divmod(num_pairs, batch_size * world_size)
+    return full + (1 if rest and (world_size == 1 or rest >= world_size) else 0)
 
 
 def eval_batches(num_pairs: int, batch_size: int) -> list[list[int]]:

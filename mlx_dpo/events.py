@@ -139,11 +139,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 class EventWriter:
     """Appends events to metrics.jsonl. Each line is written whole and flushed."""
 
-    def __init__(self, run_dir: str | os.PathLike, world_size: int = 1):
+    def __init__(self, run_dir: str | os.PathLike, world_size: int = 1, enabled: bool = True):
+        """`enabled=False` (ranks other than 0 of a distributed run) builds the records but
+        writes nothing."""
         self.path = Path(run_dir) / METRICS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.world_size = world_size
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        self._handle = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
 
     def write(self, event: str, step: int, **fields: Any) -> dict:
         if event not in EVENTS:
@@ -151,16 +155,18 @@ class EventWriter:
         record = {"event": event, "step": int(step), "time": time.time(), **fields}
         if event == "run_start":
             record.setdefault("world_size", self.world_size)
-        self._handle.write(json.dumps(finite_or_none(record)) + "\n")
-        self._handle.flush()
+        if self._handle is not None:
+            self._handle.write(json.dumps(finite_or_none(record)) + "\n")
+            self._handle.flush()
         return record
 
     def sync(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        if not self._handle.closed:
+        if self._handle is not None and not self._handle.closed:
             self._handle.close()
 
 

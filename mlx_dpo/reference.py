@@ -18,6 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_dpo.data import TokenizedSplit
+from mlx_dpo.distributed import Ranks
 
 CACHE_ENV = "MLX_DPO_CACHE"
 CACHE_VERSION = "1"
@@ -78,16 +79,19 @@ def reference_logps(
     batch_size: int,
     progress: Callable[[int, int, bool], None] | None = None,
     use_cache: bool = True,
+    ranks: Ranks | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair reference log-probs (chosen, rejected) for a split, from the cache or computed
-    in batches with `compute(pair_positions)`. `progress(done, total, cached)` reports."""
+    in batches with `compute(pair_positions)`. `progress(done, total, cached)` reports.
+    In a distributed run each rank computes a shard and the results are summed, unless every
+    rank already has them cached."""
+    ranks = ranks or Ranks(None, 0, 1)
     total = len(split)
-    if use_cache:
-        cached = load_cached(key, total)
-        if cached is not None:
-            if progress:
-                progress(total, total, True)
-            return cached
+    cached = load_cached(key, total) if use_cache else None
+    if ranks.all(cached is not None):
+        if progress:
+            progress(total, total, True)
+        return cached
     chosen = np.zeros(total, dtype=np.float32)
     rejected = np.zeros(total, dtype=np.float32)
     # Length-sorted batches pad little; results go back to their pairs' positions.
@@ -98,15 +102,17 @@ def reference_logps(
             + max(len(split.pairs[i].chosen_ids), len(split.pairs[i].rejected_ids))
         ),
     )
+    order = order[ranks.rank :: ranks.size]
     done = 0
-    for start in range(0, total, batch_size):
+    for start in range(0, len(order), batch_size):
         positions = order[start : start + batch_size]
         batch_chosen, batch_rejected = compute(positions)
         chosen[positions] = batch_chosen
         rejected[positions] = batch_rejected
-        done += len(positions)
+        done += len(positions) * ranks.size
         if progress:
-            progress(done, total, False)
+            progress(min(done, total), total, False)
+    chosen, rejected = ranks.sum(chosen), ranks.sum(rejected)
     if use_cache:
         store(key, chosen, rejected, {"split": split.name, "pairs": total})
     return chosen, rejected

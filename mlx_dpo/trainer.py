@@ -18,9 +18,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.nn.utils import average_gradients
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_dpo import checkpoints, reference
+from mlx_dpo import checkpoints, distributed, reference
 from mlx_dpo.batching import Batch, batches_per_epoch, collate, epoch_batches
 from mlx_dpo.config import TrainConfig, save_config
 from mlx_dpo.data import TokenizedSplit, load_splits
@@ -371,17 +372,21 @@ def train(config: TrainConfig, options: RunOptions) -> str:
     """Run (or resume) a training run in options.run_dir. Returns the final status:
     "completed", "stopped" or "failed". User errors raise UserError before the run starts."""
     run_dir = options.run_dir
+    ranks = distributed.init()
+    if not ranks.is_main:
+        # Only rank 0 writes the run directory and prints.
+        options = RunOptions(run_dir, options.resume, lambda _line: None, options.handle_signals)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_time = time.time()
     resume_from = None
-    if options.resume:
+    if options.resume and ranks.is_main:
         resume_from = checkpoints.latest_checkpoint(run_dir)
         resume_step = 0
         if resume_from is not None:
             resume_step = checkpoints.load_checkpoint(resume_from)[2]["step"]
         # Steps after the checkpoint are recomputed exactly; their events go.
         truncate_events_after(run_dir, resume_step)
-    writer = EventWriter(run_dir)
+    writer = EventWriter(run_dir, ranks.size, enabled=ranks.is_main)
     stop = _StopRequested()
     previous_handlers = {}
     if options.handle_signals:
@@ -400,7 +405,8 @@ def train(config: TrainConfig, options: RunOptions) -> str:
 
     def set_state(**changes: Any) -> None:
         state.update(changes)
-        write_status(run_dir, **state)
+        if ranks.is_main:
+            write_status(run_dir, **state)
 
     set_state()
     try:
@@ -423,7 +429,7 @@ def train(config: TrainConfig, options: RunOptions) -> str:
         raise
     try:
         return _run(
-            config, options, session, writer, stop, state, set_state, resume_from, start_time
+            config, options, session, writer, stop, state, set_state, resume_from, start_time, ranks
         )
     finally:
         writer.close()
@@ -441,6 +447,7 @@ def _run(
     set_state: Callable[..., None],
     resume_from: Path | None,
     start_time: float,
+    ranks: distributed.Ranks,
 ) -> str:
     run_dir = options.run_dir
     say = options.on_line
@@ -448,10 +455,11 @@ def _run(
     train_split = session.splits["train"]
     valid_split = session.splits.get("valid")
     pad_id = pad_token_id(session.tokenizer)
-    steps = total_steps(config, len(train_split))
-    micro_per_epoch = batches_per_epoch(len(train_split), config.batch_size)
+    steps = total_steps(config, len(train_split), ranks.size)
+    micro_per_epoch = batches_per_epoch(len(train_split), config.batch_size, ranks.size)
     trainable, total_params = count_parameters(model)
-    save_config(config, run_dir / "config.yaml")
+    if ranks.is_main:
+        save_config(config, run_dir / "config.yaml")
     adapter_cfg = checkpoints.adapter_config(
         session.lora_layers,
         session.lora_parameters,
@@ -512,6 +520,8 @@ def _run(
         for finding in health.observe(event):
             report_finding(finding)
 
+    health_error: list[str] = []
+
     def report_finding(finding: dict) -> None:
         findings.append(finding)
         fields = {k: v for k, v in finding.items() if k != "step"}
@@ -520,7 +530,13 @@ def _run(
             f"health {finding['severity']}: {finding['message']} Suggestion: {finding['suggestion']}"
         )
         if finding["severity"] == "error":
-            raise TrainingFailed(finding["message"])
+            health_error.append(finding["message"])
+
+    def check_failures(local_failure: str | None = None) -> None:
+        """Stop every rank together when one of them (or a health check) fails."""
+        failure = local_failure or (health_error[0] if health_error else None)
+        if ranks.any(failure is not None):
+            raise TrainingFailed(failure or "another rank of this distributed run failed")
 
     if resume_from is None:
         chosen_lengths = np.array([len(p.chosen_ids) for p in train_split.pairs])
@@ -568,6 +584,7 @@ def _run(
                 compute_reference(session, split, config.batch_size, pad_id),
                 config.batch_size,
                 progress,
+                ranks=ranks,
             )
             say(
                 f"reference log-probs for {name}: {len(split)} pairs in {time.perf_counter() - tic:.1f}s"
@@ -588,6 +605,14 @@ def _run(
         state["last_checkpoint"] = str(resume_from)
         writer.write("log", start_step, level="info", message=f"resumed from {resume_from}")
         say(f"resumed from {resume_from} at step {start_step}")
+    if options.resume and ranks.size > 1:
+        # Other ranks may not see rank 0's run directory: rank 0 sends what it loaded.
+        start_step = int(ranks.sum(np.array([start_step if ranks.is_main else 0]))[0])
+        if start_step:
+            model.load_weights(list(ranks.broadcast(adapter_weights(model)).items()), strict=False)
+            optimizer.state = tree_unflatten(
+                list(ranks.broadcast(dict(tree_flatten(optimizer.state))).items())
+            )
     mx.eval(model.parameters(), optimizer.state)
 
     live = config.reference == "live"
@@ -610,7 +635,7 @@ def _run(
 
     @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
     def apply(grads, count):
-        grads = tree_map(lambda g: g / count, grads)
+        grads = average_gradients(tree_map(lambda g: g / count, grads))
         if config.max_grad_norm > 0:
             grads, grad_norm = optim.clip_grad_norm(grads, config.max_grad_norm)
         else:
@@ -624,7 +649,13 @@ def _run(
         if order is None:
             epoch_cache.clear()
             order = epoch_cache[epoch] = epoch_batches(
-                train_split.pairs, config.batch_size, config.seed, epoch
+                train_split.pairs,
+                config.batch_size,
+                config.seed,
+                epoch,
+                True,
+                ranks.rank,
+                ranks.size,
             )
         return collate([train_split.pairs[i] for i in order[position]], pad_id), epoch
 
@@ -650,7 +681,9 @@ def _run(
         writer.write("state", step, state="training")
         return result
 
-    def save(step: int) -> Path:
+    def save(step: int) -> Path | None:
+        if not ranks.is_main:
+            return None
         weights = adapter_weights(model)
         checkpoints.save_adapters(run_dir, weights, adapter_cfg)
         path = checkpoints.save_checkpoint(
@@ -695,17 +728,19 @@ def _run(
                     say(f"checkpoint saved: {save(step)}")
                 elif command == "stop":
                     stop.requested = True
-            if stop.requested:
-                break
             if paused:
                 time.sleep(0.2)
                 continue
+            if ranks.any(stop.requested):
+                stop.requested = True
+                break
 
             tic = time.perf_counter()
             grads = None
             metric_sums = np.zeros(len(METRIC_NAMES), dtype=np.float64)
             pairs = tokens = 0
             indices: list[int] = []
+            local_failure = None
             for micro in range(config.grad_accumulation):
                 k = step * config.grad_accumulation + micro
                 batch, epoch = micro_batch(k)
@@ -726,13 +761,18 @@ def _run(
                 loss_value = loss.item()
                 indices += [train_split.pairs[i].index for i in batch.pair_indices]
                 if not math.isfinite(loss_value):
-                    raise TrainingFailed(
-                        f"non-finite loss at step {step + 1} (pairs {_pair_list(batch, train_split)}); "
-                        "try a lower learning rate or check these pairs"
+                    local_failure = (
+                        f"non-finite loss at step {step + 1} (pairs "
+                        f"{_pair_list(batch, train_split)}); try a lower learning rate or check "
+                        "these pairs"
                     )
+                    break
                 metric_sums += batch.num_pairs * np.array([loss_value, *np.array(metrics).tolist()])
                 pairs += batch.num_pairs
                 tokens += batch.num_tokens
+            check_failures(local_failure)
+            totals = ranks.sum(np.array([*metric_sums, pairs, tokens], dtype=np.float64))
+            metric_sums, pairs, tokens = totals[:-2], int(totals[-2]), int(totals[-1])
             grad_norm = apply(grads, config.grad_accumulation)
             mx.eval(model.state, optimizer.state, grad_norm)
             grad_norm_value = grad_norm.item()
@@ -764,6 +804,7 @@ def _run(
             )
             set_state(step=step, epoch=epoch_progress)
             observe(step_event)
+            check_failures()
             now = time.time()
             if step % report_every == 0 or step == steps or now - last_report >= REPORT_SECONDS:
                 last_report = now
@@ -775,10 +816,12 @@ def _run(
                 )
             if config.eval_every and step % config.eval_every == 0 and step < steps:
                 run_eval(step)
+                check_failures()
             if config.save_every and step % config.save_every == 0 and step < steps:
                 save(step)
         if not stop.requested and valid_split:
             final_eval = run_eval(step)
+            check_failures()
     except TrainingFailed as err:
         status, error = "failed", str(err)
     except Exception as err:  # a bug or an out-of-memory: record it, then re-raise

@@ -1,0 +1,64 @@
+"""Data parallelism with MLX's ring backend over loopback: 2 ranks of batch B equal 1 rank of
+batch 2B on the same data order."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_dpo.batching import epoch_batches
+from mlx_dpo.events import read_events
+from tests.conftest import preference_rows
+
+
+def command(model, data, run_dir, batch_size: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mlx_dpo.cli", "train", "--model", str(model), "--data", str(data),
+        "--adapter-path", str(run_dir), "--iters", "5", "--batch-size", str(batch_size),
+        "--learning-rate", "2e-3", "--beta", "0.5", "--lora-rank", "4", "--lora-dropout", "0",
+        "--eval-every", "0", "--no-tui",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch not installed")
+def test_two_ranks_equal_one_rank_with_twice_the_batch(llama_chatml, preference_data, tmp_path):
+    single = subprocess.run(command(llama_chatml, preference_data, tmp_path / "one", 4),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    launch = [shutil.which("mlx.launch"), "-n", "2", "--backend", "ring"]
+    double = subprocess.run(launch + command(llama_chatml, preference_data, tmp_path / "two", 2),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert double.returncode == 0, double.stderr + double.stdout
+    one, two = read_events(tmp_path / "one"), read_events(tmp_path / "two")
+    assert two[0]["world_size"] == 2 and one[0]["world_size"] == 1
+    loss_one = [e["loss"] for e in one if e["event"] == "step"]
+    loss_two = [e["loss"] for e in two if e["event"] == "step"]
+    assert len(loss_two) == 5
+    np.testing.assert_allclose(loss_one, loss_two, rtol=1e-4, atol=1e-5)
+    a = mx.load(str(tmp_path / "one" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "two" / "adapters.safetensors"))
+    for name in a:
+        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), rtol=1e-3, atol=1e-5)
+    # Only rank 0 wrote: one run_start, one run_end.
+    assert [e["event"] for e in two].count("run_start") == 1
+    assert [e["event"] for e in two].count("run_end") == 1
+
+
+def test_ranks_read_disjoint_shards_of_the_same_global_batches():
+    from mlx_dpo.data import TokenizedPair
+
+    pairs = [
+        TokenizedPair(i, "", [1] * (i % 7 + 1), [2] * 3, [3] * 2)
+        for i in range(len(preference_rows(23)))
+    ]
+    whole = epoch_batches(pairs, 4, seed=3, epoch=1)
+    shards = [epoch_batches(pairs, 2, seed=3, epoch=1, rank=r, world_size=2) for r in (0, 1)]
+    for global_batch, part0, part1 in zip(whole, *shards, strict=False):
+        assert not set(part0) & set(part1)
+        assert sorted(part0 + part1) == sorted(global_batch)

@@ -1,0 +1,324 @@
+"""`mlx-dpo export`: fuse a run's LoRA adapters into a standalone model folder.
+
+The result is an ordinary mlx-lm model folder: `mlx_lm.load(OUT)`, `mlx_lm.generate` and
+`mlx_lm.chat --model OUT` use it as it is. The pieces are mlx-lm's own (LoRALinear.fuse,
+dequantize_model, save_model, save_config, the tokenizer's save_pretrained), as in
+`mlx_lm.fuse`, with three differences:
+
+- A quantized base (a 4-/8-bit folder, or a run trained with --quantize) is written
+  dequantized by default: a light DPO fine-tune moves weights by less than one quantization
+  step, so re-quantizing the fused weights can erase it. `--quantize` keeps it quantized.
+- The model is written into OUT.tmp-XXXX and renamed into place, so a crash never leaves a
+  half model at OUT; the adapter folder is never written into (only an `export` event is
+  appended to the run's metrics.jsonl, where there is one).
+- Every user mistake (missing or mismatched adapter, a save path inside the run) is a
+  UserError with the reason, before anything is loaded where possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlx_dpo.errors import UserError
+from mlx_dpo.events import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_FILE,
+    METRICS_FILE,
+    EventWriter,
+    _umask,
+    read_events,
+)
+
+# Files of the base model folder that mlx-lm's own `save` copies beside the weights.
+COPIED_FILES = ("*.py", "generation_config.json")
+
+
+def read_adapter_config(adapter_path: str | Path) -> dict[str, Any]:
+    """The adapter folder's adapter_config.json, with clear errors for a folder that is
+    missing or is not an adapter folder."""
+    path = Path(adapter_path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{adapter_path}: no such adapter folder")
+    config_file = path / ADAPTER_CONFIG_FILE
+    if not config_file.is_file() or not (path / ADAPTER_FILE).is_file():
+        raise UserError(
+            f"{adapter_path}: not an adapter folder (needs {ADAPTER_CONFIG_FILE} and {ADAPTER_FILE})"
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: must hold a JSON object")
+    return config
+
+
+def base_model_of(adapter_config: dict[str, Any], adapter_path: str | Path) -> str:
+    """The base model an adapter was trained on: mlx-dpo writes `base_model`, mlx-lm `model`."""
+    base = adapter_config.get("base_model") or adapter_config.get("model")
+    if not base:
+        raise UserError(
+            f"{adapter_path}/{ADAPTER_CONFIG_FILE} does not record the base model: pass --model"
+        )
+    return str(base)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_save_path(save_path: Path, adapter_path: Path, base_path: Path | None = None) -> None:
+    """Refuse a destination that would write into (or replace) the run or the base model."""
+    save = save_path.expanduser().resolve()
+    run = adapter_path.expanduser().resolve()
+    if _is_within(save, run):
+        raise UserError(
+            f"--save-path {save_path} is inside the adapter folder {adapter_path}; export "
+            "never writes into the run: choose a folder outside it"
+        )
+    if _is_within(run, save):
+        raise UserError(f"--save-path {save_path} contains the adapter folder {adapter_path}")
+    if base_path is not None:
+        base = base_path.expanduser().resolve()
+        if _is_within(save, base) or _is_within(base, save):
+            raise UserError(
+                f"--save-path {save_path} overlaps the base model folder {base_path}; choose "
+                "another folder"
+            )
+
+
+def _last_step(run_dir: Path) -> int:
+    steps = [e.get("step", 0) for e in read_events(run_dir) if e.get("event") == "step"]
+    return int(steps[-1]) if steps else 0
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def format_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def fuse_model(model: Any, dequantize: bool) -> int:
+    """Merge every LoRA layer into its base linear in place (mlx-lm's own `fuse`). With
+    `dequantize`, every quantized layer (fused or not) becomes full precision. Returns the
+    number of fused layers."""
+    from mlx.utils import tree_unflatten
+    from mlx_lm.utils import dequantize_model
+
+    fused = [
+        (name, m.fuse(dequantize=dequantize))
+        for name, m in model.named_modules()
+        if hasattr(m, "fuse")
+    ]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if dequantize:
+        dequantize_model(model)
+    return len(fused)
+
+
+def _write_model_folder(
+    folder: Path, model: Any, tokenizer: Any, config: dict, base_path: Path, note: str
+) -> None:
+    import glob
+
+    import mlx.core as mx
+    from mlx_lm.utils import save_config, save_model
+
+    mx.eval(model.parameters())
+    save_model(folder, model)
+    save_config(dict(config), folder / "config.json")
+    tokenizer.save_pretrained(str(folder))
+    for pattern in COPIED_FILES:
+        for name in glob.glob(str(base_path / pattern)):
+            shutil.copy(name, folder)
+    (folder / "README.md").write_text(note, encoding="utf-8")
+
+
+def _move_into_place(tmp: Path, save_path: Path, overwrite: bool) -> None:
+    """Rename the finished folder to save_path. An existing folder is replaced only with
+    `overwrite`, and only after the new one is complete."""
+    if not save_path.exists():
+        os.rename(tmp, save_path)
+        return
+    if not overwrite:
+        raise UserError(f"{save_path} already exists: pass --overwrite or choose another folder")
+    old = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.old-"))
+    os.rename(save_path, old / save_path.name)
+    os.rename(tmp, save_path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(
+    adapter_path: str | Path,
+    save_path: str | Path,
+    model: str | None = None,
+    quantize: bool = False,
+    overwrite: bool = False,
+    on_line: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fuse the adapters of `adapter_path` into its base model and write the result to
+    `save_path`. Returns {path, size_bytes, seconds, fused_layers, dequantized, quantization}."""
+    from mlx_dpo.model import load_adapter_into, load_model, resolve_model_path
+
+    tic = time.perf_counter()
+    adapter_path = Path(adapter_path).expanduser()
+    save_path = Path(save_path).expanduser()
+    adapter_config = read_adapter_config(adapter_path)
+    base = model or base_model_of(adapter_config, adapter_path)
+    check_save_path(save_path, adapter_path)
+    if save_path.exists() and not overwrite:
+        raise UserError(f"{save_path} already exists: pass --overwrite or choose another folder")
+    try:
+        base_path = resolve_model_path(base)
+    except UserError as err:
+        hint = "" if model else f" (the base model recorded in {adapter_path}); pass --model"
+        raise UserError(f"{err}{hint}") from None
+    check_save_path(save_path, adapter_path, base_path)
+
+    writer = None
+    if (adapter_path / METRICS_FILE).is_file():
+        writer = EventWriter(adapter_path)
+    step = _last_step(adapter_path) if writer else 0
+    if writer:
+        writer.write(
+            "export",
+            step,
+            status="started",
+            path=str(save_path),
+            message=f"fusing into {save_path}",
+        )
+    tmp = None
+    try:
+        load_quantize = adapter_config.get("quantize")
+        on_line(
+            f"loading {base}"
+            + (
+                f" (quantized to {load_quantize}-bit at load, as in training)"
+                if load_quantize
+                else ""
+            )
+        )
+        net, tokenizer, base_path, config = load_model(
+            base, load_quantize, bool(adapter_config.get("trust_remote_code", False))
+        )
+        quantization = config.get("quantization")
+        if quantize and not quantization:
+            raise UserError(
+                f"{base} is not quantized: --quantize keeps a quantized base quantized; to "
+                f"quantize the export, run mlx_lm.convert --hf-path {save_path} -q on it"
+            )
+        dequantize = bool(quantization) and not quantize
+        on_line(f"loading adapter {adapter_path}")
+        load_adapter_into(net, adapter_path)
+        action = "dequantizing" if dequantize else ("keeping it quantized" if quantization else "")
+        on_line("fusing LoRA layers" + (f" ({action})" if action else ""))
+        fused = fuse_model(net, dequantize)
+        if dequantize:
+            config.pop("quantization", None)
+            config.pop("quantization_config", None)
+        on_line(f"saving to {save_path}")
+        save_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.tmp-"))
+        note = (
+            f"# {save_path.name}\n\nFused by `mlx-dpo export` from base model `{base}` and the "
+            f"LoRA adapters in `{adapter_path.resolve()}`"
+            + (" (dequantized)" if dequantize else "")
+            + ".\n\nUse it with mlx-lm: `mlx_lm.chat --model "
+            f"{save_path}`\n"
+        )
+        _write_model_folder(tmp, net, tokenizer, config, base_path, note)
+        os.chmod(tmp, 0o777 & ~_umask())
+        _move_into_place(tmp, save_path, overwrite)
+        tmp = None
+        size = folder_size(save_path)
+        seconds = time.perf_counter() - tic
+        on_line(
+            f"done: {save_path} ({format_size(size)} on disk, {fused} LoRA layers fused, "
+            f"{seconds:.1f}s). chat with it: mlx_lm.chat --model {save_path}"
+        )
+        if writer:
+            writer.write(
+                "export",
+                step,
+                status="done",
+                path=str(save_path),
+                message=f"{format_size(size)} on disk",
+                size_bytes=size,
+            )
+        return {
+            "path": str(save_path),
+            "size_bytes": size,
+            "seconds": seconds,
+            "fused_layers": fused,
+            "dequantized": dequantize,
+            "quantization": None if dequantize else quantization,
+        }
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if writer:
+            message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            with contextlib.suppress(Exception):
+                writer.write("export", step, status="failed", path=str(save_path), message=message)
+        raise
+    finally:
+        if writer:
+            writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_export_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "export", help="fuse a run's adapters into a standalone model folder for mlx-lm"
+    )
+    parser.add_argument("--adapter-path", required=True, help="run directory or adapter folder")
+    parser.add_argument("--save-path", required=True, help="the new model folder")
+    parser.add_argument(
+        "--model", help="base model (default: the one recorded in the adapter's config)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="write full-precision weights (the default for a quantized base)",
+    )
+    mode.add_argument(
+        "--quantize",
+        action="store_true",
+        help="keep a quantized base quantized (re-quantizing can erase a light fine-tune)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --save-path folder"
+    )
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    export_model(
+        args.adapter_path,
+        args.save_path,
+        model=args.model,
+        quantize=args.quantize,
+        overwrite=args.overwrite,
+        on_line=lambda line: print(line, flush=True),
+    )
+    return 0

@@ -1,0 +1,328 @@
+"""`mlx-dpo compare`: answers of the reference and of the trained policy, side by side.
+
+One model in memory: the reference is the same weights with the adapter switched off
+(model.reference_mode), exactly as in training — the base, or base + the init adapter for a
+run that started from one. Prompts are formatted as training formatted them (the chat
+template with the generation prompt, or the plain text without one), and the answers come
+from mlx-lm's own `generate`: greedy by default, sampled with a seed when temp > 0 (the same
+seed for both sides, so they draw the same random stream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlx_dpo.data import Message, PreferenceRecord, _as_ids, _plain_text, has_chat_template
+from mlx_dpo.errors import UserError
+
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_LIMIT = 8
+
+
+@dataclass
+class Policy:
+    """What a comparison needs: a model with LoRA layers, its tokenizer and, for a run that
+    started from an init adapter, that adapter (the reference). A trainer Session fits too."""
+
+    model: Any
+    tokenizer: Any
+    frozen_adapter: dict | None = None
+    reference_name: str = "base"
+
+
+def prompt_tokens(tokenizer: Any, messages: list[Message]) -> list[int]:
+    """The prompt as training saw it (data.tokenize_record): the chat template with the
+    generation prompt, or without a template the plain text."""
+    if has_chat_template(tokenizer):
+        return _as_ids(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        )
+    return _as_ids(tokenizer.encode(_plain_text(messages)))
+
+
+def generate_answer(
+    model: Any, tokenizer: Any, messages: list[Message], max_tokens: int, temp: float, seed: int
+) -> str:
+    import mlx.core as mx
+    from mlx_lm.generate import generate
+    from mlx_lm.sample_utils import make_sampler
+
+    mx.random.seed(seed)
+    return generate(
+        model,
+        tokenizer,
+        prompt_tokens(tokenizer, messages),
+        max_tokens=max_tokens,
+        sampler=make_sampler(temp=temp),
+        verbose=False,
+    )
+
+
+def compare_answers(
+    session: Any,
+    prompts: list[list[Message]],
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    temp: float = 0.0,
+    seed: int = 0,
+) -> list[dict]:
+    """[{prompt, reference, policy}] for each prompt. `session` is a trainer Session or a
+    Policy: anything with .model, .tokenizer and (optionally) .frozen_adapter."""
+    from mlx_dpo.model import reference_mode
+
+    model, tokenizer = session.model, session.tokenizer
+    frozen = getattr(session, "frozen_adapter", None)
+    was_training = model.training
+    model.eval()  # no LoRA dropout while generating
+    results = []
+    try:
+        for messages in prompts:
+            with reference_mode(model, frozen):
+                reference = generate_answer(model, tokenizer, messages, max_tokens, temp, seed)
+            policy = generate_answer(model, tokenizer, messages, max_tokens, temp, seed)
+            results.append({"prompt": messages, "reference": reference, "policy": policy})
+    finally:
+        model.train(was_training)
+    return results
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a.strip(), b.strip(), autojunk=False).ratio()
+
+
+def closer_to(answer: str, chosen: str, rejected: str) -> dict[str, Any]:
+    """Which response of the pair an answer resembles more (character-level similarity, 0..1)."""
+    c, r = similarity(answer, chosen), similarity(answer, rejected)
+    label = "chosen" if c > r else "rejected" if r > c else "neither"
+    return {"closer_to": label, "chosen_similarity": c, "rejected_similarity": r}
+
+
+def response_text(messages: list[Message]) -> str:
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def compare_records(
+    session: Any,
+    records: list[PreferenceRecord],
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    temp: float = 0.0,
+    seed: int = 0,
+) -> list[dict]:
+    """compare_answers on the prompts of preference pairs, with the pair's chosen and
+    rejected responses and which of them each answer is closer to."""
+    rows = compare_answers(session, [r.prompt for r in records], max_tokens, temp, seed)
+    for row, record in zip(rows, records, strict=True):
+        chosen, rejected = response_text(record.chosen), response_text(record.rejected)
+        row.update(source=record.source, chosen=chosen, rejected=rejected)
+        row["reference_match"] = closer_to(row["reference"], chosen, rejected)
+        row["policy_match"] = closer_to(row["policy"], chosen, rejected)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a run for comparison
+
+
+def _init_adapter_weights(adapter_config: dict, model: Any) -> dict | None:
+    """The frozen init adapter of a run that started from one (its reference), or None."""
+    import mlx.core as mx
+
+    from mlx_dpo.model import named_lora_modules
+
+    provenance = adapter_config.get("init_adapter_provenance") or {}
+    path = provenance.get("path")
+    if not path:
+        return None
+    weights_file = Path(path) / "adapters.safetensors"
+    if not weights_file.is_file():
+        raise UserError(
+            f"this run started from the init adapter {path}, which is gone: its reference "
+            "(base + that adapter) cannot be rebuilt"
+        )
+    weights = mx.load(str(weights_file))
+    frozen = {}
+    for name, _ in named_lora_modules(model):
+        a, b = weights.get(f"{name}.lora_a"), weights.get(f"{name}.lora_b")
+        if a is None or b is None:
+            raise UserError(f"{weights_file}: no LoRA weights for {name}")
+        frozen[name] = (a, b)
+    return frozen
+
+
+def load_policy(adapter_path: str, model: str | None = None) -> Policy:
+    """Load the base model once and the run's adapters into it; the reference is the run's
+    own (the base, or base + its init adapter)."""
+    from mlx_dpo.export import base_model_of, read_adapter_config
+    from mlx_dpo.model import load_adapter_into, load_model
+
+    adapter_config = read_adapter_config(adapter_path)
+    base = model or base_model_of(adapter_config, adapter_path)
+    net, tokenizer, _, _ = load_model(
+        base,
+        adapter_config.get("quantize"),
+        bool(adapter_config.get("trust_remote_code", False)),
+    )
+    load_adapter_into(net, adapter_path)
+    frozen = _init_adapter_weights(adapter_config, net)
+    net.eval()
+    name = "base + init adapter" if frozen is not None else "base"
+    return Policy(net, tokenizer, frozen, name)
+
+
+def read_prompts(data: str, split: str | None, limit: int, fields: dict) -> list[PreferenceRecord]:
+    """The first `limit` records of a data file, or of a split of a data folder (default:
+    test, else valid, else train)."""
+    from mlx_dpo.data import read_records, split_files
+
+    files = split_files(data)
+    if split is None:
+        split = next(s for s in ("test", "valid", "train") if s in files)
+    if split not in files:
+        raise UserError(f"{data}: no {split} split")
+    return read_records(files[split], fields)[:limit]
+
+
+def run_fields(adapter_path: str) -> dict[str, str]:
+    """The run's field-name mapping (in its config.yaml; adapter_config.json leaves it out),
+    so --data reads the records as training did."""
+    import yaml
+
+    path = Path(adapter_path) / "config.yaml"
+    try:
+        fields = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("fields")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _block(label: str, text: str, note: str = "") -> str:
+    lines = text.strip().splitlines() or [""]
+    out = [f"  {label:<10} {lines[0]}"] + [f"  {'':<10} {line}" for line in lines[1:]]
+    if note:
+        out.append(f"  {'':<10} ({note})")
+    return "\n".join(out)
+
+
+def _match_note(match: dict | None) -> str:
+    if not match:
+        return ""
+    return (
+        f"closer to {match['closer_to']}: similarity {match['chosen_similarity']:.2f} to "
+        f"chosen, {match['rejected_similarity']:.2f} to rejected"
+    )
+
+
+def format_comparison(rows: list[dict], reference_name: str = "base") -> str:
+    parts = []
+    for number, row in enumerate(rows, start=1):
+        prompt = "\n".join(f"[{m['role']}] {m['content']}" for m in row["prompt"])
+        header = f"── {number}/{len(rows)}" + (f"  {row['source']}" if "source" in row else "")
+        parts.append(
+            "\n".join(
+                [
+                    header,
+                    _block("prompt", prompt),
+                    _block("reference", row["reference"], _match_note(row.get("reference_match"))),
+                    _block("policy", row["policy"], _match_note(row.get("policy_match"))),
+                ]
+                + (
+                    [_block("chosen", row["chosen"]), _block("rejected", row["rejected"])]
+                    if "chosen" in row
+                    else []
+                )
+            )
+        )
+    if rows and "policy_match" in rows[0]:
+        policy = sum(r["policy_match"]["closer_to"] == "chosen" for r in rows)
+        reference = sum(r["reference_match"]["closer_to"] == "chosen" for r in rows)
+        parts.append(
+            f"closer to chosen: policy {policy}/{len(rows)}, reference ({reference_name}) "
+            f"{reference}/{len(rows)}"
+        )
+    changed = sum(r["policy"].strip() != r["reference"].strip() for r in rows)
+    parts.append(f"answers that changed: {changed}/{len(rows)}")
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "compare", help="answers of the reference and of the trained policy, side by side"
+    )
+    parser.add_argument("--adapter-path", required=True, help="run directory or adapter folder")
+    parser.add_argument("--model", help="base model (default: the one the adapter records)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--prompt", action="append", help="a user message (repeat for several prompts)"
+    )
+    source.add_argument("--data", help="preference data: compare on the pairs' prompts")
+    parser.add_argument("--split", help="with a data folder: test, valid or train")
+    parser.add_argument(
+        "--limit", type=int, default=DEFAULT_LIMIT, help=f"pairs (default {DEFAULT_LIMIT})"
+    )
+    parser.add_argument(
+        "--system", help="a system message before each --prompt (as the data's 'system')"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="per answer (default 64)"
+    )
+    parser.add_argument(
+        "--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --temp > 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    if args.max_tokens <= 0:
+        raise UserError(f"--max-tokens must be > 0, got {args.max_tokens}")
+    if args.temp < 0:
+        raise UserError(f"--temp must be >= 0, got {args.temp}")
+    if args.limit <= 0:
+        raise UserError(f"--limit must be > 0, got {args.limit}")
+    if args.prompt and any(not p.strip() for p in args.prompt):
+        raise UserError("--prompt: empty prompt")
+    from mlx_dpo.export import read_adapter_config
+
+    read_adapter_config(args.adapter_path)  # a missing or broken folder fails before loading
+    records = None
+    if args.data:
+        records = read_prompts(args.data, args.split, args.limit, run_fields(args.adapter_path))
+    policy = load_policy(args.adapter_path, args.model)
+    settings = (args.max_tokens, args.temp, args.seed)
+    if records is not None:
+        rows = compare_records(policy, records, *settings)
+    else:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompts = [[*system, {"role": "user", "content": p}] for p in args.prompt]
+        rows = compare_answers(policy, prompts, *settings)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "adapter_path": args.adapter_path,
+                    "reference": policy.reference_name,
+                    "max_tokens": args.max_tokens,
+                    "temp": args.temp,
+                    "seed": args.seed,
+                    "results": rows,
+                }
+            )
+        )
+    else:
+        mode = "greedy" if args.temp == 0 else f"temp {args.temp}, seed {args.seed}"
+        print(f"reference: {policy.reference_name}; policy: {args.adapter_path} ({mode})\n")
+        print(format_comparison(rows, policy.reference_name))
+    return 0

@@ -153,10 +153,14 @@ class DashboardApp(App[int]):
                 self.post_message(RunUpdated(update))
             self._stop_polling.wait(self.poll_interval)
 
+    @property
+    def can_draw(self) -> bool:
+        """False while shutting down: messages and timers still fire as the screens go."""
+        return self.is_running and not self._stop_polling.is_set()
+
     def on_run_updated(self, message: RunUpdated) -> None:
-        if self._stop_polling.is_set():
-            return  # shutting down: the widgets may be gone
-        self.apply_update(message.update)
+        if self.can_draw:
+            self.apply_update(message.update)
 
     def apply_update(self, update: RunUpdate) -> None:
         """Take in one poll's findings and bring the screen up to date."""
@@ -236,7 +240,7 @@ class DashboardApp(App[int]):
 
     def redraw(self, force: bool = False) -> None:
         """Timer: header every tick (the clock moves); tiles and charts when data changed."""
-        if self._stop_polling.is_set():
+        if not self.can_draw:
             return
         self.refresh_header()
         if force or self.model.version != self._drawn_version:
@@ -347,11 +351,9 @@ class DashboardApp(App[int]):
     def cycle_smoothing(self) -> None:
         self.smoothing_index = (self.smoothing_index + 1) % len(SMOOTHING_WEIGHTS)
         self.refresh_charts()
+        # Each chart's subtitle names the smoothing; no toast needed.
         for chart in self.dashboard.query(MetricChart):
             chart.redraw()
-        self.notify(
-            f"Smoothing: {smoothing_label(SMOOTHING_WEIGHTS[self.smoothing_index])}", timeout=2
-        )
 
     # -- what the keys may do ----------------------------------------------------------
 
@@ -529,6 +531,8 @@ class DashboardApp(App[int]):
         self.post_message(ExportFinished(request.save_path, returncode, list(tail)))
 
     def on_export_progress(self, message: ExportProgress) -> None:
+        if not self.can_draw:
+            return
         self.export_note = f"export: {message.line[-120:]}"
         self.dashboard.query_one(EventLog).add_entries(
             [LogEntry("info", f"export: {message.line}", None)]
@@ -537,6 +541,8 @@ class DashboardApp(App[int]):
 
     def on_export_finished(self, message: ExportFinished) -> None:
         self.export_running = False
+        if not self.can_draw:
+            return
         log = self.dashboard.query_one(EventLog)
         if message.returncode == 0:
             self.export_note = f"Exported the fused model to {message.save_path}"

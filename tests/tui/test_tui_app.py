@@ -25,7 +25,7 @@ from mlx_dpo.events import (
     truncate_events_after,
 )
 
-WIDE = (140, 44)
+WIDE = (110, 32)
 
 
 def make_app(run_dir: Path, **kwargs) -> DashboardApp:
@@ -97,15 +97,16 @@ async def test_tiles_and_charts_show_the_numbers_of_the_stream(tmp_path):
         assert "Preference accuracy" in text and "Reward margin" in text
 
 
-async def test_header_shows_model_data_state_progress_and_times(tmp_path):
-    write_run(tmp_path, steps=40, total_steps=100)
-    app = make_app(tmp_path)
+async def test_header_shows_model_data_state_progress_and_times(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "run", steps=40, total_steps=100)
+    app = make_app(Path("run"))  # shown as given, so printed commands work from here
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         text = screen_text(app)
-        assert MODEL in text and "data demo" in text and str(tmp_path) in text
+        assert f"model {MODEL}  data demo  run run" in text
         assert "TRAINING" in text
-        assert "step 40/100" in text and "epoch 0.8/2" in text
+        assert "step 40/100" in text and "epoch 0.8/2.0" in text
         # Frozen clock two seconds after step 40: elapsed 90 s + 2 s, ETA 120 s - 2 s.
         assert "elapsed 1m 32s" in text and "ETA 1m 58s" in text
         assert "40%" in text

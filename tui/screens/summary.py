@@ -10,6 +10,7 @@ from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
@@ -59,10 +60,13 @@ def summary_markup(
         lines.append(f"[b green]✓ Training finished[/]: {steps} steps in {elapsed}")
     lines.append("")
 
-    final_eval = run_end.get("final_eval") or model.latest_eval()
+    final_eval = run_end.get("final_eval")
+    # Without a final evaluation (a failed or stopped run), the last one is what there is.
+    label = "Final eval" if final_eval else "Last eval "
+    final_eval = final_eval or model.latest_eval()
     best_eval = run_end.get("best_eval")
     if final_eval:
-        lines.append(f"[b]Final eval[/]  {escape(_eval_line(final_eval) or '')}")
+        lines.append(f"[b]{label}[/]  {escape(_eval_line(final_eval) or '')}")
     if best_eval:
         lines.append(f"[b]Best eval[/]   {escape(_eval_line(best_eval) or '')}")
     if final_eval or best_eval:
@@ -74,7 +78,8 @@ def summary_markup(
             lines.append(f"[b]Last checkpoint[/]  {escape(checkpoint)}")
             if (Path(run_dir) / CONFIG_FILE).exists():
                 config = shlex.quote(str(Path(run_dir) / CONFIG_FILE))
-                lines.append(f"Resume from it:  [b]mlx-dpo train {escape(config)} --resume[/]")
+                resume = f"mlx-dpo train {config} --resume --adapter-path {shlex.quote(run_dir)}"
+                lines.append(f"Resume from it:  [b]{escape(resume)}[/]")
         else:
             lines.append("No checkpoint was saved.")
         if log_tail:
@@ -114,9 +119,16 @@ class SummaryScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         self.refresh_summary()
 
+    def on_screen_resume(self) -> None:
+        # Back from the export dialog: the export may have started or ended meanwhile.
+        self.refresh_summary()
+
     def refresh_summary(self) -> None:
         app = self.dashboard
-        dialog = self.query_one("#summary-dialog")
+        try:
+            dialog = self.query_one("#summary-dialog")
+        except NoMatches:
+            return  # not composed yet, or already being taken down
         dialog.border_title = "Run summary"
         dialog.set_class(app.model.state == "failed", "-failed")
         self.query_one("#summary-text", Static).update(

@@ -33,7 +33,7 @@ class RunHeader(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._texts: dict[str, str] = {}
-        self._progress: tuple[float | None, float] | None = None
+        self._progress: tuple[float, float] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-identity")
@@ -64,11 +64,13 @@ class RunHeader(Vertical):
         if model.state == "computing_reference" and reference:
             done, total = reference.get("done") or 0, reference.get("total") or 0
             parts.append(f"reference {done}/{total} pairs")
-            progress: tuple[float | None, float] = (max(total, 1), done)
+            progress: tuple[float, float] = (max(total, 1), done)
         else:
             total_steps = model.total_steps
             parts.append(f"step {model.step}/{total_steps if total_steps else '?'}")
-            progress = (total_steps or None, model.step)
+            # Unknown totals show an empty bar: an indeterminate one animates (and redraws)
+            # without end while a run is starting.
+            progress = (total_steps or 1, model.step if total_steps else 0)
         if progress != self._progress:
             self._progress = progress
             self.query_one("#run-progress", ProgressBar).update(
@@ -76,7 +78,7 @@ class RunHeader(Vertical):
             )
         if model.epoch is not None:
             epochs = model.info.get("epochs")
-            of = f"/{epochs}" if isinstance(epochs, (int, float)) and epochs else ""
+            of = f"/{epochs:.1f}" if isinstance(epochs, (int, float)) and epochs else ""
             parts.append(f"epoch {model.epoch:.1f}{of}")
         parts.append(f"elapsed {format_duration(model.elapsed(now))}")
         if not model.is_final:

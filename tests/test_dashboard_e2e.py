@@ -1,0 +1,84 @@
+"""End to end: a real tiny training run with the dashboard on a pseudo-terminal (tmux),
+paused, checkpointed and stopped by key presses; the run directory shows each of them."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlx_dpo.events import read_events, read_status
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=False).stdout
+
+
+def wait_until(condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def events_of(run_dir: Path, name: str) -> list[dict]:
+    return [e for e in read_events(run_dir) if e["event"] == name]
+
+
+def test_keys_pause_checkpoint_and_stop_a_real_run(llama_chatml, preference_data, tmp_path):
+    run_dir = tmp_path / "run"
+    session = f"mlx-dpo-e2e-{tmp_path.name}"
+    command = [
+        sys.executable, "-m", "mlx_dpo.cli", "train", "--model", str(llama_chatml),
+        "--data", str(preference_data), "--adapter-path", str(run_dir), "--iters", "100000",
+        "--learning-rate", "1e-4", "--eval-every", "0", "--save-every", "0", "--lora-rank", "4",
+    ]  # fmt: skip
+    # A terminal without CI set: the dashboard opens.
+    shell = f"env -u CI TERM=xterm-256color {shlex.join(command)}; sleep 60"
+    tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", shell)
+    try:
+        wait_until(lambda: read_status(run_dir).get("state") == "training", "training")
+        wait_until(lambda: "Pause" in tmux("capture-pane", "-t", session, "-p"), "the dashboard")
+        wait_until(lambda: len(events_of(run_dir, "step")) >= 2, "two steps")
+
+        tmux("send-keys", "-t", session, "p")
+        wait_until(lambda: read_status(run_dir).get("state") == "paused", "pause")
+        paused_at = len(events_of(run_dir, "step"))
+        time.sleep(1.5)
+        assert len(events_of(run_dir, "step")) == paused_at  # no step while paused
+
+        tmux("send-keys", "-t", session, "c")
+        wait_until(lambda: events_of(run_dir, "checkpoint"), "a checkpoint")
+        assert (run_dir / "checkpoints").is_dir()
+
+        tmux("send-keys", "-t", session, "r")
+        wait_until(lambda: read_status(run_dir).get("state") == "training", "resume")
+        wait_until(lambda: len(events_of(run_dir, "step")) > paused_at, "steps after resume")
+
+        tmux("send-keys", "-t", session, "s")
+        wait_until(lambda: "Stop (y)" in tmux("capture-pane", "-t", session, "-p"), "confirm")
+        tmux("send-keys", "-t", session, "y")
+        wait_until(lambda: events_of(run_dir, "run_end"), "the run to end")
+        end = events_of(run_dir, "run_end")[-1]
+        assert end["status"] == "stopped"
+        states = [e["state"] for e in events_of(run_dir, "state")]
+        assert "paused" in states and "resumed" in states and "stopping" in states
+        assert (run_dir / "adapters.safetensors").exists()
+        # The dashboard stays up after the run ends and says so.
+        wait_until(
+            lambda: "STOPPED" in tmux("capture-pane", "-t", session, "-p").upper(), "final state"
+        )
+    finally:
+        tmux("kill-session", "-t", session)

@@ -60,7 +60,8 @@ async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 10.0
             raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
         await pilot.pause(0.05)
     # Let the screen catch up with what the predicate saw (a pushed screen renders next).
-    await pilot.pause()
+    if pilot.app.is_running:
+        await pilot.pause()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+import pytest
 from conftest import screen_text, wait_until
 from mlx_dpo.tui.app import DashboardApp, run_dashboard
 from mlx_dpo.tui.screens import SummaryScreen
@@ -18,7 +19,7 @@ SIZE = (120, 36)
 
 
 def make_app(run_dir, trainer=None) -> DashboardApp:
-    return DashboardApp(run_dir, trainer=trainer, poll_interval=0.05, redraw_interval=0.1)
+    return DashboardApp(run_dir, trainer=trainer, poll_interval=0.05, redraw_interval=0.25)
 
 
 def sent_commands(run_dir) -> list[str]:
@@ -32,7 +33,7 @@ def enabled_keys(app) -> set[str]:
 
 async def test_pause_checkpoint_resume_and_stop_a_running_trainer(tmp_path, start_fake_trainer):
     run_dir = tmp_path / "run"
-    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.03")
+    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")
     app = make_app(run_dir, trainer)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.model.state == "training" and app.model.step >= 2)
@@ -55,6 +56,8 @@ async def test_pause_checkpoint_resume_and_stop_a_running_trainer(tmp_path, star
         await pilot.press("s")
         await pilot.pause()
         await pilot.press("y")
+        await pilot.pause()
+        assert "s" not in enabled_keys(app)  # greyed out while the stop is pending
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen), timeout=15)
         assert app.model.state == "stopped"
         assert trainer.wait(timeout=10) == 0
@@ -65,7 +68,7 @@ async def test_pause_checkpoint_resume_and_stop_a_running_trainer(tmp_path, star
 
 async def test_a_trainer_killed_with_sigkill_shows_the_failure(tmp_path, start_fake_trainer):
     run_dir = tmp_path / "run"
-    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.03")
+    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")
     app = make_app(run_dir, trainer)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.model.step >= 3)
@@ -83,10 +86,11 @@ async def test_a_trainer_killed_with_sigkill_shows_the_failure(tmp_path, start_f
     assert app.return_value == 1
 
 
+@pytest.mark.slow
 async def test_a_dead_trainer_is_found_from_the_status_pid(tmp_path, start_fake_trainer):
     """`mlx-dpo view` has no process handle: the pid in status.json tells."""
     run_dir = tmp_path / "run"
-    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.03")
+    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")
     app = make_app(run_dir)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.model.step >= 2)
@@ -97,6 +101,7 @@ async def test_a_dead_trainer_is_found_from_the_status_pid(tmp_path, start_fake_
         assert f"pid {trainer.pid}" in app.model.error
 
 
+@pytest.mark.slow
 async def test_a_trainer_that_finishes_is_not_a_failure(tmp_path, start_fake_trainer):
     run_dir = tmp_path / "run"
     trainer = start_fake_trainer(run_dir, "--steps", "5", "--step-time", "0.01")
@@ -120,9 +125,10 @@ def _headless(monkeypatch, auto_pilot) -> None:
     monkeypatch.setattr(DashboardApp, "run", headless_run)
 
 
+@pytest.mark.slow
 def test_quitting_with_stop_waits_for_the_trainer(tmp_path, start_fake_trainer, monkeypatch):
     run_dir = tmp_path / "run"
-    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.03")
+    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")
 
     async def quit_and_stop(pilot):
         await wait_until(pilot, lambda: pilot.app.model.step >= 2)
@@ -141,9 +147,10 @@ def test_quitting_with_stop_waits_for_the_trainer(tmp_path, start_fake_trainer, 
     assert sent_commands(run_dir) == ["stop"]
 
 
+@pytest.mark.slow
 def test_quitting_can_leave_the_trainer_running(tmp_path, start_fake_trainer, monkeypatch):
     run_dir = tmp_path / "run"
-    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.03")
+    trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")
 
     async def quit_and_leave(pilot):
         await wait_until(pilot, lambda: pilot.app.model.step >= 2)

@@ -52,13 +52,14 @@ def summary_markup(
     steps = f"{model.step}/{model.total_steps}" if model.total_steps else str(model.step)
     if model.state == "failed":
         lines.append(f"[b red]✗ Training failed[/] at step {steps} after {elapsed}")
-        if model.error:
-            lines += ["", f"[red]{escape(model.error)}[/]"]
     elif model.state == "stopped":
         lines.append(f"[b yellow]■ Training stopped[/] at step {steps} after {elapsed}")
     else:
         lines.append(f"[b green]✓ Training finished[/]: {steps} steps in {elapsed}")
-    lines.append("")
+    identity = f"model {model.model_name or '?'} · data {model.data_name or '?'} · run {run_dir}"
+    lines += [f"[dim]{escape(identity)}[/]", ""]
+    if model.state == "failed" and model.error:
+        lines += [f"[red]{escape(model.error)}[/]", ""]
 
     final_eval = run_end.get("final_eval")
     # Without a final evaluation (a failed or stopped run), the last one is what there is.

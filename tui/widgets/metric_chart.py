@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual_plot import HiResMode, PlotWidget
 
@@ -92,8 +93,10 @@ class MetricChart(Vertical):
         """Draw the stored data if it or the plot's width changed; True when it drew."""
         try:
             plot = self.plot
-        except Exception:
+        except NoMatches:
             return False
+        if not plot.size.width:
+            return False  # not laid out yet: on_resize draws at the real size
         width = max(plot.size.width - plot.margin_left - 2, 10)
         height = max(plot.size.height - plot.margin_top - plot.margin_bottom - 2, 2)
         key = (self._data_version, width, height)

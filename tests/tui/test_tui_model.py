@@ -14,7 +14,7 @@ from mlx_dpo.tui.formatting import format_duration, format_number, format_percen
 from mlx_dpo.tui.run_model import RunModel
 from mlx_dpo.tui.run_watcher import RunWatcher, describe_exit, pid_alive, tail_lines
 from mlx_dpo.tui.series import MetricSeries, downsample_minmax
-from mlx_dpo.tui.widgets.axis_ticks import TickFormatter, nice_ticks
+from mlx_dpo.tui.ticks import TickFormatter, nice_ticks
 from tui_runs import START_TIME, at, eval_metrics, step_metrics, write_run
 
 from mlx_dpo.events import LOG_FILE, EventWriter, read_events, write_status

@@ -125,7 +125,6 @@ def _headless(monkeypatch, auto_pilot) -> None:
     monkeypatch.setattr(DashboardApp, "run", headless_run)
 
 
-@pytest.mark.slow
 def test_quitting_with_stop_waits_for_the_trainer(tmp_path, start_fake_trainer, monkeypatch):
     run_dir = tmp_path / "run"
     trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")

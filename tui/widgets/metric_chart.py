@@ -13,7 +13,7 @@ from textual.reactive import reactive
 from textual_plot import HiResMode, PlotWidget
 
 from ..series import downsample_minmax
-from .axis_ticks import TickFormatter
+from ..ticks import TickFormatter
 
 
 @dataclass

@@ -91,7 +91,9 @@ def load(path: Path) -> list[dict]:
             raise ValueError(f"{where}: chosen and rejected must have the same form")
         if chosen.strip() == rejected.strip():
             raise ValueError(f"{where}: chosen == rejected")
-        rows.append({"where": where, "format": fmt, "key": key, "chosen": chosen, "rejected": rejected})
+        rows.append(
+            {"where": where, "format": fmt, "key": key, "chosen": chosen, "rejected": rejected}
+        )
     return rows
 
 
@@ -103,8 +105,8 @@ def stats(rows: list[dict], measure) -> dict:
         "chosen_mean": sum(c) / n,
         "rejected_mean": sum(r) / n,
         "ratio": (sum(c) / n) / (sum(r) / n),
-        "longer": sum(a > b for a, b in zip(c, r)) / n,
-        "ties": sum(a == b for a, b in zip(c, r)) / n,
+        "longer": sum(a > b for a, b in zip(c, r, strict=True)) / n,
+        "ties": sum(a == b for a, b in zip(c, r, strict=True)) / n,
     }
 
 
@@ -131,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             for key in set(keys) & train_keys:
                 problems.append(f"{split}: prompt also in train: {key!r}")
         formats = Counter(r["format"] for r in rows)
-        print(f"{split}: {len(rows)} pairs; " + ", ".join(f"{v} {k}" for k, v in sorted(formats.items())))
+        print(
+            f"{split}: {len(rows)} pairs; "
+            + ", ".join(f"{v} {k}" for k, v in sorted(formats.items()))
+        )
         words = [len(r["chosen"].split()) for r in rows]
         print(f"  chosen answers: {sum(w < 25 for w in words)}/{len(rows)} under 25 words")
         for unit, measure in (("chars", len), ("words", lambda s: len(s.split()))):
@@ -141,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                 f" (ratio {s['ratio']:.3f}); chosen longer in {s['longer']:.0%}, ties {s['ties']:.0%}"
             )
             if abs(s["ratio"] - 1) > MAX_RATIO_DEVIATION:
-                problems.append(f"{split} {unit}: mean ratio {s['ratio']:.3f} is off by more than 5%")
+                problems.append(
+                    f"{split} {unit}: mean ratio {s['ratio']:.3f} is off by more than 5%"
+                )
             if not LONGER_SHARE[0] <= s["longer"] <= LONGER_SHARE[1]:
-                problems.append(f"{split} {unit}: chosen longer in {s['longer']:.0%}, outside 40-60%")
+                problems.append(
+                    f"{split} {unit}: chosen longer in {s['longer']:.0%}, outside 40-60%"
+                )
     for p in problems:
         print("PROBLEM:", p)
     if not problems:

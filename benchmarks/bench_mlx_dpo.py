@@ -1,0 +1,186 @@
+"""One mlx-dpo training run on a workload, through its Python API (the same `train` the CLI
+runs with --no-tui), reference cached. Writes a JSON result.
+
+    python benchmarks/bench_mlx_dpo.py --workload DIR --steps N --warmup K --out RESULT.json
+
+Step times are the intervals between consecutive `step` events of the run's metrics.jsonl
+(the whole loop: data, compiled step, optimizer, event writing, health checks). The work of
+each step (pairs, tokens) is the trainer's own count; the batches are rebuilt with the
+trainer's batching (a pure function of seed and epoch) for the FLOP count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Before MLX: the system OpenBLAS.
+import mlx_dpo  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_workload, summarize_steps, write_result  # noqa: E402
+from flops import step_flops  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workload", required=True, type=Path)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--reference", choices=("cached", "live"), default="cached")
+    parser.add_argument(
+        "--layout",
+        choices=("default", "rows"),
+        default="default",
+        help="rows: every row computes its own prompt (prefix sharing off, where the engine "
+        "has it)",
+    )
+    args = parser.parse_args()
+
+    import mlx.core as mx
+
+    from mlx_dpo.config import CONFIG_KEYS, build_config
+    from mlx_dpo.trainer import RunOptions, train
+
+    spec, stats = load_workload(args.workload)
+    work = Path(tempfile.mkdtemp(prefix="bench-mlx-dpo-"))
+    # A fresh cache: the reference is computed (and timed) in this run.
+    os.environ["MLX_DPO_CACHE"] = str(work / "cache")
+    layout = {}
+    if "prefix_sharing" in CONFIG_KEYS and args.layout == "rows":
+        layout["prefix_sharing"] = False
+    config = build_config(
+        {},
+        {
+            **layout,
+            "model": str(args.workload / "model"),
+            "data": str(args.workload / "data"),
+            "iters": args.warmup + args.steps,
+            "batch_size": spec.batch_size,
+            "learning_rate": spec.learning_rate,
+            "lr_schedule": "constant",
+            "beta": spec.beta,
+            "lora_rank": spec.lora_rank,
+            "lora_scale": spec.lora_scale,
+            "lora_keys": list(spec.lora_keys),
+            "max_length": spec.max_length,
+            "reference": args.reference,
+            "eval_every": 0,
+            "save_every": 0,
+            "seed": spec.seed,
+        },
+    )
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    run_dir = work / "run"
+    tic = time.perf_counter()
+    status = train(config, RunOptions(run_dir, on_line=on_line, handle_signals=False))
+    total = time.perf_counter() - tic
+    if status != "completed":
+        raise SystemExit(f"mlx-dpo run {status}")
+
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step_events = [e for e in events if e["event"] == "step"]
+    run_start = next(e for e in events if e["event"] == "run_start")
+    # The first step's start: the last event written before it (reference done, state).
+    before_first = [
+        e for e in events if e["event"] != "step" and e["time"] <= step_events[0]["time"]
+    ]
+    previous = before_first[-1]["time"]
+    batches = rebuild_batches(config, len(step_events))
+    shared = prefix_sharing_used(config)
+    steps = []
+    for event, pairs in zip(step_events, batches, strict=True):
+        inside = spec.batch_size / event["pairs_per_second"]  # the trainer's own step time
+        steps.append(
+            {
+                "seconds": event["time"] - previous,
+                "inside_seconds": inside,
+                "pairs": round(event["pairs_per_second"] * inside),
+                "tokens": round(event["tokens_per_second"] * inside),
+                "flops": step_flops(spec, pairs, shared)["total"],
+            }
+        )
+        previous = event["time"]
+    summary = summarize_steps(steps, args.warmup)
+    measured = steps[args.warmup :]
+    summary["model_flops_per_second"] = sum(s["flops"] for s in measured) / summary["seconds"]
+    summary["inside_step_seconds_mean"] = sum(s["inside_seconds"] for s in measured) / len(measured)
+    reference_seconds = None
+    for line in lines:
+        match = re.search(r"reference log-probs for train: \d+ pairs in ([0-9.]+)s", line)
+        if match:
+            reference_seconds = float(match.group(1))
+    write_result(
+        args.out,
+        {
+            "tool": "mlx-dpo"
+            + ("-live" if args.reference == "live" else "")
+            + ("-rows" if args.layout == "rows" else ""),
+            "prefix_sharing": shared,
+            "workload": spec.name,
+            "reference": args.reference,
+            "reference_precompute_seconds": reference_seconds,
+            "trainable_parameters": run_start["trainable_parameters"],
+            "total_parameters": run_start["total_parameters"],
+            "mlx_peak_memory_mb": mx.get_peak_memory() / 2**20,
+            "total_seconds": total,
+            **summary,
+            "steps": steps,
+        },
+    )
+
+
+def rebuild_batches(config, count: int) -> list[list[tuple[int, int, int]]]:
+    """(prompt, chosen, rejected) lengths of the pairs of the first `count` batches, as the
+    trainer's batching orders them."""
+    from mlx_lm.utils import load_tokenizer
+
+    from mlx_dpo.batching import batches_per_epoch, epoch_batches
+    from mlx_dpo.data import load_splits
+
+    tokenizer = load_tokenizer(Path(config.model))
+    pairs = load_splits(config.data, tokenizer, config.max_length, splits=("train",))["train"].pairs
+    per_epoch = batches_per_epoch(len(pairs), config.batch_size)
+    out = []
+    for k in range(count):
+        epoch, position = divmod(k, per_epoch)
+        order = epoch_batches(pairs, config.batch_size, config.seed, epoch, True)
+        out.append(
+            [
+                (len(pairs[i].prompt_ids), len(pairs[i].chosen_ids), len(pairs[i].rejected_ids))
+                for i in order[position]
+            ]
+        )
+    return out
+
+
+def prefix_sharing_used(config) -> bool:
+    """Whether the run computed each prompt once (engines with prefix sharing turn it on
+    when asked and the architecture passes their check)."""
+    if not getattr(config, "prefix_sharing", False):
+        return False
+    from mlx_dpo import logprobs
+
+    check = getattr(logprobs, "supports_prefix_sharing", None)
+    if check is None:
+        return False
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(Path(config.model))
+    return bool(check(model, logprobs.find_head_split(model)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+"""The mlx-dpo benchmark: mlx-dpo against mlx-lm-lora and TRL on the same offline workloads.
+
+    python benchmarks/run.py [--workloads W1,W2,W3] [--steps N] [--warmup K]
+                             [--tools mlx-dpo,mlx-lm-lora,trl-live,trl-precomputed]
+
+Each tool runs in its own process, one after another, on the same data with the same LoRA
+rank and targets, batch size, sequence lengths and learning rate, in float32. Results: a
+markdown table (printed, and written to benchmarks/results/<name>.md) and JSON beside it.
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import WORKLOADS  # noqa: E402
+
+TOOLS = ("mlx-dpo", "mlx-lm-lora", "trl-live", "trl-precomputed")
+EXTRA_TOOLS = ("mlx-dpo-live", "mlx-dpo-rows")
+# Modules each tool needs beyond mlx-dpo's own dependencies.
+NEEDS = {
+    "mlx-dpo": (),
+    "mlx-dpo-live": (),
+    "mlx-dpo-rows": (),
+    "mlx-lm-lora": ("mlx_lm_lora",),
+    "trl-live": ("torch", "transformers", "trl", "peft", "datasets"),
+    "trl-precomputed": ("torch", "transformers", "trl", "peft", "datasets"),
+}
+VERSIONS = (
+    "mlx-dpo",
+    "mlx",
+    "mlx-lm",
+    "mlx-lm-lora",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "numpy",
+)
+DEFAULT_STEPS = "W1=8,W2=3,W3=6"
+LOGIT_TOKENS = "1,87,85,71,84,201,489,277,900,311,293,328,1136,2"
+
+
+def command_for(tool: str, workload: Path, steps: int, warmup: int, out: Path) -> list[str]:
+    common = ["--workload", str(workload), "--steps", str(steps), "--warmup", str(warmup)]
+    common += ["--out", str(out)]
+    py = sys.executable
+    if tool == "mlx-dpo":
+        return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--reference", "cached"]
+    if tool == "mlx-dpo-live":
+        return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--reference", "live"]
+    if tool == "mlx-dpo-rows":
+        return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--layout", "rows"]
+    if tool == "mlx-lm-lora":
+        return [py, str(HERE / "bench_mlx_lm_lora.py"), *common]
+    if tool in ("trl-live", "trl-precomputed"):
+        reference = tool.split("-", 1)[1]
+        return [py, str(HERE / "bench_trl.py"), *common, "--reference", reference]
+    raise ValueError(tool)
+
+
+def parse_steps(text: str, workloads: list[str]) -> dict[str, int]:
+    """'8' (every workload) or 'W1=8,W2=3' (others: the default's)."""
+    text = str(text)
+    if text.isdigit():
+        return dict.fromkeys(workloads, int(text))
+    defaults = dict(item.split("=") for item in DEFAULT_STEPS.split(","))
+    given = dict(item.split("=") for item in text.split(",") if item)
+    merged = {**defaults, **given}
+    return {w: int(merged.get(w, 6)) for w in workloads}
+
+
+def missing_dependencies(tools: list[str]) -> list[str]:
+    missing = []
+    for tool in tools:
+        for module in NEEDS[tool]:
+            if importlib.util.find_spec(module) is None and module not in missing:
+                missing.append(module)
+    return missing
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in VERSIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def engine_state() -> str:
+    """Where mlx_dpo is imported from, and whether its files differ from the commit."""
+    spec = importlib.util.find_spec("mlx_dpo")
+    origin = Path(spec.origin).parent if spec and spec.origin else None
+    if origin is None:
+        return "not found"
+    try:
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=origin,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(origin)
+    return f"{origin}, {'with uncommitted changes' if dirty else 'as committed'}"
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float) -> tuple[int, float]:
+    """Run cmd with its output to log; (exit code, seconds). A timeout is exit code 124."""
+    tic = time.perf_counter()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as handle:
+        try:
+            code = subprocess.run(
+                cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = 124
+    return code, time.perf_counter() - tic
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def measure_peak(log_dir: Path, label: str) -> dict:
+    out = log_dir / f"matmul-peak-{label}.json"
+    log = out.with_suffix(".log")
+    code, _ = run_logged([sys.executable, str(HERE / "flops.py"), str(out)], log, 300)
+    if code != 0:
+        raise SystemExit(f"measuring the matmul peak failed:\n{tail(log)}")
+    return json.loads(out.read_text())
+
+
+def verify_logits(model_dir: Path, log_dir: Path) -> dict:
+    """MLX and PyTorch (transformers' LlamaForCausalLM) logits of the same folder agree."""
+    import numpy as np
+
+    mlx_out, torch_out = log_dir / "logits-mlx.npy", log_dir / "logits-torch.npy"
+    for cmd, out in (
+        ([sys.executable, str(HERE / "workloads.py"), "logits"], mlx_out),
+        ([sys.executable, str(HERE / "bench_trl.py"), "--logits"], torch_out),
+    ):
+        code, _ = run_logged(
+            [*cmd, str(model_dir), str(out), LOGIT_TOKENS], out.with_suffix(".log"), 300
+        )
+        if code != 0:
+            raise SystemExit(f"logits check failed:\n{tail(out.with_suffix('.log'))}")
+    a, b = np.load(mlx_out), np.load(torch_out)
+    diff = float(np.abs(a - b).max())
+    scale = float(np.abs(a).max())
+    return {
+        "max_abs_difference": diff,
+        "max_abs_logit": scale,
+        "agree": diff <= 1e-4 * max(scale, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ratio(value, base) -> str:
+    if value is None or base in (None, 0):
+        return "–"
+    return f"{value / base:.2f}×"
+
+
+def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
+    lines = [
+        f"# mlx-dpo benchmark — {meta['name']}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Commit {meta['commit']} (engine {meta['engine']}), {meta['machine']}; measured steps "
+        + ", ".join(f"{w} {n}" for w, n in meta["steps"].items())
+        + f" after {meta['warmup']} warm-up steps per tool; batch 4 pairs, LoRA rank 8 on "
+        "q/k/v/o of every layer, float32.  ",
+        f"Load average before {meta['load_before']}, after {meta['load_after']} "
+        f"({os.cpu_count()} cores); total time {meta['total_seconds'] / 60:.1f} min.  ",
+        "Float32 matmul peak (MLX, best of a few shapes): "
+        + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s" for k, v in meta["matmul_peak"].items())
+        + f"; used: {meta['peak_gflops']:.1f} GFLOP/s.",
+        "",
+        "Ratios are the tool's value over mlx-dpo's on the same workload (throughput: below 1 "
+        "means slower than mlx-dpo; memory: above 1 means more memory).",
+        "",
+    ]
+    header = (
+        "| workload | tool | pairs/s | tokens/s | step s (mean / median) | ref. precompute s "
+        "| peak RSS MB | MLX peak MB | pairs/s ÷ mlx-dpo | RSS ÷ mlx-dpo | MLX peak ÷ mlx-dpo |"
+    )
+    lines += [header, "|" + "---|" * 11]
+    for workload, by_tool in results.items():
+        base = by_tool.get("mlx-dpo", {})
+        for tool, r in by_tool.items():
+            if "error" in r:
+                lines.append(f"| {workload} | {tool} | failed: {r['error']} |" + " |" * 8)
+                continue
+            label = f"{tool} (shared prompts)" if r.get("prefix_sharing") else tool
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        workload,
+                        label,
+                        _fmt(r["pairs_per_second"], 3),
+                        _fmt(r["tokens_per_second"], 0),
+                        f"{r['step_seconds_mean']:.2f} / {r['step_seconds_median']:.2f}",
+                        _fmt(r.get("reference_precompute_seconds"), 1),
+                        _fmt(r["peak_rss_mb"], 0),
+                        _fmt(r.get("mlx_peak_memory_mb"), 0),
+                        _ratio(r["pairs_per_second"], base.get("pairs_per_second")),
+                        _ratio(r["peak_rss_mb"], base.get("peak_rss_mb")),
+                        _ratio(r.get("mlx_peak_memory_mb"), base.get("mlx_peak_memory_mb")),
+                    ]
+                )
+                + " |"
+            )
+    lines.append("")
+    targets = evaluate_targets(meta, results)
+    if targets:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        for t in targets:
+            lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
+        lines.append("")
+    mfu = [
+        (w, r["mlx-dpo"]["model_flops_per_second"] / 1e9)
+        for w, r in results.items()
+        if "model_flops_per_second" in r.get("mlx-dpo", {})
+    ]
+    if mfu:
+        lines.append(
+            "mlx-dpo model FLOP rate (benchmarks/flops.py): "
+            + ", ".join(
+                f"{w} {g:.1f} GFLOP/s = {100 * g / meta['peak_gflops']:.0f}% of peak"
+                for w, g in mfu
+            )
+            + "."
+        )
+        lines.append("")
+    data = {"meta": meta, "results": results, "targets": targets}
+    return "\n".join(lines), data
+
+
+def evaluate_targets(meta: dict, results: dict[str, dict[str, dict]]) -> list[dict]:
+    out = []
+
+    def value(workload, tool, key):
+        r = results.get(workload, {}).get(tool, {})
+        return r.get(key)
+
+    def speed(tool, factor):
+        ours, theirs = (
+            value("W1", "mlx-dpo", "pairs_per_second"),
+            value("W1", tool, "pairs_per_second"),
+        )
+        if ours and theirs:
+            out.append(
+                {
+                    "target": f"W1 pairs/s ≥ {factor}× {tool}",
+                    "measured": f"{ours / theirs:.2f}×",
+                    "met": ours / theirs >= factor,
+                }
+            )
+
+    speed("trl-precomputed", 2)
+    speed("mlx-lm-lora", 4)
+    rate = value("W1", "mlx-dpo", "model_flops_per_second")
+    if rate:
+        share = rate / 1e9 / meta["peak_gflops"]
+        out.append(
+            {
+                "target": "W1 ≥ 60% of the measured float32 matmul peak",
+                "measured": f"{100 * share:.0f}% ({rate / 1e9:.1f} of {meta['peak_gflops']:.1f} GFLOP/s)",
+                "met": share >= 0.6,
+            }
+        )
+    shared, rows = (
+        value("W3", "mlx-dpo", "pairs_per_second"),
+        value("W3", "mlx-dpo-rows", "pairs_per_second"),
+    )
+    if shared and rows and results["W3"]["mlx-dpo"].get("prefix_sharing"):
+        out.append(
+            {
+                "target": "W3 prefix sharing ≥ 1.3× the rows layout",
+                "measured": f"{shared / rows:.2f}×",
+                "met": shared / rows >= 1.3,
+            }
+        )
+    for workload, limit in (("W1", 0.5), ("W2", 0.3)):
+        for key, label in (("mlx_peak_memory_mb", "MLX peak"), ("peak_rss_mb", "peak RSS")):
+            ours, theirs = value(workload, "mlx-dpo", key), value(workload, "mlx-lm-lora", key)
+            if ours and theirs:
+                out.append(
+                    {
+                        "target": f"{workload} {label} ≤ {limit}× mlx-lm-lora",
+                        "measured": f"{ours / theirs:.2f}× ({ours:,.0f} vs {theirs:,.0f} MB)",
+                        "met": ours / theirs <= limit,
+                    }
+                )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workloads", default="W1,W2,W3")
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument(
+        "--steps",
+        default=DEFAULT_STEPS,
+        help="measured steps per tool: N for every workload, or W1=N,W2=M,... "
+        f"(default {DEFAULT_STEPS}; W2 is there for memory, its steps are slow)",
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps, not measured")
+    parser.add_argument("--work-dir", type=Path, default=HERE / ".work")
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--name", help="results file name (default: date and time)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per tool run")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the workloads")
+    args = parser.parse_args()
+
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    try:
+        steps = parse_steps(args.steps, workloads)
+    except ValueError:
+        parser.error(f"--steps: expected N or W1=N,W2=M,..., got {args.steps!r}")
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS] + [
+        t for t in tools if t not in TOOLS + EXTRA_TOOLS
+    ]
+    if unknown:
+        parser.error(
+            f"unknown {', '.join(unknown)}; workloads: {', '.join(WORKLOADS)}; tools: "
+            f"{', '.join(TOOLS + EXTRA_TOOLS)}"
+        )
+    missing = missing_dependencies(tools)
+    if missing:
+        print(
+            f"missing benchmark dependencies: {', '.join(missing)}\n"
+            "They are not mlx-dpo dependencies; install them into this environment with\n"
+            "    pip install torch==2.13.0        # first, a CPU build (see benchmarks/README.md)\n"
+            "    pip install -r benchmarks/requirements.txt\n"
+            "or leave those tools out with --tools.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+    name = args.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    log_dir = args.work_dir / "logs" / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average before: {load_before}")
+
+    print(f"building workloads {', '.join(workloads)} in {args.work_dir} ...", flush=True)
+    build_cmd = [sys.executable, str(HERE / "workloads.py"), "build", "--root", str(args.work_dir)]
+    code, seconds = run_logged(
+        build_cmd + (["--force"] if args.rebuild else []) + workloads, log_dir / "build.log", 1800
+    )
+    if code != 0:
+        raise SystemExit(f"building the workloads failed:\n{tail(log_dir / 'build.log')}")
+    print(f"  done in {seconds:.0f}s")
+    stats = {
+        w: json.loads((args.work_dir / w / "workload.json").read_text())["stats"] for w in workloads
+    }
+
+    logit_checks = {}
+    if any(t.startswith("trl") for t in tools):
+        for w in workloads:
+            key = WORKLOADS[w].model_key
+            if key not in logit_checks:
+                check = verify_logits(args.work_dir / w / "model", log_dir)
+                logit_checks[key] = check
+                print(f"MLX vs PyTorch logits ({key}): max |Δ| {check['max_abs_difference']:.2e}")
+                if not check["agree"]:
+                    raise SystemExit("the HF folder does not reproduce the MLX model's logits")
+
+    peaks = {"before": measure_peak(log_dir, "before")}
+    print(f"float32 matmul peak: {peaks['before']['gflops']:.1f} GFLOP/s", flush=True)
+
+    results: dict[str, dict[str, dict]] = {}
+    for w in workloads:
+        results[w] = {}
+        for tool in tools:
+            out = log_dir / f"{w}-{tool}.json"
+            log = log_dir / f"{w}-{tool}.log"
+            cmd = command_for(tool, args.work_dir / w, steps[w], args.warmup, out)
+            print(f"{w} {tool} ...", flush=True)
+            code, seconds = run_logged(cmd, log, args.timeout)
+            if code != 0 or not out.exists():
+                reason = "timed out" if code == 124 else f"exit code {code}"
+                print(f"  failed ({reason}); log {log}:\n{tail(log)}")
+                results[w][tool] = {"error": reason, "log": str(log)}
+                continue
+            r = json.loads(out.read_text())
+            results[w][tool] = r
+            print(
+                f"  {r['pairs_per_second']:.3f} pairs/s, {r['tokens_per_second']:.0f} tokens/s, "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB ({seconds:.0f}s)",
+                flush=True,
+            )
+
+    peaks["after"] = measure_peak(log_dir, "after")
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average after: {load_after}")
+    meta = {
+        "name": name,
+        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "engine": engine_state(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+        "versions": versions(),
+        "steps": steps,
+        "warmup": args.warmup,
+        "workload_stats": stats,
+        "logit_checks": logit_checks,
+        "matmul_peak": peaks,
+        # The higher of the two measurements: the fraction of peak is not flattered by a
+        # busy moment.
+        "peak_gflops": max(p["gflops"] for p in peaks.values()),
+        "load_before": load_before,
+        "load_after": load_after,
+        "total_seconds": time.perf_counter() - started,
+    }
+    text, data = report(meta, results)
+    (args.results_dir / f"{name}.md").write_text(text + "\n")
+    (args.results_dir / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print()
+    print(text)
+    print(f"written: {args.results_dir / name}.md and .json")
+
+
+if __name__ == "__main__":
+    main()

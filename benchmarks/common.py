@@ -99,6 +99,14 @@ def summarize_steps(steps: list[dict], warmup: int) -> dict[str, Any]:
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
-    result = {**result, "peak_rss_mb": peak_rss_mb(), "pid": os.getpid(), "finished": time.time()}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result = {
+        **result,
+        "peak_rss_mb": peak_rss_mb(),
+        # CPU time of the whole process: far below 2 x wall time on 2 cores means it waited.
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "pid": os.getpid(),
+        "finished": time.time(),
+    }
     Path(path).write_text(json.dumps(result, indent=2))
     print(f"result written to {path}")

@@ -433,17 +433,22 @@ def main() -> None:
             log = log_dir / f"{w}-{tool}.log"
             cmd = command_for(tool, args.work_dir / w, steps[w], args.warmup, out)
             print(f"{w} {tool} ...", flush=True)
+            load_start = round(os.getloadavg()[0], 2)
             code, seconds = run_logged(cmd, log, args.timeout)
+            load_end = round(os.getloadavg()[0], 2)
             if code != 0 or not out.exists():
                 reason = "timed out" if code == 124 else f"exit code {code}"
                 print(f"  failed ({reason}); log {log}:\n{tail(log)}")
                 results[w][tool] = {"error": reason, "log": str(log)}
                 continue
             r = json.loads(out.read_text())
+            r["load_average_1min"] = [load_start, load_end]
+            r["wall_seconds"] = seconds
             results[w][tool] = r
             print(
                 f"  {r['pairs_per_second']:.3f} pairs/s, {r['tokens_per_second']:.0f} tokens/s, "
-                f"peak RSS {r['peak_rss_mb']:.0f} MB ({seconds:.0f}s)",
+                f"peak RSS {r['peak_rss_mb']:.0f} MB ({seconds:.0f}s, load {load_start} -> "
+                f"{load_end})",
                 flush=True,
             )
 

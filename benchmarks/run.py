@@ -223,19 +223,22 @@ def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
         + f"; used: {meta['peak_gflops']:.1f} GFLOP/s.",
         "",
         "Ratios are the tool's value over mlx-dpo's on the same workload (throughput: below 1 "
-        "means slower than mlx-dpo; memory: above 1 means more memory).",
+        "means slower than mlx-dpo; memory: above 1 means more memory). Load: the 1-minute "
+        "load average when the tool started and ended (2 cores: above ~2 the machine was "
+        "shared with other work).",
         "",
     ]
     header = (
         "| workload | tool | pairs/s | tokens/s | step s (mean / median) | ref. precompute s "
-        "| peak RSS MB | MLX peak MB | pairs/s ÷ mlx-dpo | RSS ÷ mlx-dpo | MLX peak ÷ mlx-dpo |"
+        "| peak RSS MB | MLX peak MB | pairs/s ÷ mlx-dpo | RSS ÷ mlx-dpo | MLX peak ÷ mlx-dpo "
+        "| load |"
     )
-    lines += [header, "|" + "---|" * 11]
+    lines += [header, "|" + "---|" * 12]
     for workload, by_tool in results.items():
         base = by_tool.get("mlx-dpo", {})
         for tool, r in by_tool.items():
             if "error" in r:
-                lines.append(f"| {workload} | {tool} | failed: {r['error']} |" + " |" * 8)
+                lines.append(f"| {workload} | {tool} | failed: {r['error']} |" + " |" * 9)
                 continue
             label = f"{tool} (shared prompts)" if r.get("prefix_sharing") else tool
             lines.append(
@@ -253,6 +256,7 @@ def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
                         _ratio(r["pairs_per_second"], base.get("pairs_per_second")),
                         _ratio(r["peak_rss_mb"], base.get("peak_rss_mb")),
                         _ratio(r.get("mlx_peak_memory_mb"), base.get("mlx_peak_memory_mb")),
+                        "→".join(str(x) for x in r.get("load_average_1min", [])) or "–",
                     ]
                 )
                 + " |"

@@ -21,20 +21,45 @@ BUCKET_WINDOW = 8
 
 @dataclass
 class Batch:
-    """B pairs as 2B rows: chosen rows first, then rejected rows.
+    """B pairs as 2B rows: chosen rows first, then rejected rows, in one of two layouts.
 
+    Rows (every row holds its own copy of the prompt):
     tokens              (2B, L) int32, each row prompt + response, right-padded
     response_positions  (2B, W) int32, target positions (in tokens[:, 1:]) of response tokens
+
+    Shared prompt (prefix sharing: each prompt once, both responses continue from it):
+    prompt_tokens       (B, P)  int32, prompts left-padded so they all end at column P - 1
+    prompt_padding      (B,)    int32, left padding of each prompt
+    response_tokens     (2B, W) int32, responses right-padded
+
+    Both:
     response_mask       (2B, W) float32, 1 where the position is a real response token
-    prompt_lengths      (B,)    int32, prompt length of each pair (for prefix sharing)
+    prompt_lengths      (B,)    int32, prompt length of each pair
     pair_indices        (B,)    the pairs' indices in their split
     """
 
-    tokens: np.ndarray
-    response_positions: np.ndarray
     response_mask: np.ndarray
     prompt_lengths: np.ndarray
     pair_indices: np.ndarray
+    tokens: np.ndarray | None = None
+    response_positions: np.ndarray | None = None
+    prompt_tokens: np.ndarray | None = None
+    prompt_padding: np.ndarray | None = None
+    response_tokens: np.ndarray | None = None
+
+    @property
+    def shared_prompt(self) -> bool:
+        return self.prompt_tokens is not None
+
+    def model_inputs(self) -> tuple[np.ndarray, ...]:
+        if self.shared_prompt:
+            return (
+                self.prompt_tokens,
+                self.prompt_padding,
+                self.response_tokens,
+                self.response_mask,
+            )
+        return (self.tokens, self.response_positions, self.response_mask)
 
     @property
     def num_pairs(self) -> int:
@@ -42,6 +67,7 @@ class Batch:
 
     @property
     def num_tokens(self) -> int:
+        """Real tokens of the 2B sequences (prompt counted for both responses)."""
         return int(self.response_mask.sum() + self.prompt_lengths.sum() * 2)
 
 
@@ -53,7 +79,9 @@ def pair_length(pair: TokenizedPair) -> int:
     return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
 
-def collate(pairs: list[TokenizedPair], pad_id: int = 0) -> Batch:
+def collate(pairs: list[TokenizedPair], pad_id: int = 0, shared_prompt: bool = False) -> Batch:
+    if shared_prompt:
+        return _collate_shared(pairs, pad_id)
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [
         (p.prompt_ids, p.rejected_ids) for p in pairs
     ]
@@ -72,11 +100,35 @@ def collate(pairs: list[TokenizedPair], pad_id: int = 0) -> Batch:
         positions[row] = np.minimum(start + np.arange(window), length - 2)
         mask[row, : len(response)] = 1.0
     return Batch(
-        tokens=tokens,
-        response_positions=positions,
         response_mask=mask,
         prompt_lengths=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int32),
         pair_indices=np.array([p.index for p in pairs], dtype=np.int64),
+        tokens=tokens,
+        response_positions=positions,
+    )
+
+
+def _collate_shared(pairs: list[TokenizedPair], pad_id: int) -> Batch:
+    prompt_length = round_up(max(len(p.prompt_ids) for p in pairs), 16)
+    responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    window = round_up(max(len(r) for r in responses), 16)
+    prompt_tokens = np.full((len(pairs), prompt_length), pad_id, dtype=np.int32)
+    padding = np.zeros(len(pairs), dtype=np.int32)
+    for row, pair in enumerate(pairs):
+        padding[row] = prompt_length - len(pair.prompt_ids)
+        prompt_tokens[row, padding[row] :] = pair.prompt_ids
+    response_tokens = np.full((len(responses), window), pad_id, dtype=np.int32)
+    mask = np.zeros((len(responses), window), dtype=np.float32)
+    for row, response in enumerate(responses):
+        response_tokens[row, : len(response)] = response
+        mask[row, : len(response)] = 1.0
+    return Batch(
+        response_mask=mask,
+        prompt_lengths=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int32),
+        pair_indices=np.array([p.index for p in pairs], dtype=np.int64),
+        prompt_tokens=prompt_tokens,
+        prompt_padding=padding,
+        response_tokens=response_tokens,
     )
 
 

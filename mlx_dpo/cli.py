@@ -50,7 +50,11 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("schedule")
     g.add_argument("--iters", type=int, help="optimizer steps (default: one epoch)")
     g.add_argument("--epochs", type=float, help="epochs over the train split")
-    g.add_argument("--batch-size", type=int, help=f"pairs per batch (default {d.batch_size})")
+    g.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        help=f"pairs per batch (default {d.batch_size}), or auto: the largest the memory plan fits",
+    )
     g.add_argument("--grad-accumulation", type=int, help="batches per optimizer step (default 1)")
     g.add_argument(
         "--learning-rate", type=float, help=f"peak learning rate (default {d.learning_rate})"
@@ -89,6 +93,13 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="recompute layer activations in the backward pass (less memory, slower)",
     )
+    g.add_argument(
+        "--no-prefix-sharing",
+        dest="prefix_sharing",
+        action="store_const",
+        const=False,
+        help="run each prompt twice (with chosen and rejected) instead of once",
+    )
     g = parser.add_argument_group("evaluation and checkpoints")
     g.add_argument(
         "--eval-every",
@@ -98,6 +109,21 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})"
     )
+    g = parser.add_argument_group("memory")
+    g.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        help="memory the run may use (default: the device's); the plan and the guard use it",
+    )
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer or 'auto', not {text!r}") from None
 
 
 TRAIN_FLAG_KEYS = [
@@ -130,8 +156,10 @@ TRAIN_FLAG_KEYS = [
     "lora_layers",
     "lora_keys",
     "grad_checkpoint",
+    "prefix_sharing",
     "eval_every",
     "save_every",
+    "memory_limit_gb",
 ]
 
 
@@ -147,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --adapter-path")
     train.add_argument("--no-tui", action="store_true", help="plain progress lines, no dashboard")
+    train.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the memory plan (after loading the model and data) and exit",
+    )
 
     view = sub.add_parser("view", help="the dashboard on a run directory (live or finished)")
     view.add_argument("run_dir")
@@ -212,6 +245,14 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config, is_demo = _train_config(args)
+    if args.plan:
+        from mlx_dpo.memory import plan_command
+
+        if is_demo:
+            from mlx_dpo import demo
+
+            config.model = str(demo.ensure_demo_model(print))
+        return plan_command(config)
     run_dir = Path(config.adapter_path)
     if not args.resume and (run_dir / "metrics.jsonl").exists():
         raise UserError(

@@ -31,7 +31,7 @@ class TrainConfig:
     adapter_path: str | None = None
     iters: int | None = None
     epochs: float | None = None
-    batch_size: int = 4
+    batch_size: int | str = 4  # or "auto": the largest batch the memory plan fits
     grad_accumulation: int = 1
     learning_rate: float = 1e-5
     lr_schedule: str = "linear"
@@ -53,12 +53,14 @@ class TrainConfig:
     init_adapter: str | None = None
     quantize: int | None = None
     grad_checkpoint: bool = False
+    prefix_sharing: bool = True
     seed: int = 0
     eval_every: int = 50
     save_every: int = 100
     fields: dict[str, str] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
+    memory_limit_gb: float | None = None  # overrides the device's memory (the plan, the guard)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,6 +174,8 @@ def check_value(key: str, value: Any) -> list[str]:
         hint = f" (did you mean '{suggestion[0]}'?)" if suggestion else ""
         return [f"unknown key '{key}'{hint}"]
     expected = _type_of(key)
+    if key == "batch_size" and not (_check_type(value, int) or value == "auto"):
+        return [f"'batch_size' must be an integer or 'auto', got {value!r}"]
     if not _check_type(value, expected):
         return [f"'{key}' must be {_type_name(expected)}, got {value!r}"]
     return []
@@ -192,7 +196,9 @@ def _range_problems(config: TrainConfig) -> list[str]:
         0 <= c.label_smoothing < 0.5,
         f"'label_smoothing' must be in [0, 0.5), got {c.label_smoothing}",
     )
-    need(c.batch_size > 0, f"'batch_size' must be > 0, got {c.batch_size}")
+    need(
+        c.batch_size == "auto" or c.batch_size > 0, f"'batch_size' must be > 0, got {c.batch_size}"
+    )
     need(c.grad_accumulation > 0, f"'grad_accumulation' must be > 0, got {c.grad_accumulation}")
     need(c.learning_rate > 0, f"'learning_rate' must be > 0, got {c.learning_rate}")
     need(c.warmup >= 0, f"'warmup' must be >= 0, got {c.warmup}")
@@ -206,6 +212,10 @@ def _range_problems(config: TrainConfig) -> list[str]:
     need(c.epochs is None or c.epochs > 0, f"'epochs' must be > 0, got {c.epochs}")
     need(c.iters is None or c.epochs is None, "give 'iters' or 'epochs', not both")
     need(c.lora_layers is None or c.lora_layers > 0, "'lora_layers' must be > 0")
+    need(
+        c.memory_limit_gb is None or c.memory_limit_gb > 0,
+        f"'memory_limit_gb' must be > 0, got {c.memory_limit_gb}",
+    )
     need(c.quantize in (None, 4, 8), f"'quantize' must be 4 or 8, got {c.quantize}")
     need(c.loss in LOSSES, f"'loss' must be one of {', '.join(LOSSES)}, got {c.loss!r}")
     need(

@@ -83,6 +83,68 @@ def response_logps(
     return (chunked_token_logps(hidden, targets, split.head) * mask).sum(axis=-1)
 
 
+def shared_prompt_logps(
+    model: nn.Module,
+    prompt_tokens: mx.array,
+    prompt_padding: mx.array,
+    response_tokens: mx.array,
+    mask: mx.array,
+    split: HeadSplit,
+) -> mx.array:
+    """The same sums as `response_logps`, computing each prompt once (prefix sharing).
+
+    The B prompts (left-padded) run through the backbone filling mlx-lm's batch KV cache;
+    the cache is then duplicated so the 2B responses (chosen rows, then rejected rows)
+    continue from it. The prompt's last hidden state predicts the first response token.
+    Gradients flow through the cached keys and values into the prompt's computation."""
+    from mlx_lm.models.cache import BatchKVCache
+
+    caches = []
+    for _ in model.layers:
+        # Built from arrays, not lists: inside mx.compile the padding is not known in Python.
+        cache = BatchKVCache([0] * prompt_tokens.shape[0])
+        cache.left_padding = prompt_padding
+        cache.offset = -prompt_padding
+        caches.append(cache)
+    prompt_hidden = split.backbone(prompt_tokens, cache=caches)
+    for cache in caches:
+        keys, values = cache.keys_and_values()
+        cache.keys = mx.concatenate([keys, keys])
+        cache.values = mx.concatenate([values, values])
+        cache.offset = mx.concatenate([cache.offset, cache.offset])
+        cache.left_padding = mx.concatenate([cache.left_padding, cache.left_padding])
+    response_hidden = split.backbone(response_tokens, cache=caches)
+    last = prompt_hidden[:, -1:]
+    hidden = mx.concatenate(
+        [mx.concatenate([last, last]), response_hidden[:, : response_tokens.shape[1] - 1]], axis=1
+    )
+    return (chunked_token_logps(hidden, response_tokens, split.head) * mask).sum(axis=-1)
+
+
+def supports_prefix_sharing(model: nn.Module, split: HeadSplit | None) -> bool:
+    """Whether this architecture gives the same log-probs with a shared prompt (it needs the
+    batch KV cache to work as in plain attention layers); checked on a tiny batch."""
+    if split is None:
+        return False
+    from mlx_dpo.batching import collate
+    from mlx_dpo.data import TokenizedPair
+
+    pairs = [
+        TokenizedPair(0, "", [5, 6, 7], [8, 9], [10, 11, 12]),
+        TokenizedPair(1, "", [5, 13, 14, 15, 16, 17], [18], [19, 20]),
+    ]
+    try:
+        rows = response_logps(model, *[mx.array(a) for a in collate(pairs).model_inputs()], split)
+        shared_batch = collate(pairs, shared_prompt=True)
+        shared = shared_prompt_logps(
+            model, *[mx.array(a) for a in shared_batch.model_inputs()], split
+        )
+        mx.eval(rows, shared)
+    except Exception:  # an architecture whose layers or caches work differently
+        return False
+    return bool(mx.allclose(rows, shared, rtol=1e-3, atol=1e-3).item())
+
+
 def chunked_token_logps(
     hidden: mx.array, targets: mx.array, head: Callable[[mx.array], mx.array]
 ) -> mx.array:

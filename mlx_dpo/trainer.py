@@ -9,7 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import numpy as np
 from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_dpo import checkpoints, distributed, reference
+from mlx_dpo import checkpoints, distributed, memory, reference
 from mlx_dpo.batching import Batch, batches_per_epoch, collate, epoch_batches
 from mlx_dpo.config import TrainConfig, save_config
 from mlx_dpo.data import TokenizedSplit, load_splits
@@ -35,7 +35,13 @@ from mlx_dpo.events import (
     write_status,
 )
 from mlx_dpo.health import HealthMonitor, summarize, thresholds_from_dict
-from mlx_dpo.logprobs import HeadSplit, find_head_split, response_logps
+from mlx_dpo.logprobs import (
+    HeadSplit,
+    find_head_split,
+    response_logps,
+    shared_prompt_logps,
+    supports_prefix_sharing,
+)
 from mlx_dpo.losses import LossSettings, PairLogps, pair_metrics, preference_loss
 from mlx_dpo.model import (
     adapter_weights,
@@ -49,7 +55,7 @@ from mlx_dpo.model import (
     reference_mode,
     snapshot_adapter,
 )
-from mlx_dpo.platform import peak_memory_gb, set_wired_limit
+from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
 
 REPORT_SECONDS = 30.0
 
@@ -74,7 +80,11 @@ class Session:
     weights_fingerprint: str
     frozen_adapter: dict | None = None
     init_adapter_config: dict | None = None
-    extra: dict = field(default_factory=dict)
+    prefix_sharing: bool = False
+    pad_id: int = 0
+
+    def collate(self, pairs: list) -> Batch:
+        return collate(pairs, self.pad_id, shared_prompt=self.prefix_sharing)
 
 
 def open_session(
@@ -122,6 +132,14 @@ def open_session(
             config.lora_keys,
         )
     mx.eval(model.parameters())
+    head_split = find_head_split(model)
+    # mlx-lm's gradient checkpointing wraps each block's call, which the cache path does not
+    # go through; the two are not combined.
+    sharing = (
+        config.prefix_sharing
+        and not config.grad_checkpoint
+        and supports_prefix_sharing(model, head_split)
+    )
     return Session(
         model=model,
         tokenizer=tokenizer,
@@ -130,10 +148,12 @@ def open_session(
         splits=data,
         lora_parameters=lora_parameters,
         lora_layers=layers,
-        head_split=find_head_split(model),
+        head_split=head_split,
         weights_fingerprint="|".join(fingerprint_parts),
         frozen_adapter=frozen,
         init_adapter_config=init_config,
+        prefix_sharing=sharing,
+        pad_id=pad_token_id(tokenizer),
     )
 
 
@@ -164,30 +184,28 @@ def _set_dropout(model: nn.Module, p: float) -> None:
 # Log-probs of a batch
 
 
-def batch_arrays(batch: Batch) -> tuple[mx.array, mx.array, mx.array]:
-    return (
-        mx.array(batch.tokens),
-        mx.array(batch.response_positions),
-        mx.array(batch.response_mask),
-    )
+def batch_arrays(batch: Batch) -> tuple[mx.array, ...]:
+    """The model inputs of the batch's layout: 3 arrays for rows, 4 for a shared prompt."""
+    return tuple(mx.array(a) for a in batch.model_inputs())
 
 
-def rows_logps(session: Session, tokens: mx.array, positions: mx.array, mask: mx.array) -> mx.array:
-    return response_logps(session.model, tokens, positions, mask, session.head_split)
+def rows_logps(session: Session, *inputs: mx.array) -> mx.array:
+    """Summed response log-probs of the 2B rows, in whichever layout the batch has."""
+    if len(inputs) == 4:
+        return shared_prompt_logps(session.model, *inputs, session.head_split)
+    return response_logps(session.model, *inputs, session.head_split)
 
 
-def reference_rows_logps(
-    session: Session, tokens: mx.array, positions: mx.array, mask: mx.array
-) -> mx.array:
+def reference_rows_logps(session: Session, *inputs: mx.array) -> mx.array:
     with reference_mode(session.model, session.frozen_adapter):
-        return mx.stop_gradient(rows_logps(session, tokens, positions, mask))
+        return mx.stop_gradient(rows_logps(session, *inputs))
 
 
 def compute_reference(
-    session: Session, split: TokenizedSplit, batch_size: int, pad_id: int
+    session: Session, split: TokenizedSplit
 ) -> Callable[[list[int]], tuple[np.ndarray, np.ndarray]]:
     def compute(positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        batch = collate([split.pairs[i] for i in positions], pad_id)
+        batch = session.collate([split.pairs[i] for i in positions])
         rows = reference_rows_logps(session, *batch_arrays(batch))
         mx.eval(rows)
         rows = np.array(rows)
@@ -222,14 +240,13 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Preference metrics over a whole split (means over pairs). With per_pair, also the
     per-pair log-probs and rewards (for `mlx-dpo eval --output`)."""
-    pad_id = pad_token_id(session.tokenizer)
     settings = loss_settings(config)
     policy = np.zeros((len(split), 2), dtype=np.float32)
     ref = np.zeros((len(split), 2), dtype=np.float32)
     tokens = np.zeros((len(split), 2), dtype=np.float32)
     for start in range(0, len(split), config.batch_size):
         positions = list(range(start, min(start + config.batch_size, len(split))))
-        batch = collate([split.pairs[i] for i in positions], pad_id)
+        batch = session.collate([split.pairs[i] for i in positions])
         arrays = batch_arrays(batch)
         rows = rows_logps(session, *arrays)
         ref_rows = reference_rows_logps(session, *arrays) if reference_logps is None else None
@@ -290,11 +307,11 @@ def make_loss_fn(session: Session, config: TrainConfig) -> Callable[..., tuple[m
     settings = loss_settings(config)
     live = config.reference == "live"
 
-    def loss_fn(tokens, positions, mask, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens):
-        rows = rows_logps(session, tokens, positions, mask)
+    def loss_fn(inputs, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens):
+        rows = rows_logps(session, *inputs)
         n = chosen_tokens.shape[0]
         if live:
-            ref_rows = reference_rows_logps(session, tokens, positions, mask)
+            ref_rows = reference_rows_logps(session, *inputs)
             ref_chosen, ref_rejected = ref_rows[:n], ref_rows[n:]
         logps = PairLogps(
             rows[:n], rows[n:], ref_chosen, ref_rejected, chosen_tokens, rejected_tokens
@@ -427,11 +444,14 @@ def train(config: TrainConfig, options: RunOptions) -> str:
         set_state(state="failed", error=message)
         writer.close()
         raise
+    # `batch_size: auto` needs the model and the data; config.yaml records the chosen batch.
+    config = memory.resolve_auto_batch(session, config)
     try:
         return _run(
             config, options, session, writer, stop, state, set_state, resume_from, start_time, ranks
         )
     finally:
+        restore_cache_limit()
         writer.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
@@ -454,7 +474,6 @@ def _run(
     model = session.model
     train_split = session.splits["train"]
     valid_split = session.splits.get("valid")
-    pad_id = pad_token_id(session.tokenizer)
     steps = total_steps(config, len(train_split), ranks.size)
     micro_per_epoch = batches_per_epoch(len(train_split), config.batch_size, ranks.size)
     trainable, total_params = count_parameters(model)
@@ -475,6 +494,7 @@ def _run(
         },
     )
     set_wired_limit()
+    memory_plan = memory.plan_for_session(session, config)
     run_start = writer.write(
         "run_start",
         0,
@@ -497,6 +517,7 @@ def _run(
         resumed_from=_checkpoint_step(resume_from),
         pid=os.getpid(),
         config=config.to_dict(),
+        memory_plan=memory.plan_dict(memory_plan),
     )
     say(
         f"model {config.model}: {total_params / 1e6:.1f}M parameters, "
@@ -508,6 +529,15 @@ def _run(
         + (f", {len(valid_split)} valid" if valid_split else "")
         + f"; {steps} steps"
     )
+    for line in memory.summary_lines(memory_plan):
+        say(line)
+    if memory_plan.verdict == "will not fit":
+        message = (
+            f"the memory plan ({memory.format_size(memory_plan.estimate.total)}) does not fit "
+            f"in {memory.format_size(memory_plan.limit)}; the run stops if its peak passes "
+            f"{memory.GUARD_FRACTION:.0%} of that (see mlx-dpo train --plan)"
+        )
+        writer.write("log", 0, level="warning", message=message)
     health = HealthMonitor.from_run_start(run_start, thresholds_from_dict(config.health))
     if resume_from is not None:
         # Rebuild the checks' windows from the kept stream; its findings are already written.
@@ -581,7 +611,7 @@ def _run(
             cached_reference[name] = reference.reference_logps(
                 reference.cache_key(session.weights_fingerprint, split),
                 split,
-                compute_reference(session, split, config.batch_size, pad_id),
+                compute_reference(session, split),
                 config.batch_size,
                 progress,
                 ranks=ranks,
@@ -657,7 +687,7 @@ def _run(
                 ranks.rank,
                 ranks.size,
             )
-        return collate([train_split.pairs[i] for i in order[position]], pad_id), epoch
+        return session.collate([train_split.pairs[i] for i in order[position]]), epoch
 
     epoch_cache: dict[int, list[list[int]]] = {}
 
@@ -700,6 +730,7 @@ def _run(
         return path
 
     control = ControlReader(run_dir)
+    memory.start_run_memory(memory_plan)
     model.train()
     set_state(state="training", step=start_step, total_steps=steps)
     status = "completed"
@@ -755,7 +786,7 @@ def _run(
                     ref_chosen = mx.array(ref_c[batch.pair_indices])
                     ref_rejected = mx.array(ref_r[batch.pair_indices])
                 loss, metrics, grads = accumulate(
-                    grads, *arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens
+                    grads, arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens
                 )
                 mx.eval(loss, metrics, grads)
                 loss_value = loss.item()
@@ -805,6 +836,12 @@ def _run(
             set_state(step=step, epoch=epoch_progress)
             observe(step_event)
             check_failures()
+            memory_problem = memory.over_limit_message(mx.get_peak_memory(), memory_plan)
+            if memory_problem and not stop.requested:
+                # Stop between steps with a checkpoint rather than be killed by the system.
+                writer.write("log", step, level="error", message=memory_problem)
+                say(f"error: {memory_problem}")
+                stop.requested, stop.signal_name = True, "memory limit"
             now = time.time()
             if step % report_every == 0 or step == steps or now - last_report >= REPORT_SECONDS:
                 last_report = now

@@ -103,3 +103,37 @@ def test_full_logits_fallback_and_chunking_agree(llama_chatml, tmp_path, monkeyp
     for (name, a), (_, b) in zip(grad_chunked, grad_whole, strict=True):
         assert np.abs(np.array(b)).max() > 0, name
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("fixture", ["llama_chatml", "qwen2_llama3"])
+def test_prefix_sharing_gives_the_same_logps_and_gradients(fixture, request, tmp_path):
+    """Each prompt computed once (batch KV cache) equals each row computed whole."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_map
+
+    from mlx_dpo.logprobs import shared_prompt_logps, supports_prefix_sharing
+    from mlx_dpo.model import apply_lora
+
+    model, tokenizer = load(str(request.getfixturevalue(fixture)))
+    apply_lora(model, rank=4, scale=2.0, dropout=0.0)
+    model.update(tree_map(lambda p: p + 0.01, model.trainable_parameters()))
+    write_jsonl(tmp_path / "train.jsonl", preference_rows(6))  # prompts of several lengths
+    pairs = load_splits(tmp_path, tokenizer, 1024)["train"].pairs
+    assert len({len(p.prompt_ids) for p in pairs}) > 1
+    split = find_head_split(model)
+    assert supports_prefix_sharing(model, split)
+    rows_inputs = [mx.array(a) for a in collate(pairs).model_inputs()]
+    shared_inputs = [mx.array(a) for a in collate(pairs, shared_prompt=True).model_inputs()]
+
+    def rows():
+        return response_logps(model, *rows_inputs, split)
+
+    def shared():
+        return shared_prompt_logps(model, *shared_inputs, split)
+
+    np.testing.assert_allclose(np.array(shared()), np.array(rows()), rtol=1e-5, atol=1e-4)
+    weights = mx.array(np.linspace(-1, 1, 2 * len(pairs)).astype(np.float32))
+    grad_rows = tree_flatten(nn.value_and_grad(model, lambda: (rows() * weights).sum())()[1])
+    grad_shared = tree_flatten(nn.value_and_grad(model, lambda: (shared() * weights).sum())()[1])
+    for (name, a), (_, b) in zip(grad_rows, grad_shared, strict=True):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-5, err_msg=name)

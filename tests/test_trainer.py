@@ -146,7 +146,7 @@ def test_gradients_match_finite_differences(llama_chatml, preference_data, tmp_p
     ref = np.array(reference_rows_logps(session, *arrays))
     ref_chosen, ref_rejected = mx.array(ref[:4]), mx.array(ref[4:])
     loss_fn = make_loss_fn(session, config)
-    inputs = (*arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
+    inputs = (arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
     (loss, _), grads = nn.value_and_grad(model, loss_fn)(*inputs)
     assert loss.item() != pytest.approx(math.log(2), abs=1e-3)
     grads = dict(tree_flatten(grads))
@@ -263,3 +263,16 @@ def test_reference_mismatch_stops_the_run(llama_chatml, preference_data, tmp_pat
     assert [h["kind"] for h in errors] == ["reference_mismatch"]
     assert events[-1]["event"] == "run_end" and events[-1]["status"] == "failed"
     assert len(steps(events)) == 1
+
+
+def test_prefix_sharing_run_equals_plain_run(llama_chatml, preference_data, tmp_path):
+    _, shared = run(config_for(llama_chatml, preference_data, tmp_path / "shared"))
+    _, plain = run(
+        config_for(llama_chatml, preference_data, tmp_path / "plain", prefix_sharing=False)
+    )
+    np.testing.assert_allclose(
+        [e["loss"] for e in steps(shared)], [e["loss"] for e in steps(plain)], rtol=1e-4
+    )
+    a, b = adapters(tmp_path / "shared"), adapters(tmp_path / "plain")
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-5)

@@ -106,6 +106,18 @@ async def test_header_tiles_and_charts_show_the_stream(tmp_path, monkeypatch):
         assert "Preference accuracy" in text and "Reward margin" in text
 
 
+async def test_header_shows_the_ranks_of_a_distributed_run(tmp_path):
+    run_dir = write_run(tmp_path / "run", steps=5, total_steps=10)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["world_size"] = 2
+    (run_dir / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    app = make_app(run_dir)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert "ranks 2" in screen_text(app)
+
+
 async def test_follows_a_growing_stream(tmp_path):
     write_run(tmp_path, steps=10)
     app = make_app(tmp_path)

@@ -49,9 +49,14 @@ class RunHeader(Vertical):
         second, so only what changed is updated."""
         model_name = model.model_name or "…"
         data_name = model.data_name or "…"
+        world_size = model.info.get("world_size")
+        # A data-parallel run (mlx.launch): the global batch spans every rank.
+        ranks = (
+            f"  [b]ranks[/] {world_size}" if isinstance(world_size, int) and world_size > 1 else ""
+        )
         self._set(
             "#run-identity",
-            f"[b]model[/] {escape(model_name)}  [b]data[/] {escape(data_name)}  "
+            f"[b]model[/] {escape(model_name)}  [b]data[/] {escape(data_name)}{ranks}  "
             f"[b]run[/] {escape(run_dir)}",
         )
         if self._set("#run-state", f" {state_label(model.state).upper()} ", layout=True):

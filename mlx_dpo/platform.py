@@ -100,3 +100,30 @@ def peak_memory_gb() -> float:
     import mlx.core as mx
 
     return mx.get_peak_memory() / 1e9
+
+
+_default_cache_limit: int | None = None
+
+
+def set_cache_limit(limit_bytes: int) -> None:
+    """Bound MLX's buffer cache (freed buffers kept for reuse). mx.set_cache_limit exists on
+    every backend of recent MLX; older ones had it under mx.metal only, and there it is
+    skipped without Metal. The first call remembers the default for restore_cache_limit."""
+    global _default_cache_limit
+    import mlx.core as mx
+
+    setter = getattr(mx, "set_cache_limit", None)
+    if setter is None and is_metal():
+        setter = mx.metal.set_cache_limit
+    if setter is None:
+        return
+    previous = setter(int(limit_bytes))
+    if _default_cache_limit is None:
+        _default_cache_limit = previous
+
+
+def restore_cache_limit() -> None:
+    global _default_cache_limit
+    if _default_cache_limit is not None:
+        set_cache_limit(_default_cache_limit)
+        _default_cache_limit = None

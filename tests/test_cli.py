@@ -72,7 +72,10 @@ def test_bad_data_exits_2_with_location_and_no_traceback(
         ("beta: 0\n", "'beta' must be > 0"),
         ("model: m\nlora_rank: -1\n", "'lora_rank' must be > 0"),
         ("label_smoothing: 0.5\n", "'label_smoothing' must be in [0, 0.5)"),
-        ("batch_size: four\n", "config.yaml:1: 'batch_size' must be an integer, got 'four'"),
+        (
+            "batch_size: four\n",
+            "config.yaml:1: 'batch_size' must be an integer or 'auto', got 'four'",
+        ),
         (
             "loss: hinge\nlabel_smoothing: 0.1\n",
             "'label_smoothing' applies to the sigmoid and robust",

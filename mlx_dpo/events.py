@@ -12,10 +12,14 @@ Event fields beyond event/step/time (numbers that are not finite are null):
     run_start  model, data, run_dir, total_steps, epochs, train_pairs, valid_pairs, test_pairs,
                batch_size, grad_accumulation, beta, loss, reference ("cached"|"live"),
                trainable_parameters, total_parameters, truncated {split: {pairs, prompt,
-               response}}, world_size, resumed_from (step or null), pid, config (dict)
+               response}}, world_size, resumed_from (step or null), pid, config (dict),
+               memory_plan {total_gb, limit_gb, limit_source, verdict ("fits" | "tight" |
+               "will not fit"), components_gb {name: GB}, activations_checkpointed_gb, batch,
+               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.plan_dict)
     reference  split, done, total (pairs), cached (true when read from the on-disk cache)
     step       epoch, METRIC_NAMES, grad_norm, learning_rate, tokens_per_second,
-               pairs_per_second, peak_memory_gb, elapsed, eta (seconds)
+               pairs_per_second, peak_memory_gb (MLX's peak since the first step), elapsed,
+               eta (seconds)
     eval       split, pairs, METRIC_NAMES
     checkpoint path
     state      state: "paused" | "resumed" | "stopping" | "evaluating" | "training"

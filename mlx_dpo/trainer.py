@@ -446,11 +446,20 @@ def train(config: TrainConfig, options: RunOptions) -> str:
         raise
     # `batch_size: auto` needs the model and the data; config.yaml records the chosen batch.
     config = memory.resolve_auto_batch(session, config)
+    block_class = type(session.model.layers[0])
+    block_call = block_class.__call__
+    if config.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        # mlx-lm patches the block class itself; it is restored when the run ends so that
+        # other runs in this process (tests, notebooks) get the plain blocks back.
+        grad_checkpoint(session.model.layers[0])
     try:
         return _run(
             config, options, session, writer, stop, state, set_state, resume_from, start_time, ranks
         )
     finally:
+        block_class.__call__ = block_call
         restore_cache_limit()
         writer.close()
         for sig, handler in previous_handlers.items():
@@ -646,12 +655,6 @@ def _run(
     mx.eval(model.parameters(), optimizer.state)
 
     live = config.reference == "live"
-    if config.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        # Patches the block class: this process trains one model, so that is what we want.
-        grad_checkpoint(model.layers[0])
-
     loss_fn = make_loss_fn(session, config)
     value_and_grad = nn.value_and_grad(model, loss_fn)
     compiled_state = [model.state, optimizer.state, mx.random.state]

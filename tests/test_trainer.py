@@ -276,3 +276,14 @@ def test_prefix_sharing_run_equals_plain_run(llama_chatml, preference_data, tmp_
     a, b = adapters(tmp_path / "shared"), adapters(tmp_path / "plain")
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-5)
+
+
+def test_grad_checkpoint_run_restores_the_blocks(llama_chatml, preference_data, tmp_path):
+    """Checkpointed and plain runs agree, and a later prefix-sharing run still works."""
+    _, checkpointed = run(
+        config_for(llama_chatml, preference_data, tmp_path / "ckpt", grad_checkpoint=True)
+    )
+    _, plain = run(config_for(llama_chatml, preference_data, tmp_path / "plain"))
+    np.testing.assert_allclose(
+        [e["loss"] for e in steps(checkpointed)], [e["loss"] for e in steps(plain)], rtol=1e-4
+    )

@@ -24,8 +24,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.worker import get_current_worker
 
-from mlx_dpo.events import ADAPTER_FILE, LOG_FILE, send_command
-
+from ..events import ADAPTER_FILE, LOG_FILE, send_command
 from .formatting import format_number, format_percent, format_rate
 from .messages import ExportFinished, ExportProgress, ExportRequest, RunUpdated
 from .run_model import LogEntry, RunModel

@@ -10,8 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mlx_dpo.events import FINAL_STATES, METRIC_NAMES
-
+from ..events import FINAL_STATES, METRIC_NAMES
 from .formatting import format_duration, format_number, format_percent
 from .series import MetricSeries
 

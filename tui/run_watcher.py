@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.events import FINAL_STATES, LOG_FILE, EventFollower, read_status
+from ..events import FINAL_STATES, LOG_FILE, EventFollower, read_status
 
 
 @dataclass

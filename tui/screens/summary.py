@@ -14,8 +14,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from mlx_dpo.events import CONFIG_FILE
-
+from ...events import CONFIG_FILE
 from ..formatting import format_duration, format_number, format_percent
 from ..run_model import RunModel
 

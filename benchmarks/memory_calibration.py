@@ -25,7 +25,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import mlx_dpo  # noqa: F401  (first: the system OpenBLAS)
@@ -82,17 +81,20 @@ def parse(spec: str) -> dict:
 def measure(spec: str, work: Path) -> dict:
     """One shape, in this process: the planned and the measured peak, in bytes."""
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
-    from mlx.utils import tree_map
     from mlx_lm.tuner.trainer import grad_checkpoint
 
     from mlx_dpo import memory
     from mlx_dpo.config import build_config
     from mlx_dpo.data import TokenizedPair
     from mlx_dpo.tiny import TEMPLATES, build_model, default_texts, train_tokenizer
-    from mlx_dpo.trainer import batch_arrays, make_loss_fn, open_session, response_token_counts
+    from mlx_dpo.trainer import (
+        batch_arrays,
+        compiled_step,
+        open_session,
+        response_token_counts,
+    )
 
     s = parse(spec)
     name = f"d{s['d']}-f{s['f']}-l{s['layers']}-h{s['heads']}-kv{s['kv']}-V{s['V']}-{s['dtype']}"
@@ -149,27 +151,12 @@ def measure(spec: str, work: Path) -> dict:
         limit=0,
     )
 
-    # The trainer's step (trainer._run): compiled accumulate and apply over the model's and
-    # the optimizer's state.
+    # The trainer's own compiled step.
     optimizer = optim.AdamW(learning_rate=1e-4)
     optimizer.init(model.trainable_parameters())
     if config.grad_checkpoint:
         grad_checkpoint(model.layers[0])
-    value_and_grad = nn.value_and_grad(model, make_loss_fn(session, config))
-    state = [model.state, optimizer.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def accumulate(accumulated, *batch):
-        (loss, metrics), grads = value_and_grad(*batch)
-        if accumulated is not None:
-            grads = tree_map(lambda a, b: a + b, accumulated, grads)
-        return loss, metrics, grads
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def apply(grads, count):
-        grads, grad_norm = optim.clip_grad_norm(tree_map(lambda g: g / count, grads), 1.0)
-        optimizer.update(model, grads)
-        return grad_norm
+    accumulate, apply = compiled_step(session, config, optimizer)
 
     batch = session.collate(pairs)
     arrays = batch_arrays(batch)

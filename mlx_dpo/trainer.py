@@ -323,6 +323,36 @@ def make_loss_fn(session: Session, config: TrainConfig) -> Callable[..., tuple[m
     return loss_fn
 
 
+def compiled_step(
+    session: Session, config: TrainConfig, optimizer: optim.Optimizer
+) -> tuple[Callable, Callable]:
+    """The training step, compiled once with the model's, optimizer's and RNG state explicit:
+    `accumulate(grads_so_far, inputs, ...)` -> (loss, metrics, summed grads), and
+    `apply(grads, count)` -> grad norm (averaged over micro-batches and ranks, clipped)."""
+    model = session.model
+    value_and_grad = nn.value_and_grad(model, make_loss_fn(session, config))
+    state = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def accumulate(accumulated, *batch):
+        (loss, metrics), grads = value_and_grad(*batch)
+        if accumulated is not None:
+            grads = tree_map(lambda a, b: a + b, accumulated, grads)
+        return loss, metrics, grads
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def apply(grads, count):
+        grads = average_gradients(tree_map(lambda g: g / count, grads))
+        if config.max_grad_norm > 0:
+            grads, grad_norm = optim.clip_grad_norm(grads, config.max_grad_norm)
+        else:
+            grad_norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in _leaves(grads)))
+        optimizer.update(model, grads)
+        return grad_norm
+
+    return accumulate, apply
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
 
@@ -655,26 +685,7 @@ def _run(
     mx.eval(model.parameters(), optimizer.state)
 
     live = config.reference == "live"
-    loss_fn = make_loss_fn(session, config)
-    value_and_grad = nn.value_and_grad(model, loss_fn)
-    compiled_state = [model.state, optimizer.state, mx.random.state]
-
-    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def accumulate(accumulated, *batch):
-        (loss, metrics), grads = value_and_grad(*batch)
-        if accumulated is not None:
-            grads = tree_map(lambda a, b: a + b, accumulated, grads)
-        return loss, metrics, grads
-
-    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def apply(grads, count):
-        grads = average_gradients(tree_map(lambda g: g / count, grads))
-        if config.max_grad_norm > 0:
-            grads, grad_norm = optim.clip_grad_norm(grads, config.max_grad_norm)
-        else:
-            grad_norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for g in _leaves(grads)))
-        optimizer.update(model, grads)
-        return grad_norm
+    accumulate, apply = compiled_step(session, config, optimizer)
 
     def micro_batch(k: int) -> tuple[Batch, int]:
         epoch, position = divmod(k, micro_per_epoch)

@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_dpo.batching import collate
 from mlx_dpo.config import build_config
-from mlx_dpo.events import read_events, send_command
+from mlx_dpo.events import METRIC_NAMES, read_events, send_command
 from mlx_dpo.trainer import (
     RunOptions,
     batch_arrays,
@@ -73,14 +73,7 @@ def test_first_step_starts_at_the_reference(llama_chatml, preference_data, tmp_p
     assert first["rewards/rejected"] == pytest.approx(0, abs=1e-5)
     assert first["kl"] == pytest.approx(0, abs=1e-5)
     names = {
-        "loss",
-        "rewards/chosen",
-        "rewards/rejected",
-        "rewards/margins",
-        "rewards/accuracies",
-        "logps/chosen",
-        "logps/rejected",
-        "kl",
+        *METRIC_NAMES,
         "grad_norm",
         "learning_rate",
         "epoch",

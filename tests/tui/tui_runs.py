@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.events import ADAPTER_FILE, EventWriter, write_status
+from mlx_dpo.events import ADAPTER_FILE, METRIC_NAMES, EventWriter, write_status
 
 START_TIME = 1_700_000_000.0
 SECONDS_PER_STEP = 2.0
@@ -38,19 +38,7 @@ def step_metrics(step: int) -> dict[str, Any]:
 
 def eval_metrics(step: int) -> dict[str, Any]:
     metrics = step_metrics(step)
-    return {
-        name: metrics[name] + (0.02 if name == "loss" else -0.01)
-        for name in (
-            "loss",
-            "rewards/chosen",
-            "rewards/rejected",
-            "rewards/margins",
-            "rewards/accuracies",
-            "logps/chosen",
-            "logps/rejected",
-            "kl",
-        )
-    }
+    return {name: metrics[name] + (0.02 if name == "loss" else -0.01) for name in METRIC_NAMES}
 
 
 def at(step: float) -> float:

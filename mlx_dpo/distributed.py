@@ -39,7 +39,10 @@ class Ranks:
         if self.size == 1:
             return arrays
         out = {}
-        for name, value in arrays.items():
+        # Collectives pair up by call order: every rank must walk the names in the same order
+        # (a dict loaded from a checkpoint and one built in memory order their keys apart).
+        for name in sorted(arrays):
+            value = arrays[name]
             mine = value if self.is_main else mx.zeros_like(value)
             out[name] = mx.distributed.all_sum(mine, group=self.group, stream=mx.cpu)
         mx.eval(out)

@@ -3,9 +3,12 @@ batch 2B on the same data order."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import mlx.core as mx
 import numpy as np
@@ -62,3 +65,42 @@ def test_ranks_read_disjoint_shards_of_the_same_global_batches():
     for global_batch, part0, part1 in zip(whole, *shards, strict=False):
         assert not set(part0) & set(part1)
         assert sorted(part0 + part1) == sorted(global_batch)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch not installed")
+def test_distributed_run_killed_then_resumed_equals_an_uninterrupted_run(
+    llama_chatml, preference_data, tmp_path
+):
+    extra = ["--iters", "8", "--save-every", "2"]
+    straight = subprocess.run(command(llama_chatml, preference_data, tmp_path / "one", 4) + extra,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr
+    launch = [shutil.which("mlx.launch"), "-n", "2", "--backend", "ring"]
+    run_dir = tmp_path / "two"
+    # The launcher and both ranks share a new session, so one killpg takes the whole job down.
+    process = subprocess.Popen(
+        launch + command(llama_chatml, preference_data, run_dir, 2) + extra,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not any(e["event"] == "step" and e["step"] >= 5 for e in read_events(run_dir)):
+        assert process.poll() is None and time.time() < deadline, "no step 5 from the 2-rank run"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(
+        launch + command(llama_chatml, preference_data, run_dir, 2) + extra + ["--resume"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "resumed from" in resumed.stdout
+    events = read_events(run_dir)
+    assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, 9))
+    one = [e["loss"] for e in read_events(tmp_path / "one") if e["event"] == "step"]
+    np.testing.assert_allclose(one, [e["loss"] for e in events if e["event"] == "step"],
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    a = mx.load(str(tmp_path / "one" / "adapters.safetensors"))
+    b = mx.load(str(run_dir / "adapters.safetensors"))
+    for name in a:
+        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), rtol=1e-3, atol=1e-5)

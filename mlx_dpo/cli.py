@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-length", type=int, help="default: the adapter's, else 1024")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--output", help="write per-pair log-probs and rewards (JSON lines)")
+    evaluate.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model that ships its own Python code (never inherited from an adapter)",
+    )
     add_export_parser(sub)
     add_compare_parser(sub)
     add_data_parser(sub)
@@ -226,6 +231,9 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         if not saved.is_file():
             raise UserError(f"{args.adapter_path}: not a run directory (no config.yaml)")
         yaml_values = read_yaml(saved)
+        # Running a model's own code is allowed by the person at the keyboard, each time: a
+        # run directory (perhaps copied from elsewhere) cannot grant it.
+        yaml_values.pop("trust_remote_code", None)
     if args.config:
         yaml_values.update(read_yaml(args.config))
     is_demo = (
@@ -338,6 +346,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         output=args.output,
+        trust_remote_code=args.trust_remote_code,
     )
     if args.json:
         print(json.dumps(result))

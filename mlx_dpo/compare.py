@@ -153,7 +153,9 @@ def _init_adapter_weights(adapter_config: dict, model: Any) -> dict | None:
     return frozen
 
 
-def load_policy(adapter_path: str, model: str | None = None) -> Policy:
+def load_policy(
+    adapter_path: str, model: str | None = None, trust_remote_code: bool = False
+) -> Policy:
     """Load the base model once and the run's adapters into it; the reference is the run's
     own (the base, or base + its init adapter)."""
     from mlx_dpo.export import base_model_of, read_adapter_config
@@ -161,11 +163,7 @@ def load_policy(adapter_path: str, model: str | None = None) -> Policy:
 
     adapter_config = read_adapter_config(adapter_path)
     base = model or base_model_of(adapter_config, adapter_path)
-    net, tokenizer, _, _ = load_model(
-        base,
-        adapter_config.get("quantize"),
-        bool(adapter_config.get("trust_remote_code", False)),
-    )
+    net, tokenizer, _, _ = load_model(base, adapter_config.get("quantize"), trust_remote_code)
     load_adapter_into(net, adapter_path)
     frozen = _init_adapter_weights(adapter_config, net)
     net.eval()
@@ -282,6 +280,11 @@ def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --temp > 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model that ships its own Python code (never inherited from an adapter)",
+    )
     return parser
 
 
@@ -300,7 +303,7 @@ def run_compare(args: argparse.Namespace) -> int:
     records = None
     if args.data:
         records = read_prompts(args.data, args.split, args.limit, run_fields(args.adapter_path))
-    policy = load_policy(args.adapter_path, args.model)
+    policy = load_policy(args.adapter_path, args.model, args.trust_remote_code)
     settings = (args.max_tokens, args.temp, args.seed)
     if records is not None:
         rows = compare_records(policy, records, *settings)

@@ -32,6 +32,7 @@ def evaluate_command(
     batch_size: int = 4,
     max_length: int | None = None,
     output: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     from mlx_dpo.trainer import evaluate_split, open_session
 
@@ -54,6 +55,7 @@ def evaluate_command(
         max_length=max_length or int(saved.get("max_length", 1024)),
         fields=saved.get("fields") or {},
         quantize=saved.get("quantize"),
+        trust_remote_code=trust_remote_code,
     )
     session = open_session(config, splits=(split,), adapter_path=adapter_path)
     if split not in session.splits:

@@ -171,6 +171,7 @@ def export_model(
     quantize: bool = False,
     overwrite: bool = False,
     on_line: Callable[[str], None] = print,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Fuse the adapters of `adapter_path` into its base model and write the result to
     `save_path`. Returns {path, size_bytes, seconds, fused_layers, dequantized, quantization}."""
@@ -214,9 +215,9 @@ def export_model(
                 else ""
             )
         )
-        net, tokenizer, base_path, config = load_model(
-            base, load_quantize, bool(adapter_config.get("trust_remote_code", False))
-        )
+        # Trust is the user's to give on this command line, never read from an adapter folder
+        # that may have come from someone else.
+        net, tokenizer, base_path, config = load_model(base, load_quantize, trust_remote_code)
         quantization = config.get("quantization")
         if quantize and not quantization:
             raise UserError(
@@ -309,6 +310,11 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --save-path folder"
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model that ships its own Python code (never inherited from an adapter)",
+    )
     return parser
 
 
@@ -320,5 +326,6 @@ def run_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         overwrite=args.overwrite,
         on_line=lambda line: print(line, flush=True),
+        trust_remote_code=args.trust_remote_code,
     )
     return 0

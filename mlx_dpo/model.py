@@ -58,6 +58,13 @@ def check_model_folder(path: Path) -> None:
         )
 
 
+def config_value(path: Path, key: str) -> Any:
+    try:
+        return json.loads((path / "config.json").read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_model(
     model: str, quantize: int | None = None, trust_remote_code: bool = False
 ) -> tuple[nn.Module, Any, Path, dict]:
@@ -70,8 +77,26 @@ def load_model(
     try:
         net, config = mlx_load_model(path, trust_remote_code=trust_remote_code)
     except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise UserError(
+                f"{path}: this model's config asks to import and run its own Python file "
+                f"({config_value(path, 'model_file')!r}); that is refused unless you pass "
+                "--trust-remote-code (only do so for a model you trust)"
+            ) from None
         raise UserError(f"{path}: cannot load this model: {err}") from None
-    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    try:
+        tokenizer = load_tokenizer(
+            path,
+            {"trust_remote_code": trust_remote_code},
+            eos_token_ids=config.get("eos_token_id"),
+        )
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise UserError(
+                f"{path}: this model's tokenizer needs its own Python code; that is refused "
+                "unless you pass --trust-remote-code (only do so for a model you trust)"
+            ) from None
+        raise
     if quantize is not None:
         if "quantization" in config:
             raise UserError(

@@ -81,13 +81,34 @@ def save_checkpoint(
         save_adapters(tmp, weights, adapter_cfg)
         save_safetensors_atomic(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer_state)))
         atomic_write_json(tmp / "state.json", {"step": step, **extra})
+        replaced = None
         if final.exists():
-            shutil.rmtree(final)
+            # Renamed aside rather than deleted in place: a kill part-way through a delete would
+            # leave a step-N folder that looks complete but lacks files.
+            replaced = root / f".{final.name}.replaced.{tmp.name}"
+            os.replace(final, replaced)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     return final
+
+
+def remove_torn_writes(run_dir: Path) -> list[Path]:
+    """Delete the temporary files and folders of writes a killed run never finished (they are
+    never read; this only tidies). Only for a run directory no process is writing to."""
+    root = run_dir / CHECKPOINT_DIR
+    candidates = [p for p in run_dir.glob(".*") if p.suffix in (".tmp", ".safetensors")]
+    if root.is_dir():
+        candidates += [p for p in root.glob(".step-*")]
+    for path in candidates:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return candidates
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

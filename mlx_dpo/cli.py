@@ -229,7 +229,10 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             raise UserError("--resume needs --adapter-path (the run directory to continue)")
         saved = Path(args.adapter_path) / "config.yaml"
         if not saved.is_file():
-            raise UserError(f"{args.adapter_path}: not a run directory (no config.yaml)")
+            raise UserError(
+                f"{args.adapter_path}: no run has started here (no config.yaml); "
+                "run the same command without --resume"
+            )
         yaml_values = read_yaml(saved)
         # Running a model's own code is allowed by the person at the keyboard, each time: a
         # run directory (perhaps copied from elsewhere) cannot grant it.
@@ -262,7 +265,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.model = str(demo.ensure_demo_model(print))
         return plan_command(config)
     run_dir = Path(config.adapter_path)
-    if not args.resume and (run_dir / "metrics.jsonl").exists():
+    # config.yaml is written once the model and data are loaded: before that (a bad input, or a
+    # kill while loading) nothing of a run is here, and starting again is the way on.
+    if not args.resume and (run_dir / "config.yaml").exists():
         raise UserError(
             f"{run_dir}: already holds a run; use --resume to continue it or another --adapter-path"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A mistake in a file, flag or folder the user gave us. `problems` lists every finding."""
@@ -18,3 +20,24 @@ class UserError(Exception):
             if len(self.problems) > len(shown):
                 text += f"\n  ... and {len(self.problems) - len(shown)} more"
         return text
+
+
+# Disk full, quota exceeded, file too large; and MLX's own message when a write comes up short.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_MEMORY_MARKERS = ("[metal::malloc]", "Insufficient Memory", "out of memory", "bad_alloc")
+
+
+def resource_failure(err: BaseException) -> str | None:
+    """What ran out, said for a person, when `err` is the machine running out of memory or
+    disk rather than a bug; None otherwise."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, MemoryError) or any(marker in text for marker in _MEMORY_MARKERS):
+        return (
+            f"out of memory ({text}); lower --batch-size or --max-length, add "
+            "--grad-checkpoint, or see what fits with `mlx-dpo train --plan`"
+        )
+    short_write = isinstance(err, RuntimeError) and text.startswith("[write] Unable to write")
+    if (isinstance(err, OSError) and err.errno in _DISK_ERRNOS) or short_write:
+        where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+        return f"disk full{where} ({text}); free some space, then continue with --resume"
+    return None

@@ -25,9 +25,10 @@ from mlx_dpo import checkpoints, distributed, memory, reference
 from mlx_dpo.batching import Batch, batches_per_epoch, collate, epoch_batches
 from mlx_dpo.config import TrainConfig, save_config
 from mlx_dpo.data import TokenizedSplit, load_splits
-from mlx_dpo.errors import UserError
+from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import (
     METRIC_NAMES,
+    METRICS_FILE,
     ControlReader,
     EventWriter,
     read_events,
@@ -427,12 +428,16 @@ def train(config: TrainConfig, options: RunOptions) -> str:
     start_time = time.time()
     resume_from = None
     if options.resume and ranks.is_main:
+        checkpoints.remove_torn_writes(run_dir)
         resume_from = checkpoints.latest_checkpoint(run_dir)
         resume_step = 0
         if resume_from is not None:
             resume_step = checkpoints.load_checkpoint(resume_from)[2]["step"]
         # Steps after the checkpoint are recomputed exactly; their events go.
         truncate_events_after(run_dir, resume_step)
+    if ranks.is_main and not options.resume and not (run_dir / "config.yaml").exists():
+        # Events of an attempt that never got as far as a run (bad input, killed while loading).
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
     writer = EventWriter(run_dir, ranks.size, enabled=ranks.is_main)
     stop = _StopRequested()
     previous_handlers = {}
@@ -729,15 +734,20 @@ def _run(
         if not ranks.is_main:
             return None
         weights = adapter_weights(model)
-        checkpoints.save_adapters(run_dir, weights, adapter_cfg)
-        path = checkpoints.save_checkpoint(
-            run_dir,
-            step,
-            weights,
-            optimizer.state,
-            adapter_cfg,
-            {"best_eval": best_eval, "seed": config.seed},
-        )
+        try:
+            checkpoints.save_adapters(run_dir, weights, adapter_cfg)
+            path = checkpoints.save_checkpoint(
+                run_dir,
+                step,
+                weights,
+                optimizer.state,
+                adapter_cfg,
+                {"best_eval": best_eval, "seed": config.seed},
+            )
+        except Exception as err:
+            if resource_failure(err) is None:
+                raise
+            raise TrainingFailed(_failure_message(err, f"saving step {step}", state)) from None
         writer.write("checkpoint", step, path=str(path))
         writer.sync()
         state["last_checkpoint"] = str(path)
@@ -875,22 +885,36 @@ def _run(
             check_failures()
     except TrainingFailed as err:
         status, error = "failed", str(err)
-    except Exception as err:  # a bug or an out-of-memory: record it, then re-raise
-        status, error = "failed", f"{type(err).__name__}: {err}"
-        _finish(writer, set_state, run_dir, step, status, error, state, None, best_eval, start_time)
-        raise
+    except Exception as err:
+        status, error = "failed", _failure_message(err, f"step {step + 1}", state)
+        if resource_failure(err) is None:  # a bug: recorded, then the traceback
+            _finish(
+                writer, set_state, run_dir, step, status, error, state, None, best_eval, start_time
+            )
+            raise
     if status == "failed":
         say(f"error: {error}")
         _finish(writer, set_state, run_dir, step, status, error, state, None, best_eval, start_time)
         return status
 
-    if stop.requested:
-        status = "stopped"
-        writer.write("state", step, state="stopping")
-        set_state(state="stopping")
-        reason = f" ({stop.signal_name})" if stop.signal_name else ""
-        say(f"stopping after step {step}{reason}; saving")
-    path = save(step)
+    try:
+        if stop.requested:
+            status = "stopped"
+            writer.write("state", step, state="stopping")
+            set_state(state="stopping")
+            reason = f" ({stop.signal_name})" if stop.signal_name else ""
+            say(f"stopping after step {step}{reason}; saving")
+        path = save(step)
+    except Exception as err:
+        # save() says a full disk as TrainingFailed; anything else here is a bug.
+        error = str(err) if isinstance(err, TrainingFailed) else f"{type(err).__name__}: {err}"
+        say(f"error: {error}")
+        _finish(
+            writer, set_state, run_dir, step, "failed", error, state, None, best_eval, start_time
+        )
+        if not isinstance(err, TrainingFailed):
+            raise
+        return "failed"
     say(f"adapters saved to {run_dir} (checkpoint {path.name})")
     say(f"run health: {summarize(findings)}")
     _finish(
@@ -911,20 +935,36 @@ def _pair_list(batch: Batch, split: TokenizedSplit) -> str:
     return ", ".join(split.pairs[i].source for i in batch.pair_indices[:8])
 
 
+def _failure_message(err: Exception, doing: str, state: dict) -> str:
+    """A resource failure said for a person, with what is safe on disk; a bug as it is."""
+    reason = resource_failure(err)
+    if reason is None:
+        return f"{type(err).__name__}: {err}"
+    kept = state.get("last_checkpoint")
+    return f"{doing}: {reason}. " + (
+        f"Last good checkpoint: {kept}" if kept else "No checkpoint was saved yet"
+    )
+
+
 def _finish(
     writer, set_state, run_dir, step, status, error, state, final_eval, best_eval, start_time
 ):
-    writer.write(
-        "run_end",
-        step,
-        status=status,
-        error=error,
-        adapter_path=str(run_dir),
-        last_checkpoint=state.get("last_checkpoint"),
-        final_eval=final_eval,
-        best_eval=best_eval,
-        elapsed=time.time() - start_time,
-    )
-    writer.sync()
-    final_state = {"completed": "finished", "stopped": "stopped", "failed": "failed"}[status]
-    set_state(state=final_state, step=step, error=error)
+    try:
+        writer.write(
+            "run_end",
+            step,
+            status=status,
+            error=error,
+            adapter_path=str(run_dir),
+            last_checkpoint=state.get("last_checkpoint"),
+            final_eval=final_eval,
+            best_eval=best_eval,
+            elapsed=time.time() - start_time,
+        )
+        writer.sync()
+        final_state = {"completed": "finished", "stopped": "stopped", "failed": "failed"}[status]
+        set_state(state=final_state, step=step, error=error)
+    except OSError:
+        # A full disk cannot take the run_end line either; the message on the console says
+        # what happened, and the dashboard sees the trainer's process gone.
+        pass

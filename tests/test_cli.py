@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mlx_dpo.cli import main
+from mlx_dpo.events import read_events
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -169,8 +170,26 @@ def test_existing_run_directory_is_not_overwritten(llama_chatml, preference_data
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / "config.yaml").write_text(f"model: {llama_chatml}\n")  # a run started here
     code = main(train_args(llama_chatml, preference_data, run_dir))
     assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_an_attempt_that_never_started_is_run_again(
+    llama_chatml, preference_data, tmp_path, capsys
+):
+    """A bad input (or a kill while loading) left events but no run: --resume has nothing to
+    continue and says so; the same command again starts the run afresh."""
+    run_dir = tmp_path / "run"
+    missing = tmp_path / "nowhere"
+    assert main(train_args(llama_chatml, missing, run_dir)) == 2
+    assert read_events(run_dir)[-1]["status"] == "failed"
+    assert main(train_args(llama_chatml, preference_data, run_dir) + ["--resume"]) == 2
+    assert "without --resume" in capsys.readouterr().err
+    assert main(train_args(llama_chatml, preference_data, run_dir)) == 0
+    events = read_events(run_dir)
+    assert [e["event"] for e in events].count("run_start") == 1
+    assert events[-1]["status"] == "completed"
 
 
 def test_no_tui_without_a_terminal(llama_chatml, preference_data, tmp_path):

@@ -209,3 +209,280 @@ def test_config_loader_never_crashes(tmp_path, values):
         build_config(read_yaml(path), {})
     except UserError as err:
         assert str(err)
+
+
+# kill -9 at exact points of the real code path (tests/faults.py), and at random moments.
+
+REPO = Path(__file__).resolve().parents[1]
+FAULT_ARGS = (
+    "--iters", "8", "--batch-size", "2", "--save-every", "2", "--eval-every", "2",
+    "--lora-dropout", "0.1",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fault_data(tmp_path_factory) -> Path:
+    from tests.conftest import preference_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("fault_data")
+    write_jsonl(folder / "train.jsonl", preference_rows(16))
+    write_jsonl(folder / "valid.jsonl", preference_rows(8, seed=1, start=100))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(llama_chatml, fault_data, tmp_path_factory) -> tuple[Path, float]:
+    """The run every interrupted one must end up equal to, and how long it took."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    tic = time.time()
+    subprocess.run(train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS), check=True,
+                   capture_output=True)  # fmt: skip
+    return run_dir, time.time() - tic
+
+
+def assert_nothing_torn(run_dir: Path) -> None:
+    """Every file a reader or --resume would open is whole (temporary files are not read)."""
+    visible = [p for p in run_dir.rglob("*") if not any(part.startswith(".") for part in
+               p.relative_to(run_dir).parts)]  # fmt: skip
+    for path in visible:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            mx.load(str(path))
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if visible else []
+    for line in lines[:-1]:  # the last line may be torn; readers skip it
+        json.loads(line)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        from mlx_dpo.checkpoints import load_checkpoint
+
+        load_checkpoint(checkpoint)
+
+
+def assert_same_adapters(expected_dir: Path, run_dir: Path) -> None:
+    a = mx.load(str(expected_dir / "adapters.safetensors"))
+    b = mx.load(str(run_dir / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), rtol=1e-6, atol=1e-7)
+
+
+def resume_to_the_end(model, data, run_dir: Path) -> None:
+    command = train_command(model, data, run_dir, *FAULT_ARGS, "--resume")
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not [p for p in run_dir.rglob(".*") if p.name != ".launch.yaml"], "temporaries left"
+    events = read_events(run_dir)
+    assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, 9))
+    assert [e["step"] for e in events if e["event"] == "eval"] == [2, 4, 6, 8]
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "point",
+    [
+        "eval:2",  # the evaluation after step 4, between its batches
+        "write:adapters:3",  # the run directory's adapters.safetensors at step 4, half written
+        "write:optimizer:3",  # checkpoint step 6's optimizer state, half written
+    ],
+)
+def test_kill_9_at_a_fault_point_then_resume(
+    llama_chatml, fault_data, uninterrupted, tmp_path, point
+):
+    run_dir = tmp_path / "run"
+    command = train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS)
+    killed = subprocess.run([sys.executable, "-m", "tests.faults", point, "--", *command[3:]],
+                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    events = read_events(run_dir)
+    assert events[-1]["event"] != "run_end"
+    assert_nothing_torn(run_dir)
+    if point == "eval:2":
+        assert [e["step"] for e in events if e["event"] == "eval"] == [2]
+        assert max(e["step"] for e in events if e["event"] == "step") == 4
+    elif point == "write:adapters:3":
+        # The previous adapters stay whole and are step 2's, beside a torn temporary.
+        assert list(run_dir.glob(".adapters.*.safetensors"))
+        saved = mx.load(str(run_dir / "adapters.safetensors"))
+        at_step_2 = mx.load(str(run_dir / "checkpoints" / "step-0000002" / "adapters.safetensors"))
+        assert all(mx.array_equal(saved[k], at_step_2[k]) for k in saved)
+    else:
+        assert list((run_dir / "checkpoints").glob(".step-0000006.*"))
+        assert latest_checkpoint(run_dir).name == "step-0000004"
+    resume_to_the_end(llama_chatml, fault_data, run_dir)
+    assert_same_adapters(uninterrupted[0], run_dir)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume(llama_chatml, fault_data, uninterrupted, tmp_path):
+    """Killed up to six times at seeded random moments over a run's length (loading, steps,
+    evaluations, checkpoint writes); after each kill the same command, with --resume once a
+    run has started, takes it on. The end equals the uninterrupted run."""
+    rng = np.random.default_rng(7)
+    run_dir = tmp_path / "run"
+    kills = 0
+    while True:
+        resume = ("--resume",) if (run_dir / "config.yaml").exists() else ()
+        process = subprocess.Popen(
+            train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS, *resume),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            _, err = process.communicate(
+                timeout=rng.uniform(0.3, 0.8 * uninterrupted[1]) if kills < 6 else 300
+            )
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.communicate()
+            kills += 1
+            if run_dir.exists():
+                assert_nothing_torn(run_dir)
+            continue
+        assert process.returncode == 0, err
+        break
+    # A resumed run is shorter than a whole one, so a drawn moment can come after its end.
+    assert kills >= 3
+    events = read_events(run_dir)
+    assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, 9))
+    assert_same_adapters(uninterrupted[0], run_dir)
+
+
+# Out of disk, out of memory: the message says what ran out, nothing half-written stays.
+
+MLX_SHORT_WRITE = "[write] Unable to write 297692 bytes to file."  # MLX's words on a full disk
+
+
+class FullDiskAt:
+    """Stands in for mlx.core inside mlx_dpo.checkpoints: the n-th safetensors write stops
+    half-way with MLX's own error, as on a full disk (measured on a 100 KB tmpfs)."""
+
+    def __init__(self, nth: int):
+        self.nth, self.writes = nth, 0
+
+    def __getattr__(self, name):
+        return getattr(mx, name)
+
+    def save_safetensors(self, path, arrays, metadata=None):
+        self.writes += 1
+        mx.save_safetensors(path, arrays, metadata=metadata)
+        if self.writes == self.nth:
+            os.truncate(path, os.path.getsize(path) // 2)
+            raise RuntimeError(MLX_SHORT_WRITE)
+
+
+def small_run(model, data, run_dir, **overrides) -> RunOptions:
+    values = dict(model=str(model), data=str(data), adapter_path=str(run_dir), iters=6,
+                  eval_every=0, save_every=2, lora_rank=4, batch_size=2, **overrides)  # fmt: skip
+    return build_config({}, values)
+
+
+@pytest.mark.parametrize("nth_write", [4, 6])  # step 4's run-directory adapters / optimizer state
+def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(
+    llama_chatml, preference_data, tmp_path, monkeypatch, nth_write
+):
+    from mlx_dpo import checkpoints
+
+    monkeypatch.setattr(checkpoints, "mx", FullDiskAt(nth_write))
+    run_dir = tmp_path / "run"
+    lines: list[str] = []
+    config = small_run(llama_chatml, preference_data, run_dir)
+    status = train(config, RunOptions(run_dir, on_line=lines.append, handle_signals=False))
+    assert status == "failed"
+    end = read_events(run_dir)[-1]
+    assert end["event"] == "run_end" and end["status"] == "failed"
+    assert "disk full" in end["error"] and "--resume" in end["error"]
+    assert "Last good checkpoint" in end["error"] and "step-0000002" in end["error"]
+    assert any(line.startswith("error: saving step 4: disk full") for line in lines)
+    assert not list(run_dir.rglob(".*")), "a half-written temporary was left"
+    assert latest_checkpoint(run_dir).name == "step-0000002"
+    saved = mx.load(str(run_dir / "adapters.safetensors"))  # whole: step 2's or step 4's
+    assert saved.keys() == mx.load(str(latest_checkpoint(run_dir) / "adapters.safetensors")).keys()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError("std::bad_alloc"),
+        RuntimeError(
+            "[metal::malloc] Attempting to allocate 21474836480 bytes which is greater than the "
+            "maximum allowed buffer size of 17179869184 bytes."
+        ),
+    ],
+    ids=["cpu", "metal"],
+)
+def test_out_of_memory_fails_with_what_to_do_and_keeps_the_checkpoint(
+    llama_chatml, preference_data, tmp_path, monkeypatch, capsys, error
+):
+    from mlx_dpo import trainer
+    from mlx_dpo.cli import main
+
+    compiled_step = trainer.compiled_step
+
+    def step_that_runs_out(*args, **kwargs):
+        accumulate, apply = compiled_step(*args, **kwargs)
+        calls = {"n": 0}
+
+        def apply_or_run_out(*inner, **kw):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise error
+            return apply(*inner, **kw)
+
+        return accumulate, apply_or_run_out
+
+    monkeypatch.setattr(trainer, "compiled_step", step_that_runs_out)
+    run_dir = tmp_path / "run"
+    argv = ["train", "--model", str(llama_chatml), "--data", str(preference_data),
+            "--adapter-path", str(run_dir), "--iters", "6", "--save-every", "2",
+            "--eval-every", "0", "--lora-rank", "4", "--no-tui"]  # fmt: skip
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "error: step 3: out of memory" in out and "--plan" in out
+    end = read_events(run_dir)[-1]
+    assert end["status"] == "failed" and "out of memory" in end["error"]
+    assert "step-0000002" in end["error"]
+    assert latest_checkpoint(run_dir).name == "step-0000002"
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0 or sys.platform != "linux":
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)  # fmt: skip
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_mid_run_then_resume(
+    llama_chatml, fault_data, uninterrupted, tmp_path
+):
+    """A real full disk (a small tmpfs, root only): another program fills it after step 2.
+    The run fails saying so, leaves nothing torn, and once space is freed --resume finishes it
+    equal to the uninterrupted run."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "8m"):
+        pytest.skip("needs root on Linux to mount a small tmpfs")
+    try:
+        run_dir = disk / "run"
+        process = subprocess.Popen(
+            train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for_step(run_dir, 2, process)
+        filler = disk / "filler"
+        with open(filler, "wb") as handle, pytest.raises(OSError):
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 1, err
+        assert "disk full" in out and "Traceback" not in out + err
+        assert_nothing_torn(run_dir)
+        filler.unlink()
+        resume_to_the_end(llama_chatml, fault_data, run_dir)
+        assert_same_adapters(uninterrupted[0], run_dir)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

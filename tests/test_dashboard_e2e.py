@@ -1,10 +1,13 @@
 """End to end: a real tiny training run with the dashboard on a pseudo-terminal (tmux),
-paused, checkpointed and stopped by key presses; the run directory shows each of them."""
+paused, checkpointed and stopped by key presses, the run directory showing each of them; and
+a dashboard killed outright while the run goes on to its end."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -80,5 +83,32 @@ def test_keys_pause_checkpoint_and_stop_a_real_run(llama_chatml, preference_data
         wait_until(
             lambda: "STOPPED" in tmux("capture-pane", "-t", session, "-p").upper(), "final state"
         )
+    finally:
+        tmux("kill-session", "-t", session)
+
+
+def test_killing_the_dashboard_leaves_training_running(llama_chatml, preference_data, tmp_path):
+    run_dir = tmp_path / "run"
+    session = f"mlx-dpo-e2e-kill-{tmp_path.name}"
+    command = [
+        sys.executable, "-m", "mlx_dpo.cli", "train", "--model", str(llama_chatml),
+        "--data", str(preference_data), "--adapter-path", str(run_dir), "--iters", "60",
+        "--learning-rate", "1e-4", "--eval-every", "0", "--save-every", "20", "--lora-rank", "4",
+    ]  # fmt: skip
+    shell = f"env -u CI TERM=xterm-256color {shlex.join(command)}; sleep 60"
+    tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", shell)
+    try:
+        wait_until(lambda: "Pause" in tmux("capture-pane", "-t", session, "-p"), "the dashboard")
+        wait_until(lambda: len(events_of(run_dir, "step")) >= 2, "two steps")
+        trainer = read_status(run_dir)["pid"]
+        dashboard = int(Path(f"/proc/{trainer}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert "mlx_dpo.cli" in Path(f"/proc/{dashboard}/cmdline").read_text()
+        os.kill(dashboard, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{dashboard}").exists(), "the dashboard to die")
+        wait_until(lambda: events_of(run_dir, "run_end"), "the run to end", timeout=240)
+        end = events_of(run_dir, "run_end")[-1]
+        assert end["status"] == "completed" and end["step"] == 60
+        assert [e["step"] for e in events_of(run_dir, "step")] == list(range(1, 61))
+        assert (run_dir / "adapters.safetensors").exists()
     finally:
         tmux("kill-session", "-t", session)

@@ -42,6 +42,11 @@ def main() -> None:
         help="rows: every row computes its own prompt (prefix sharing off, where the engine "
         "has it)",
     )
+    parser.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        help="recompute each block's activations in the backward (memory for speed)",
+    )
     args = parser.parse_args()
 
     import mlx.core as mx
@@ -72,6 +77,7 @@ def main() -> None:
             "lora_keys": list(spec.lora_keys),
             "max_length": spec.max_length,
             "reference": args.reference,
+            "grad_checkpoint": args.grad_checkpoint,
             "eval_every": 0,
             "save_every": 0,
             "seed": spec.seed,
@@ -127,7 +133,8 @@ def main() -> None:
         {
             "tool": "mlx-dpo"
             + ("-live" if args.reference == "live" else "")
-            + ("-rows" if args.layout == "rows" else ""),
+            + ("-rows" if args.layout == "rows" else "")
+            + ("-gc" if args.grad_checkpoint else ""),
             "prefix_sharing": shared,
             "workload": spec.name,
             "reference": args.reference,

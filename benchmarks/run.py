@@ -28,12 +28,13 @@ sys.path.insert(0, str(HERE))
 from common import WORKLOADS  # noqa: E402
 
 TOOLS = ("mlx-dpo", "mlx-lm-lora", "trl-live", "trl-precomputed")
-EXTRA_TOOLS = ("mlx-dpo-live", "mlx-dpo-rows")
+EXTRA_TOOLS = ("mlx-dpo-live", "mlx-dpo-rows", "mlx-dpo-gc")
 # Modules each tool needs beyond mlx-dpo's own dependencies.
 NEEDS = {
     "mlx-dpo": (),
     "mlx-dpo-live": (),
     "mlx-dpo-rows": (),
+    "mlx-dpo-gc": (),
     "mlx-lm-lora": ("mlx_lm_lora",),
     "trl-live": ("torch", "transformers", "trl", "peft", "datasets"),
     "trl-precomputed": ("torch", "transformers", "trl", "peft", "datasets"),
@@ -65,6 +66,8 @@ def command_for(tool: str, workload: Path, steps: int, warmup: int, out: Path) -
         return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--reference", "live"]
     if tool == "mlx-dpo-rows":
         return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--layout", "rows"]
+    if tool == "mlx-dpo-gc":
+        return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--grad-checkpoint"]
     if tool == "mlx-lm-lora":
         return [py, str(HERE / "bench_mlx_lm_lora.py"), *common]
     if tool in ("trl-live", "trl-precomputed"):

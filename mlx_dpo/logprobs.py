@@ -184,10 +184,12 @@ def _recomputing_token_logps(head: Callable[[mx.array], mx.array]) -> Callable:
         cotangent = cotangents[0]
         out = head(h)
         logits = out.astype(mx.float32)
-        # d/dlogits of (logits[t] - logsumexp(logits)): one-hot(t) - softmax(logits).
-        grad = mx.put_along_axis(
-            mx.zeros_like(logits), t[..., None], cotangent[..., None], axis=-1
-        ) + (-cotangent)[..., None] * mx.softmax(logits, axis=-1, precise=True)
+        # d/dlogits of (logits[t] - logsumexp(logits)): one-hot(t) - softmax(logits). The
+        # one-hot part is added at the target only (c + x == x + c and 0 + x == x exactly, so
+        # this is the dense one-hot sum bit for bit, without two more vocabulary-wide arrays).
+        grad = (-cotangent)[..., None] * mx.softmax(logits, axis=-1, precise=True)
+        at_target = mx.take_along_axis(grad, t[..., None], axis=-1) + cotangent[..., None]
+        grad = mx.put_along_axis(grad, t[..., None], at_target, axis=-1)
         _, (grad_h,) = mx.vjp(head, [h], [grad.astype(out.dtype)])
         return grad_h, mx.zeros_like(t)
 

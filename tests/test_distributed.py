@@ -19,6 +19,20 @@ from mlx_dpo.events import read_events
 from tests.conftest import preference_rows
 
 
+def run_job(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Like subprocess.run, but a timeout takes down the launcher's ranks too (a hung ring
+    keeps its ranks spinning after the launcher alone is killed)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise AssertionError(f"timed out after {timeout}s:\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 def command(model, data, run_dir, batch_size: int) -> list[str]:
     return [
         sys.executable, "-m", "mlx_dpo.cli", "train", "--model", str(model), "--data", str(data),
@@ -31,12 +45,10 @@ def command(model, data, run_dir, batch_size: int) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch not installed")
 def test_two_ranks_equal_one_rank_with_twice_the_batch(llama_chatml, preference_data, tmp_path):
-    single = subprocess.run(command(llama_chatml, preference_data, tmp_path / "one", 4),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    single = run_job(command(llama_chatml, preference_data, tmp_path / "one", 4))
     assert single.returncode == 0, single.stderr
     launch = [shutil.which("mlx.launch"), "-n", "2", "--backend", "ring"]
-    double = subprocess.run(launch + command(llama_chatml, preference_data, tmp_path / "two", 2),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    double = run_job(launch + command(llama_chatml, preference_data, tmp_path / "two", 2))
     assert double.returncode == 0, double.stderr + double.stdout
     one, two = read_events(tmp_path / "one"), read_events(tmp_path / "two")
     assert two[0]["world_size"] == 2 and one[0]["world_size"] == 1
@@ -73,8 +85,7 @@ def test_distributed_run_killed_then_resumed_equals_an_uninterrupted_run(
     llama_chatml, preference_data, tmp_path
 ):
     extra = ["--iters", "8", "--save-every", "2"]
-    straight = subprocess.run(command(llama_chatml, preference_data, tmp_path / "one", 4) + extra,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    straight = run_job(command(llama_chatml, preference_data, tmp_path / "one", 4) + extra)
     assert straight.returncode == 0, straight.stderr
     launch = [shutil.which("mlx.launch"), "-n", "2", "--backend", "ring"]
     run_dir = tmp_path / "two"
@@ -84,15 +95,16 @@ def test_distributed_run_killed_then_resumed_equals_an_uninterrupted_run(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 240
-    while not any(e["event"] == "step" and e["step"] >= 5 for e in read_events(run_dir)):
-        assert process.poll() is None and time.time() < deadline, "no step 5 from the 2-rank run"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    resumed = subprocess.run(
-        launch + command(llama_chatml, preference_data, run_dir, 2) + extra + ["--resume"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    try:
+        while not any(e["event"] == "step" and e["step"] >= 5 for e in read_events(run_dir)):
+            assert process.poll() is None and time.time() < deadline, "no step 5 from 2 ranks"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    resumed = run_job(
+        launch + command(llama_chatml, preference_data, run_dir, 2) + extra + ["--resume"]
+    )
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert "resumed from" in resumed.stdout
     events = read_events(run_dir)

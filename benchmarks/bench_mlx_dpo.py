@@ -176,8 +176,8 @@ def rebuild_batches(config, count: int) -> list[list[tuple[int, int, int]]]:
 def prefix_sharing_used(config) -> bool:
     """Whether the run computed each prompt once (engines with prefix sharing turn it on
     when asked and the architecture passes their check)."""
-    if not getattr(config, "prefix_sharing", False):
-        return False
+    if not getattr(config, "prefix_sharing", False) or getattr(config, "grad_checkpoint", False):
+        return False  # the engine turns sharing off under gradient checkpointing
     from mlx_dpo import logprobs
 
     check = getattr(logprobs, "supports_prefix_sharing", None)

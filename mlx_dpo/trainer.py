@@ -555,6 +555,7 @@ def _run(
         beta=config.beta,
         loss=config.loss,
         reference=config.reference,
+        prefix_sharing=session.prefix_sharing,
         trainable_parameters=trainable,
         total_parameters=total_params,
         truncated={name: split.truncation for name, split in session.splits.items()},
@@ -573,6 +574,9 @@ def _run(
         + (f", {len(valid_split)} valid" if valid_split else "")
         + f"; {steps} steps"
     )
+    if config.prefix_sharing and not session.prefix_sharing:
+        why = "--grad-checkpoint" if config.grad_checkpoint else "this architecture's cache"
+        say(f"prefix sharing off ({why}): each row computes its own prompt")
     for line in memory.summary_lines(memory_plan):
         say(line)
     if memory_plan.verdict == "will not fit":

@@ -19,6 +19,7 @@ from mlx_dpo.audit import add_data_parser, run_data
 from mlx_dpo.compare import add_compare_parser, run_compare
 from mlx_dpo.config import LOSSES, REFERENCE_MODES, SCHEDULES, TrainConfig, build_config, read_yaml
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import CONFIG_FILE
 from mlx_dpo.export import add_export_parser, run_export
 
 EXIT_FAILED = 1
@@ -227,7 +228,7 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if args.resume:
         if not args.adapter_path:
             raise UserError("--resume needs --adapter-path (the run directory to continue)")
-        saved = Path(args.adapter_path) / "config.yaml"
+        saved = Path(args.adapter_path) / CONFIG_FILE
         if not saved.is_file():
             raise UserError(
                 f"{args.adapter_path}: no run has started here (no config.yaml); "
@@ -267,7 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(config.adapter_path)
     # config.yaml is written once the model and data are loaded: before that (a bad input, or a
     # kill while loading) nothing of a run is here, and starting again is the way on.
-    if not args.resume and (run_dir / "config.yaml").exists():
+    if not args.resume and (run_dir / CONFIG_FILE).exists():
         raise UserError(
             f"{run_dir}: already holds a run; use --resume to continue it or another --adapter-path"
         )

@@ -11,8 +11,9 @@ Layout (DESIGN.md "Run directory"):
 Event fields beyond event/step/time (numbers that are not finite are null):
     run_start  model, data, run_dir, total_steps, epochs, train_pairs, valid_pairs, test_pairs,
                batch_size, grad_accumulation, beta, loss, reference ("cached"|"live"),
-               prefix_sharing (bool: each prompt computed once), trainable_parameters, total_parameters, truncated {split: {pairs, prompt,
-               response}}, world_size, resumed_from (step or null), pid, config (dict),
+               prefix_sharing (bool: each prompt computed once), trainable_parameters,
+               total_parameters, truncated {split: {pairs, prompt, response}}, world_size,
+               resumed_from (step or null), pid, config (dict),
                memory_plan {total_gb, limit_gb, limit_source, verdict ("fits" | "tight" |
                "will not fit"), components_gb {name: GB}, activations_checkpointed_gb, batch,
                suggestions [{change, total_gb, note}]} (mlx_dpo.memory.plan_dict)

@@ -27,6 +27,7 @@ from mlx_dpo.config import TrainConfig, save_config
 from mlx_dpo.data import TokenizedSplit, load_splits
 from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import (
+    CONFIG_FILE,
     METRIC_NAMES,
     METRICS_FILE,
     ControlReader,
@@ -435,7 +436,7 @@ def train(config: TrainConfig, options: RunOptions) -> str:
             resume_step = checkpoints.load_checkpoint(resume_from)[2]["step"]
         # Steps after the checkpoint are recomputed exactly; their events go.
         truncate_events_after(run_dir, resume_step)
-    if ranks.is_main and not options.resume and not (run_dir / "config.yaml").exists():
+    if ranks.is_main and not options.resume and not (run_dir / CONFIG_FILE).exists():
         # Events of an attempt that never got as far as a run (bad input, killed while loading).
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
     writer = EventWriter(run_dir, ranks.size, enabled=ranks.is_main)
@@ -522,7 +523,7 @@ def _run(
     micro_per_epoch = batches_per_epoch(len(train_split), config.batch_size, ranks.size)
     trainable, total_params = count_parameters(model)
     if ranks.is_main:
-        save_config(config, run_dir / "config.yaml")
+        save_config(config, run_dir / CONFIG_FILE)
     adapter_cfg = checkpoints.adapter_config(
         session.lora_layers,
         session.lora_parameters,

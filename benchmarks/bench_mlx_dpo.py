@@ -105,7 +105,10 @@ def main() -> None:
     ]
     previous = before_first[-1]["time"]
     batches = rebuild_batches(config, len(step_events))
-    shared = prefix_sharing_used(config)
+    # The run says which layout it used; engines from before that field are checked here.
+    shared = run_start.get("prefix_sharing")
+    if shared is None:
+        shared = prefix_sharing_used(config)
     steps = []
     for event, pairs in zip(step_events, batches, strict=True):
         inside = spec.batch_size / event["pairs_per_second"]  # the trainer's own step time
@@ -177,7 +180,7 @@ def prefix_sharing_used(config) -> bool:
     """Whether the run computed each prompt once (engines with prefix sharing turn it on
     when asked and the architecture passes their check)."""
     if not getattr(config, "prefix_sharing", False) or getattr(config, "grad_checkpoint", False):
-        return False  # the engine turns sharing off under gradient checkpointing
+        return False  # engines without the run_start field turned sharing off under checkpointing
     from mlx_dpo import logprobs
 
     check = getattr(logprobs, "supports_prefix_sharing", None)

@@ -83,11 +83,11 @@ def measure(spec: str, work: Path) -> dict:
     import mlx.core as mx
     import mlx.optimizers as optim
     import numpy as np
-    from mlx_lm.tuner.trainer import grad_checkpoint
 
     from mlx_dpo import memory
     from mlx_dpo.config import build_config
     from mlx_dpo.data import TokenizedPair
+    from mlx_dpo.grad_checkpoint import checkpoint_blocks
     from mlx_dpo.tiny import TEMPLATES, build_model, default_texts, train_tokenizer
     from mlx_dpo.trainer import (
         batch_arrays,
@@ -155,7 +155,7 @@ def measure(spec: str, work: Path) -> dict:
     optimizer = optim.AdamW(learning_rate=1e-4)
     optimizer.init(model.trainable_parameters())
     if config.grad_checkpoint:
-        grad_checkpoint(model.layers[0])
+        checkpoint_blocks(model)
     accumulate, apply = compiled_step(session, config, optimizer)
 
     batch = session.collate(pairs)

@@ -105,7 +105,7 @@ class Settings:
     grad_accumulation: int = 1
     grad_checkpoint: bool = False
     live_reference: bool = False
-    shared_prompt: bool = False  # prefix sharing (off with gradient checkpointing)
+    shared_prompt: bool = False  # prefix sharing
     max_length: int = 1024
     quantize: int | None = None
     reference_pairs: int = 0  # pairs whose reference log-probs are cached (train + valid)
@@ -184,7 +184,7 @@ def longest_batch(lengths: Lengths, settings: Settings) -> BatchShape:
         lengths = cut_lengths(lengths, settings.max_length)
     pairs = min(settings.batch_size, max(lengths.pairs, 1))
     longest_response = int(max(lengths.chosen.max(initial=1), lengths.rejected.max(initial=1)))
-    shared = settings.shared_prompt and not settings.grad_checkpoint
+    shared = settings.shared_prompt
     return BatchShape(
         pairs=pairs,
         length=round_up(_longest_pair(lengths)) + 1,
@@ -223,10 +223,14 @@ def activation_parts(model: ModelShape, batch: BatchShape, checkpoint: bool) -> 
     if not checkpoint:
         saved = sum(layer_saved_bytes(model, *p) for p in passes)
         return model.layers * saved, working
-    # Each layer keeps its input; the backward pass recomputes one layer at a time.
+    # Each layer keeps its input (and, with a KV cache, the keys and values it hands on); the
+    # backward pass recomputes one layer at a time.
     inputs = sum(rows * query for rows, query, _, _ in passes) * model.hidden
     attention = max(rows * model.heads * query * keys for rows, query, keys, _ in passes)
     kept = CHECKPOINT_INPUTS * model.layers * inputs * model.activation_bytes
+    if batch.shared_prompt:
+        cached = sum(2 * rows * held for rows, _, _, held in passes)
+        kept += model.layers * cached * model.kv_heads * model.head_dim * model.activation_bytes
     recomputed = max(layer_saved_bytes(model, *p) for p in passes)
     return kept, recomputed + working + CHECKPOINT_ATTENTION_F32 * attention * 4
 

@@ -36,6 +36,7 @@ from mlx_dpo.events import (
     truncate_events_after,
     write_status,
 )
+from mlx_dpo.grad_checkpoint import checkpoint_blocks
 from mlx_dpo.health import HealthMonitor, summarize, thresholds_from_dict
 from mlx_dpo.logprobs import (
     HeadSplit,
@@ -135,13 +136,7 @@ def open_session(
         )
     mx.eval(model.parameters())
     head_split = find_head_split(model)
-    # mlx-lm's gradient checkpointing wraps each block's call, which the cache path does not
-    # go through; the two are not combined.
-    sharing = (
-        config.prefix_sharing
-        and not config.grad_checkpoint
-        and supports_prefix_sharing(model, head_split)
-    )
+    sharing = config.prefix_sharing and supports_prefix_sharing(model, head_split)
     return Session(
         model=model,
         tokenizer=tokenizer,
@@ -482,20 +477,16 @@ def train(config: TrainConfig, options: RunOptions) -> str:
         raise
     # `batch_size: auto` needs the model and the data; config.yaml records the chosen batch.
     config = memory.resolve_auto_batch(session, config)
-    block_class = type(session.model.layers[0])
-    block_call = block_class.__call__
-    if config.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        # mlx-lm patches the block class itself; it is restored when the run ends so that
-        # other runs in this process (tests, notebooks) get the plain blocks back.
-        grad_checkpoint(session.model.layers[0])
+    # The block class itself is patched; it is restored when the run ends so that other runs
+    # in this process (tests, notebooks) get the plain blocks back.
+    restore_blocks = checkpoint_blocks(session.model) if config.grad_checkpoint else None
     try:
         return _run(
             config, options, session, writer, stop, state, set_state, resume_from, start_time, ranks
         )
     finally:
-        block_class.__call__ = block_call
+        if restore_blocks is not None:
+            restore_blocks()
         restore_cache_limit()
         writer.close()
         for sig, handler in previous_handlers.items():
@@ -576,8 +567,10 @@ def _run(
         + f"; {steps} steps"
     )
     if config.prefix_sharing and not session.prefix_sharing:
-        why = "--grad-checkpoint" if config.grad_checkpoint else "this architecture's cache"
-        say(f"prefix sharing off ({why}): each row computes its own prompt")
+        say(
+            "prefix sharing off (this architecture's cache fails the check): each row computes "
+            "its own prompt"
+        )
     for line in memory.summary_lines(memory_plan):
         say(line)
     if memory_plan.verdict == "will not fit":

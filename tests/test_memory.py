@@ -68,8 +68,9 @@ def test_longest_batch_pads_as_collate_does():
     # KV cache holds whole steps of 256 positions.
     assert (shared.prompt, shared.window) == (48, 32)
     assert shared.passes() == [(2, 48, 48, 256), (4, 32, 80, 48 + 256)]
-    # Gradient checkpointing turns prefix sharing off.
-    assert not longest_batch(LENGTHS, Settings(2, grad_checkpoint=True, shared_prompt=True)).prompt
+    # Gradient checkpointing keeps prefix sharing.
+    checkpointed = longest_batch(LENGTHS, Settings(2, grad_checkpoint=True, shared_prompt=True))
+    assert checkpointed.passes() == shared.passes()
 
 
 def test_estimate_rows_layout_by_hand():

@@ -11,7 +11,7 @@ embedding and head are widened past the synthetic tokenizer's), B (pairs), promp
 (float32 | bfloat16), ckpt=1 (gradient checkpointing), live=1 (live reference), share=1
 (prefix sharing), q=4 (4-bit base).
 
-Each shape runs in its own process: mlx-lm's gradient checkpointing patches the layer class
+Each shape runs in its own process: gradient checkpointing patches the layer class
 for the whole process. In it, the trainer's own pieces (open_session, make_loss_fn, and the
 compiled accumulate/apply exactly as trainer.py builds them) run three steps on a batch of
 synthetic pairs of exact lengths; the measured peak is mx.get_peak_memory() of the last
@@ -49,6 +49,9 @@ SHAPES = [
     "B=4,prompt=64,resp=64,layers=8,ckpt=1",
     "B=2,prompt=448,resp=64,d=256,heads=4,kv=2,ckpt=1",
     "B=8,prompt=32,resp=32,d=512,heads=8,kv=4,layers=4,ckpt=1",
+    "B=2,prompt=448,resp=64,d=256,heads=4,kv=2,ckpt=1,share=1",
+    "B=4,prompt=64,resp=64,layers=8,ckpt=1,share=1",
+    "B=8,prompt=32,resp=32,d=512,heads=8,kv=4,layers=4,ckpt=1,share=1",
     "B=2,prompt=448,resp=64,d=256,heads=4,kv=2,live=1",
     "B=4,prompt=64,resp=64,layers=4,q=4",
     "B=8,prompt=16,resp=16,share=1",

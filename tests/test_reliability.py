@@ -315,7 +315,9 @@ def test_kill_9_at_a_fault_point_then_resume(
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume(llama_chatml, fault_data, uninterrupted, tmp_path):
+def test_kill_9_at_random_moments_then_resume(
+    llama_chatml, fault_data, uninterrupted, tmp_path, record_property
+):
     """Killed up to six times at seeded random moments over a run's length (loading, steps,
     evaluations, checkpoint writes); after each kill the same command, with --resume once a
     run has started, takes it on. The end equals the uninterrupted run."""
@@ -342,6 +344,7 @@ def test_kill_9_at_random_moments_then_resume(llama_chatml, fault_data, uninterr
         assert process.returncode == 0, err
         break
     # A resumed run is shorter than a whole one, so a drawn moment can come after its end.
+    record_property("kills", kills)
     assert kills >= 3
     events = read_events(run_dir)
     assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, 9))

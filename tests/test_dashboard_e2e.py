@@ -40,17 +40,21 @@ def events_of(run_dir: Path, name: str) -> list[dict]:
     return [e for e in read_events(run_dir) if e["event"] == name]
 
 
+def start_in_tmux(session: str, model, data, run_dir: Path, iters: int, save_every: int) -> None:
+    """`mlx-dpo train` on a terminal without CI set, so the dashboard opens."""
+    command = [
+        sys.executable, "-m", "mlx_dpo.cli", "train", "--model", str(model), "--data", str(data),
+        "--adapter-path", str(run_dir), "--iters", str(iters), "--learning-rate", "1e-4",
+        "--eval-every", "0", "--save-every", str(save_every), "--lora-rank", "4",
+    ]  # fmt: skip
+    shell = f"env -u CI TERM=xterm-256color {shlex.join(command)}; sleep 60"
+    tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", shell)
+
+
 def test_keys_pause_checkpoint_and_stop_a_real_run(llama_chatml, preference_data, tmp_path):
     run_dir = tmp_path / "run"
     session = f"mlx-dpo-e2e-{tmp_path.name}"
-    command = [
-        sys.executable, "-m", "mlx_dpo.cli", "train", "--model", str(llama_chatml),
-        "--data", str(preference_data), "--adapter-path", str(run_dir), "--iters", "100000",
-        "--learning-rate", "1e-4", "--eval-every", "0", "--save-every", "0", "--lora-rank", "4",
-    ]  # fmt: skip
-    # A terminal without CI set: the dashboard opens.
-    shell = f"env -u CI TERM=xterm-256color {shlex.join(command)}; sleep 60"
-    tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", shell)
+    start_in_tmux(session, llama_chatml, preference_data, run_dir, iters=100000, save_every=0)
     try:
         wait_until(lambda: read_status(run_dir).get("state") == "training", "training")
         wait_until(lambda: "Pause" in tmux("capture-pane", "-t", session, "-p"), "the dashboard")
@@ -90,13 +94,7 @@ def test_keys_pause_checkpoint_and_stop_a_real_run(llama_chatml, preference_data
 def test_killing_the_dashboard_leaves_training_running(llama_chatml, preference_data, tmp_path):
     run_dir = tmp_path / "run"
     session = f"mlx-dpo-e2e-kill-{tmp_path.name}"
-    command = [
-        sys.executable, "-m", "mlx_dpo.cli", "train", "--model", str(llama_chatml),
-        "--data", str(preference_data), "--adapter-path", str(run_dir), "--iters", "60",
-        "--learning-rate", "1e-4", "--eval-every", "0", "--save-every", "20", "--lora-rank", "4",
-    ]  # fmt: skip
-    shell = f"env -u CI TERM=xterm-256color {shlex.join(command)}; sleep 60"
-    tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", shell)
+    start_in_tmux(session, llama_chatml, preference_data, run_dir, iters=60, save_every=20)
     try:
         wait_until(lambda: "Pause" in tmux("capture-pane", "-t", session, "-p"), "the dashboard")
         wait_until(lambda: len(events_of(run_dir, "step")) >= 2, "two steps")

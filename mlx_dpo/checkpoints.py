@@ -96,7 +96,7 @@ def save_checkpoint(
     return final
 
 
-def remove_torn_writes(run_dir: Path) -> list[Path]:
+def remove_torn_writes(run_dir: Path) -> None:
     """Delete the temporary files and folders of writes a killed run never finished (they are
     never read; this only tidies). Only for a run directory no process is writing to."""
     root = run_dir / CHECKPOINT_DIR
@@ -108,7 +108,6 @@ def remove_torn_writes(run_dir: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    return candidates
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlx_dpo.checkpoints import latest_checkpoint
-from mlx_dpo.config import build_config
+from mlx_dpo.config import TrainConfig, build_config
 from mlx_dpo.data import read_records
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events, read_status
@@ -374,7 +374,7 @@ class FullDiskAt:
             raise RuntimeError(MLX_SHORT_WRITE)
 
 
-def small_run(model, data, run_dir, **overrides) -> RunOptions:
+def small_run(model, data, run_dir, **overrides) -> TrainConfig:
     values = dict(model=str(model), data=str(data), adapter_path=str(run_dir), iters=6,
                   eval_every=0, save_every=2, lora_rank=4, batch_size=2, **overrides)  # fmt: skip
     return build_config({}, values)

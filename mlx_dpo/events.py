@@ -83,6 +83,8 @@ STATES = (
     "failed",
 )
 FINAL_STATES = ("finished", "stopped", "failed")
+# run_end status -> the final state in status.json.
+RUN_END_STATES = {"completed": "finished", "stopped": "stopped", "failed": "failed"}
 
 # The TRL metric names every step and eval event carries.
 METRIC_NAMES = (

@@ -37,6 +37,7 @@ from mlx_dpo.events import (
     _umask,
     read_events,
 )
+from mlx_dpo.formatting import format_size
 
 # Files of the base model folder that mlx-lm's own `save` copies beside the weights.
 COPIED_FILES = ("*.py", "generation_config.json")
@@ -103,14 +104,6 @@ def _last_step(run_dir: Path) -> int:
 
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def format_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
 
 
 def fuse_model(model: Any, dequantize: bool) -> int:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mlx_dpo.errors import UserError
+from mlx_dpo.formatting import finite_number
 
 LN2 = math.log(2.0)
 
@@ -273,15 +274,6 @@ def expected_initial_loss(loss: str, beta: float, label_smoothing: float = 0.0) 
     return None
 
 
-def _number(value: Any) -> float | None:
-    """A finite float, or None for null, NaN, infinity and anything that is not a number
-    (the trainer may hand us a record before its non-finite numbers became null)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _rounded(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 4)
 
@@ -301,7 +293,7 @@ def _finding(kind: str, step: int, message: str, suggestion: str, values: dict) 
         "severity": severity_of(kind),
         "message": message,
         "suggestion": suggestion,
-        "values": {key: _rounded(_number(v)) for key, v in values.items()},
+        "values": {key: _rounded(finite_number(v)) for key, v in values.items()},
         "step": int(step),
     }
 
@@ -373,9 +365,9 @@ class HealthMonitor:
         return cls(
             thresholds,
             loss=str(setting("loss", "sigmoid")),
-            beta=_number(setting("beta", 0.1)) or 0.0,
-            label_smoothing=_number(config.get("label_smoothing")) or 0.0,
-            sft_weight=_number(config.get("sft_weight")) or 0.0,
+            beta=finite_number(setting("beta", 0.1)) or 0.0,
+            label_smoothing=finite_number(config.get("label_smoothing")) or 0.0,
+            sft_weight=finite_number(config.get("sft_weight")) or 0.0,
         )
 
     # ---- the loss's starting point -------------------------------------------------------
@@ -487,7 +479,7 @@ class HealthMonitor:
     def _entry(self, event: dict) -> dict:
         """The numbers of one step event, plus what the checks derive from them."""
         entry = {
-            name: _number(event.get(name))
+            name: finite_number(event.get(name))
             for name in (
                 "loss",
                 "rewards/chosen",
@@ -744,13 +736,13 @@ class HealthMonitor:
     def _observe_valid(self, event: dict) -> list[dict]:
         """Validation evals average many pairs already, so they are judged one by one."""
         t = self.thresholds
-        pairs = _number(event.get("pairs"))
+        pairs = finite_number(event.get("pairs"))
         if pairs is not None and pairs < t.valid_min_pairs:
             return []
         step = int(event.get("step", 0) or 0)
-        accuracy = _number(event.get("rewards/accuracies"))
-        margin = _number(event.get("rewards/margins"))
-        loss = _number(event.get("loss"))
+        accuracy = finite_number(event.get("rewards/accuracies"))
+        margin = finite_number(event.get("rewards/margins"))
+        loss = finite_number(event.get("loss"))
         found = []
         swapped = self._valid_orientation(step, accuracy, margin)
         if swapped:

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from mlx_dpo.batching import round_up
-
-GB = 1e9
+from mlx_dpo.formatting import GB, format_size
 
 # Verdicts: a plan above FITS_FRACTION of the limit is "tight", above GUARD_FRACTION it "will
 # not fit", and a run whose measured peak passes GUARD_FRACTION is stopped with a checkpoint.
@@ -438,15 +437,6 @@ def choose_batch_size(
 
 # ---------------------------------------------------------------------------------------------
 # Reports
-
-
-def format_size(n: float) -> str:
-    """A size in GB, or MB / KB where GB would read 0.00."""
-    if abs(n) >= 0.1 * GB:
-        return f"{n / GB:.2f} GB"
-    if abs(n) >= 1e5:
-        return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} KB"
 
 
 def format_plan(plan: MemoryPlan) -> list[str]:

@@ -30,12 +30,14 @@ from mlx_dpo.events import (
     CONFIG_FILE,
     METRIC_NAMES,
     METRICS_FILE,
+    RUN_END_STATES,
     ControlReader,
     EventWriter,
     read_events,
     truncate_events_after,
     write_status,
 )
+from mlx_dpo.formatting import format_duration
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
 from mlx_dpo.health import HealthMonitor, summarize, thresholds_from_dict
 from mlx_dpo.logprobs import (
@@ -399,17 +401,6 @@ class _StopRequested:
     def __call__(self, signum: int, _frame: Any) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-
-
-def _format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def train(config: TrainConfig, options: RunOptions) -> str:
@@ -871,7 +862,7 @@ def _run(
                     f"step {step}/{steps} | loss {values['loss']:.4f} | accuracy "
                     f"{values['rewards/accuracies']:.2f} | margin {values['rewards/margins']:.3f} | "
                     f"{pairs / elapsed_step:.2f} pairs/s, {tokens / elapsed_step:.0f} tok/s | "
-                    f"peak {peak_memory_gb():.2f} GB | ETA {_format_duration(eta)}"
+                    f"peak {peak_memory_gb():.2f} GB | ETA {format_duration(eta)}"
                 )
             if config.eval_every and step % config.eval_every == 0 and step < steps:
                 run_eval(step)
@@ -960,8 +951,7 @@ def _finish(
             elapsed=time.time() - start_time,
         )
         writer.sync()
-        final_state = {"completed": "finished", "stopped": "stopped", "failed": "failed"}[status]
-        set_state(state=final_state, step=step, error=error)
+        set_state(state=RUN_END_STATES[status], step=step, error=error)
     except OSError:
         # A full disk cannot take the run_end line either; the message on the console says
         # what happened, and the dashboard sees the trainer's process gone.

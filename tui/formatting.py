@@ -5,20 +5,6 @@ from __future__ import annotations
 import math
 
 
-def format_duration(seconds: float | None) -> str:
-    """`3h 02m`, `12m 05s`, `45s`; a dash when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
-
-
 def format_number(value: float | None, digits: int = 3) -> str:
     """A compact number: fixed point for everyday magnitudes, scientific for tiny or huge."""
     if value is None or not math.isfinite(value):

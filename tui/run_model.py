@@ -6,12 +6,12 @@ fields. Each event may also produce log entries for the log pane.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import FINAL_STATES, METRIC_NAMES
-from .formatting import format_duration, format_number, format_percent
+from ..events import FINAL_STATES, METRIC_NAMES, RUN_END_STATES
+from ..formatting import finite_number, format_duration
+from .formatting import format_number, format_percent
 from .series import MetricSeries
 
 # Per-step numbers kept as series: the TRL metrics and the run's vital signs.
@@ -36,8 +36,6 @@ STATE_EVENT_STATES = {
     "evaluating": "evaluating",
 }
 
-RUN_END_STATES = {"completed": "finished", "stopped": "stopped", "failed": "failed"}
-
 
 @dataclass(frozen=True)
 class LogEntry:
@@ -46,12 +44,6 @@ class LogEntry:
     level: str  # "info" | "success" | "warning" | "error"
     message: str
     step: int | None = None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 class RunModel:
@@ -148,12 +140,12 @@ class RunModel:
     def elapsed(self, now: float) -> float | None:
         """Seconds the run has been going. Taken from the trainer's numbers, and moved on by
         the clock only while the run is running, so a finished run always reads the same."""
-        if self.run_end is not None and _number(self.run_end.get("elapsed")) is not None:
-            return _number(self.run_end.get("elapsed"))
+        if self.run_end is not None and finite_number(self.run_end.get("elapsed")) is not None:
+            return finite_number(self.run_end.get("elapsed"))
         ticking = self.state in RUNNING_STATES
-        if self.last_step is not None and _number(self.last_step.get("elapsed")) is not None:
-            base = _number(self.last_step.get("elapsed")) or 0.0
-            since = _number(self.last_step.get("time"))
+        if self.last_step is not None and finite_number(self.last_step.get("elapsed")) is not None:
+            base = finite_number(self.last_step.get("elapsed")) or 0.0
+            since = finite_number(self.last_step.get("time"))
             if ticking and since is not None:
                 return base + max(0.0, now - since)
             return base
@@ -166,13 +158,13 @@ class RunModel:
         """Seconds left, or None when unknown or over."""
         if self.is_final or self.last_step is None:
             return None
-        eta = _number(self.last_step.get("eta"))
+        eta = finite_number(self.last_step.get("eta"))
         if eta is None:
-            elapsed = _number(self.last_step.get("elapsed"))
+            elapsed = finite_number(self.last_step.get("elapsed"))
             if elapsed is None or not self.total_steps or self.step <= 0:
                 return None
             eta = elapsed / self.step * max(self.total_steps - self.step, 0)
-        since = _number(self.last_step.get("time"))
+        since = finite_number(self.last_step.get("time"))
         if self.state in RUNNING_STATES and since is not None:
             eta -= max(0.0, now - since)
         return max(0.0, eta)
@@ -193,7 +185,7 @@ class RunModel:
         except (TypeError, ValueError):
             step = 0
         self.events_seen += 1
-        time = _number(event.get("time"))
+        time = finite_number(event.get("time"))
         if time is not None:
             self.last_event_time = time
         handler = getattr(self, f"_on_{kind}", None)
@@ -228,10 +220,10 @@ class RunModel:
             for key in ("step", "total_steps"):
                 if isinstance(status.get(key), int):
                     setattr(self, key, status[key])
-            if _number(status.get("epoch")) is not None:
-                self.epoch = _number(status.get("epoch"))
+            if finite_number(status.get("epoch")) is not None:
+                self.epoch = finite_number(status.get("epoch"))
             return
-        updated = _number(status.get("updated"))
+        updated = finite_number(status.get("updated"))
         newer = updated is not None and (
             self.last_event_time is None or updated >= self.last_event_time
         )
@@ -271,7 +263,7 @@ class RunModel:
         self.state = "starting"
         self.run_end = None
         self.died = None
-        self.start_time = _number(event.get("time"))
+        self.start_time = finite_number(event.get("time"))
         if isinstance(event.get("total_steps"), int):
             self.total_steps = event["total_steps"]
         model = event.get("model") or "?"
@@ -312,8 +304,8 @@ class RunModel:
             series.append(step, event.get(name))
         self.step = step
         self.last_step = dict(event)
-        if _number(event.get("epoch")) is not None:
-            self.epoch = _number(event.get("epoch"))
+        if finite_number(event.get("epoch")) is not None:
+            self.epoch = finite_number(event.get("epoch"))
         if self.state not in ("stopping", *FINAL_STATES):
             self.state = "training"
         self.version += 1
@@ -333,9 +325,9 @@ class RunModel:
         return [
             LogEntry(
                 "info",
-                f"Eval ({split}{size}): loss {format_number(_number(event.get('loss')))}, "
-                f"accuracy {format_percent(_number(event.get('rewards/accuracies')))}, "
-                f"margin {format_number(_number(event.get('rewards/margins')))}",
+                f"Eval ({split}{size}): loss {format_number(finite_number(event.get('loss')))}, "
+                f"accuracy {format_percent(finite_number(event.get('rewards/accuracies')))}, "
+                f"margin {format_number(finite_number(event.get('rewards/margins')))}",
                 step,
             )
         ]
@@ -390,7 +382,7 @@ class RunModel:
         self.run_end = dict(event)
         status = str(event.get("status") or "completed")
         self.state = RUN_END_STATES.get(status, "finished")
-        elapsed = format_duration(_number(event.get("elapsed")))
+        elapsed = format_duration(finite_number(event.get("elapsed")))
         if self.state == "failed":
             error = event.get("error") or "unknown error"
             return [LogEntry("error", f"Run failed: {error}", step)]

@@ -18,6 +18,7 @@ from pathlib import Path
 from mlx_dpo.events import (
     ADAPTER_FILE,
     CHECKPOINT_DIR,
+    RUN_END_STATES,
     ControlReader,
     EventWriter,
     write_status,
@@ -75,7 +76,7 @@ def main() -> int:
             best_eval=None,
             elapsed=time.time() - started,
         )
-        set_status({"completed": "finished", "stopped": "stopped"}[status_name], step)
+        set_status(RUN_END_STATES[status_name], step)
         print(f"run {status_name} at step {step}", flush=True)
         return 0
 

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from mlx_dpo.tui.formatting import format_duration, format_number, format_percent, format_rate
+from mlx_dpo.tui.formatting import format_number, format_percent, format_rate
 from mlx_dpo.tui.run_model import RunModel
 from mlx_dpo.tui.run_watcher import RunWatcher, describe_exit, pid_alive, tail_lines
 from mlx_dpo.tui.series import MetricSeries, downsample_minmax
@@ -18,6 +18,7 @@ from mlx_dpo.tui.ticks import TickFormatter, nice_ticks
 from tui_runs import START_TIME, at, eval_metrics, step_metrics, write_run
 
 from mlx_dpo.events import LOG_FILE, EventWriter, read_events, write_status
+from mlx_dpo.formatting import format_duration
 
 
 def model_of(run_dir) -> RunModel:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.events import ADAPTER_FILE, METRIC_NAMES, EventWriter, write_status
+from mlx_dpo.events import ADAPTER_FILE, METRIC_NAMES, RUN_END_STATES, EventWriter, write_status
 
 START_TIME = 1_700_000_000.0
 SECONDS_PER_STEP = 2.0
@@ -143,7 +143,7 @@ def write_run(
             best_eval=best_eval if end != "failed" else None,
             elapsed=10.0 + (steps + 1) * SECONDS_PER_STEP,
         )
-        state = {"completed": "finished", "stopped": "stopped", "failed": "failed"}[end]
+        state = RUN_END_STATES[end]
     writer.close()
     write_status(
         run_dir,

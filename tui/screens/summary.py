@@ -15,7 +15,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from ...events import CONFIG_FILE
-from ..formatting import format_duration, format_number, format_percent
+from ...formatting import format_duration
+from ..formatting import format_number, format_percent
 from ..run_model import RunModel
 
 if TYPE_CHECKING:

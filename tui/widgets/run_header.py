@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
 from textual.widgets import ProgressBar, Static
 
-from ..formatting import format_duration
+from ...formatting import format_duration
 from ..run_model import RunModel
 
 STATE_LABELS = {

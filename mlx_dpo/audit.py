@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mlx_dpo.config import HealthThresholds
 from mlx_dpo.data import (
     PreferenceRecord,
     _messages,
@@ -32,7 +33,7 @@ from mlx_dpo.data import (
     validate_record,
 )
 from mlx_dpo.errors import UserError
-from mlx_dpo.health import HealthMonitor, HealthThresholds
+from mlx_dpo.health import HealthMonitor
 
 SHOWN_PROBLEMS = 5
 

@@ -21,9 +21,13 @@ from mlx_dpo.events import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_FILE,
     CHECKPOINT_DIR,
-    _umask,
+    CHECKPOINT_STATE_FILE,
+    OPTIMIZER_FILE,
     atomic_write_json,
+    current_umask,
 )
+
+CHECKPOINT_PREFIX = "step-"
 
 
 def save_safetensors_atomic(
@@ -33,7 +37,7 @@ def save_safetensors_atomic(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".safetensors")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         mx.save_safetensors(tmp, arrays, metadata=metadata or {})
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -60,7 +64,12 @@ def save_adapters(directory: Path, weights: dict[str, mx.array], config: dict[st
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}"
+    return f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    """The step of a checkpoint folder (checkpoint_name's inverse); None for no checkpoint."""
+    return None if path is None else int(path.name.removeprefix(CHECKPOINT_PREFIX))
 
 
 def save_checkpoint(
@@ -77,10 +86,10 @@ def save_checkpoint(
     final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{checkpoint_name(step)}."))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         save_adapters(tmp, weights, adapter_cfg)
-        save_safetensors_atomic(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer_state)))
-        atomic_write_json(tmp / "state.json", {"step": step, **extra})
+        save_safetensors_atomic(tmp / OPTIMIZER_FILE, dict(tree_flatten(optimizer_state)))
+        atomic_write_json(tmp / CHECKPOINT_STATE_FILE, {"step": step, **extra})
         replaced = None
         if final.exists():
             # Renamed aside rather than deleted in place: a kill part-way through a delete would
@@ -102,7 +111,7 @@ def remove_torn_writes(run_dir: Path) -> None:
     root = run_dir / CHECKPOINT_DIR
     candidates = [p for p in run_dir.glob(".*") if p.suffix in (".tmp", ".safetensors")]
     if root.is_dir():
-        candidates += [p for p in root.glob(".step-*")]
+        candidates += [p for p in root.glob(f".{CHECKPOINT_PREFIX}*")]
     for path in candidates:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -118,13 +127,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     complete = [
         p
         for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()
+        if p.is_dir()
+        and p.name.startswith(CHECKPOINT_PREFIX)
+        and (p / CHECKPOINT_STATE_FILE).is_file()
     ]
     return max(complete, key=lambda p: p.name, default=None)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, mx.array], Any, dict]:
     weights = mx.load(str(path / ADAPTER_FILE))
-    optimizer_state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
-    state = json.loads((path / "state.json").read_text())
+    optimizer_state = tree_unflatten(list(mx.load(str(path / OPTIMIZER_FILE)).items()))
+    state = json.loads((path / CHECKPOINT_STATE_FILE).read_text())
     return weights, optimizer_state, state

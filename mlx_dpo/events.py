@@ -16,7 +16,7 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                resumed_from (step or null), pid, config (dict),
                memory_plan {total_gb, limit_gb, limit_source, verdict ("fits" | "tight" |
                "will not fit"), components_gb {name: GB}, activations_checkpointed_gb, batch,
-               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.plan_dict)
+               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.arithmetic.plan_dict)
     reference  split, done, total (pairs), cached (true when read from the on-disk cache)
     step       epoch, METRIC_NAMES, grad_norm, learning_rate, tokens_per_second,
                pairs_per_second, peak_memory_gb (MLX's peak since the first step), elapsed,
@@ -54,6 +54,9 @@ CONFIG_FILE = "config.yaml"
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINT_DIR = "checkpoints"
+# Inside checkpoints/step-N/, beside ADAPTER_FILE and ADAPTER_CONFIG_FILE:
+OPTIMIZER_FILE = "optimizer.safetensors"
+CHECKPOINT_STATE_FILE = "state.json"
 LOG_FILE = "train.log"
 
 EVENTS = (
@@ -87,15 +90,23 @@ FINAL_STATES = ("finished", "stopped", "failed")
 RUN_END_STATES = {"completed": "finished", "stopped": "stopped", "failed": "failed"}
 
 # The TRL metric names every step and eval event carries.
+LOSS = "loss"
+REWARDS_CHOSEN = "rewards/chosen"
+REWARDS_REJECTED = "rewards/rejected"
+REWARDS_MARGINS = "rewards/margins"
+REWARDS_ACCURACIES = "rewards/accuracies"
+LOGPS_CHOSEN = "logps/chosen"
+LOGPS_REJECTED = "logps/rejected"
+KL = "kl"
 METRIC_NAMES = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
-    "kl",
+    LOSS,
+    REWARDS_CHOSEN,
+    REWARDS_REJECTED,
+    REWARDS_MARGINS,
+    REWARDS_ACCURACIES,
+    LOGPS_CHOSEN,
+    LOGPS_REJECTED,
+    KL,
 )
 
 
@@ -117,7 +128,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -129,7 +140,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back): files written through a
+    temporary get the permissions a plain open() would give them."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -34,7 +34,7 @@ from mlx_dpo.events import (
     ADAPTER_FILE,
     METRICS_FILE,
     EventWriter,
-    _umask,
+    current_umask,
     read_events,
 )
 from mlx_dpo.formatting import format_size
@@ -237,7 +237,7 @@ def export_model(
             f"{save_path}`\n"
         )
         _write_model_folder(tmp, net, tokenizer, config, base_path, note)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         _move_into_place(tmp, save_path, overwrite)
         tmp = None
         size = folder_size(save_path)

@@ -13,7 +13,7 @@ A finding is a dict with the fields of a `health` event plus the step it was rai
     values      the numbers that triggered it (JSON-safe: non-finite numbers are None)
     step        the step of the event that raised it (0 for the start-of-run data check)
 
-What is checked (the thresholds are the fields of `HealthThresholds`; docs/health.md explains
+What is checked (the thresholds are the fields of `config.HealthThresholds`; docs/health.md explains
 each finding for users):
     reference_mismatch    the first step of a fresh run does not have the loss a policy equal to
                           its reference has (expected_initial_loss), or its rewards are not 0
@@ -46,10 +46,9 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
 from typing import Any
 
-from mlx_dpo.errors import UserError
+from mlx_dpo.config import HealthThresholds, TrainConfig
 from mlx_dpo.formatting import finite_number
 
 LN2 = math.log(2.0)
@@ -82,178 +81,6 @@ REFERENCE_FREE_LOSSES = frozenset({"simpo"})
 
 def severity_of(kind: str) -> str:
     return "error" if kind in ERROR_KINDS else "warning"
-
-
-def _threshold(
-    default: float | int, help: str, low: float, high: float | None = None, low_open: bool = False
-) -> Any:
-    """A dataclass field carrying its documentation and allowed range (checked when users set
-    it in the config). `low_open` makes the lower bound exclusive."""
-    metadata = {"help": help, "low": low, "high": high, "low_open": low_open}
-    return field(default=default, metadata=metadata)
-
-
-@dataclass
-class HealthThresholds:
-    """Every threshold of the run-health checks; users override them under `health:` in the
-    YAML config. Each field's `metadata["help"]` says what it means; docs/health.md has the
-    same table for users. Windows count step events."""
-
-    smoothing_window: int = _threshold(10, "step events whose median is each smoothed value", low=1)
-    patience: int = _threshold(
-        5, "consecutive step events a condition must hold before it is raised", low=1
-    )
-    warmup_steps: int = _threshold(
-        30, "step events before the trend checks (orientation, collapse, kl) start", low=1
-    )
-    trend_window: int = _threshold(
-        20,
-        "'rising'/'falling' compares the smoothed value now with this many step events ago",
-        low=1,
-    )
-    reference_loss_tolerance: float = _threshold(
-        0.02,
-        "allowed |first loss - expected| (times max(1, expected)) before reference_mismatch",
-        low=0.0,
-        low_open=True,
-    )
-    reference_reward_tolerance: float = _threshold(
-        0.05,
-        "allowed |rewards/chosen| and |rewards/rejected| at the first step",
-        low=0.0,
-        low_open=True,
-    )
-    orientation_train_accuracy: float = _threshold(
-        0.5, "orientation: smoothed train accuracy at or below this", low=0.0, high=1.0
-    )
-    orientation_loss_drop: float = _threshold(
-        0.05,
-        "orientation: the loss fell by at least this share of its starting value",
-        low=0.0,
-        high=1.0,
-        low_open=True,
-    )
-    orientation_valid_accuracy: float = _threshold(
-        0.3,
-        "orientation: a validation accuracy at or below this (with a negative margin)",
-        low=0.0,
-        high=0.5,
-    )
-    valid_min_pairs: int = _threshold(
-        20, "validation evals with fewer pairs are too noisy to judge and are skipped", low=1
-    )
-    collapse_fraction: float = _threshold(
-        0.2,
-        "chosen_logp_collapse: chosen log-prob fell by this share of its starting value",
-        low=0.0,
-        high=1.0,
-        low_open=True,
-    )
-    kl_limit: float = _threshold(
-        50.0, "kl_drift: smoothed |kl| (nats per sequence) above this", low=0.0, low_open=True
-    )
-    kl_growth: float = _threshold(
-        0.1,
-        "kl_drift: and it rose by at least this share of kl_limit over trend_window steps",
-        low=0.0,
-        low_open=True,
-    )
-    not_learning_steps: int = _threshold(
-        50, "not_learning: length of the stretch at full learning rate (step events)", low=1
-    )
-    not_learning_margin: float = _threshold(
-        0.05,
-        "not_learning: |median margin| over the stretch at or below this (reward units)",
-        low=0.0,
-    )
-    not_learning_accuracy: float = _threshold(
-        0.6,
-        "not_learning: mean accuracy over the stretch at or below this",
-        low=0.0,
-        high=1.0,
-    )
-    overfit_train_accuracy: float = _threshold(
-        0.95, "overfitting: smoothed train accuracy at or above this", low=0.0, high=1.0
-    )
-    overfit_valid_accuracy_drop: float = _threshold(
-        0.05,
-        "overfitting: validation accuracy at least this far below its best",
-        low=0.0,
-        high=1.0,
-        low_open=True,
-    )
-    overfit_valid_loss_rise: float = _threshold(
-        0.1,
-        "overfitting: validation loss at least this share above its lowest",
-        low=0.0,
-        low_open=True,
-    )
-    overfit_evals: int = _threshold(
-        2, "overfitting: consecutive validation evals that must show it", low=1
-    )
-    length_bias_share: float = _threshold(
-        0.65,
-        "length_bias: share of pairs whose chosen response has more tokens",
-        low=0.0,
-        high=1.0,
-    )
-    length_bias_ratio: float = _threshold(
-        1.1,
-        "length_bias: and mean chosen tokens / mean rejected tokens at or above this",
-        low=0.0,
-    )
-    length_bias_min_pairs: int = _threshold(
-        20, "length_bias: fewer pairs than this are not judged", low=1
-    )
-
-
-def _range_text(meta: dict) -> str:
-    low = f"above {meta['low']}" if meta["low_open"] else f"at least {meta['low']}"
-    if meta["high"] is None:
-        return low
-    return f"{low} and at most {meta['high']}"
-
-
-def _threshold_problem(name: str, wanted: type, meta: dict, value: Any) -> str | None:
-    """Why `value` cannot be threshold `name`, or None when it can."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = "a whole number" if wanted is int else "a number"
-        return f"health.{name}: must be {kind}, got {value!r}"
-    if wanted is int and not isinstance(value, int):
-        return f"health.{name}: must be a whole number, got {value!r}"
-    if not math.isfinite(value):
-        return f"health.{name}: must be a finite number, got {value!r}"
-    too_low = value <= meta["low"] if meta["low_open"] else value < meta["low"]
-    too_high = meta["high"] is not None and value > meta["high"]
-    if too_low or too_high:
-        return f"health.{name}: must be {_range_text(meta)}, got {value!r}"
-    return None
-
-
-def thresholds_from_dict(values: dict | None) -> HealthThresholds:
-    """The `health:` mapping of a config as thresholds; unset ones keep their defaults.
-    Unknown keys, wrong types and out-of-range values are a UserError that names each key."""
-    if values is None:
-        return HealthThresholds()
-    if not isinstance(values, dict):
-        raise UserError(f"health: expected a mapping of threshold names to numbers, got {values!r}")
-    known = {f.name: f for f in fields(HealthThresholds)}
-    problems = []
-    chosen: dict[str, float | int] = {}
-    for name, value in values.items():
-        spec = known.get(name)
-        if spec is None:
-            problems.append(f"health.{name}: unknown threshold; known ones are {', '.join(known)}")
-            continue
-        wanted = int if isinstance(spec.default, int) else float
-        problem = _threshold_problem(name, wanted, spec.metadata, value)
-        if problem:
-            problems.append(problem)
-        else:
-            chosen[name] = wanted(value)
-    if problems:
-        raise UserError("Invalid run-health thresholds in the config:", problems)
-    return HealthThresholds(**chosen)
 
 
 def expected_initial_loss(loss: str, beta: float, label_smoothing: float = 0.0) -> float | None:
@@ -322,8 +149,8 @@ class HealthMonitor:
     def __init__(
         self,
         thresholds: HealthThresholds | None = None,
-        loss: str = "sigmoid",
-        beta: float = 0.1,
+        loss: str = TrainConfig.loss,
+        beta: float = TrainConfig.beta,
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
     ):
@@ -364,8 +191,8 @@ class HealthMonitor:
 
         return cls(
             thresholds,
-            loss=str(setting("loss", "sigmoid")),
-            beta=finite_number(setting("beta", 0.1)) or 0.0,
+            loss=str(setting("loss", TrainConfig.loss)),
+            beta=finite_number(setting("beta", TrainConfig.beta)) or 0.0,
             label_smoothing=finite_number(config.get("label_smoothing")) or 0.0,
             sft_weight=finite_number(config.get("sft_weight")) or 0.0,
         )

@@ -12,6 +12,17 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_dpo.config import TrainConfig
+from mlx_dpo.events import (
+    KL,
+    LOGPS_CHOSEN,
+    LOGPS_REJECTED,
+    REWARDS_ACCURACIES,
+    REWARDS_CHOSEN,
+    REWARDS_MARGINS,
+    REWARDS_REJECTED,
+)
+
 
 @dataclass
 class PairLogps:
@@ -35,7 +46,7 @@ class PairLogps:
 
 @dataclass(frozen=True)
 class LossSettings:
-    beta: float = 0.1
+    beta: float = TrainConfig.beta
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
 
@@ -94,18 +105,22 @@ def simpo_loss(logps: PairLogps, s: LossSettings) -> mx.array:
     return -_log_sigmoid(z - s.simpo_gamma)
 
 
+def pair_rewards(logps: PairLogps, beta: float) -> tuple[mx.array, mx.array]:
+    """The implicit rewards of each pair, (chosen, rejected): β·ρ, whatever the loss."""
+    return beta * logps.chosen_ratio, beta * logps.rejected_ratio
+
+
 def pair_metrics(logps: PairLogps, beta: float) -> dict[str, mx.array]:
     """TRL-named metrics, each the mean over pairs; accuracy is per pair, never from means."""
-    chosen_rewards = beta * logps.chosen_ratio
-    rejected_rewards = beta * logps.rejected_ratio
+    chosen_rewards, rejected_rewards = pair_rewards(logps, beta)
     return {
-        "rewards/chosen": chosen_rewards.mean(),
-        "rewards/rejected": rejected_rewards.mean(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32).mean(),
-        "logps/chosen": logps.policy_chosen.mean(),
-        "logps/rejected": logps.policy_rejected.mean(),
-        "kl": mx.concatenate([logps.chosen_ratio, logps.rejected_ratio]).mean(),
+        REWARDS_CHOSEN: chosen_rewards.mean(),
+        REWARDS_REJECTED: rejected_rewards.mean(),
+        REWARDS_MARGINS: (chosen_rewards - rejected_rewards).mean(),
+        REWARDS_ACCURACIES: (chosen_rewards > rejected_rewards).astype(mx.float32).mean(),
+        LOGPS_CHOSEN: logps.policy_chosen.mean(),
+        LOGPS_REJECTED: logps.policy_rejected.mean(),
+        KL: mx.concatenate([logps.chosen_ratio, logps.rejected_ratio]).mean(),
     }
 
 

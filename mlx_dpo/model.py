@@ -19,6 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE
 
 ADAPTER_LEAVES = ("lora_a", "lora_b")
 
@@ -218,14 +219,14 @@ def load_adapter_into(model: nn.Module, adapter_path: str | Path) -> dict:
     """Apply LoRA layers as described by an mlx-lm adapter folder and load its tensors.
     Returns the adapter config. Clear errors for a missing or mismatched adapter."""
     adapter_path = Path(adapter_path).expanduser()
-    config_file = adapter_path / "adapter_config.json"
-    weights_file = adapter_path / "adapters.safetensors"
+    config_file = adapter_path / ADAPTER_CONFIG_FILE
+    weights_file = adapter_path / ADAPTER_FILE
     if not adapter_path.is_dir():
         raise UserError(f"{adapter_path}: no such adapter folder")
     if not config_file.is_file() or not weights_file.is_file():
         raise UserError(
-            f"{adapter_path}: not an adapter folder (needs adapter_config.json and "
-            "adapters.safetensors)"
+            f"{adapter_path}: not an adapter folder (needs {ADAPTER_CONFIG_FILE} and "
+            f"{ADAPTER_FILE})"
         )
     try:
         config = json.loads(config_file.read_text())

@@ -17,17 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from mlx_dpo.config import HealthThresholds, thresholds_from_dict
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import METRIC_NAMES
 from mlx_dpo.health import (
     KINDS,
     LN2,
     HealthMonitor,
-    HealthThresholds,
     check_events,
     expected_initial_loss,
     summarize,
-    thresholds_from_dict,
 )
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "health.md"

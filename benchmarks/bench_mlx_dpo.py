@@ -52,7 +52,7 @@ def main() -> None:
     import mlx.core as mx
 
     from mlx_dpo.config import CONFIG_KEYS, build_config
-    from mlx_dpo.trainer import RunOptions, train
+    from mlx_dpo.trainer.run import RunOptions, train
 
     spec, stats = load_workload(args.workload)
     work = Path(tempfile.mkdtemp(prefix="bench-mlx-dpo-"))

@@ -87,17 +87,15 @@ def measure(spec: str, work: Path) -> dict:
     import mlx.optimizers as optim
     import numpy as np
 
-    from mlx_dpo import memory
     from mlx_dpo.config import build_config
     from mlx_dpo.data import TokenizedPair
     from mlx_dpo.grad_checkpoint import checkpoint_blocks
+    from mlx_dpo.memory.arithmetic import plan_memory
+    from mlx_dpo.memory.session import data_lengths, session_settings, session_shape
     from mlx_dpo.tiny import TEMPLATES, build_model, default_texts, train_tokenizer
-    from mlx_dpo.trainer import (
-        batch_arrays,
-        compiled_step,
-        open_session,
-        response_token_counts,
-    )
+    from mlx_dpo.trainer.batch_logps import batch_arrays, response_token_counts
+    from mlx_dpo.trainer.session import open_session
+    from mlx_dpo.trainer.step import compiled_step
 
     s = parse(spec)
     name = f"d{s['d']}-f{s['f']}-l{s['layers']}-h{s['heads']}-kv{s['kv']}-V{s['V']}-{s['dtype']}"
@@ -147,10 +145,10 @@ def measure(spec: str, work: Path) -> dict:
         for i in range(s["B"])
     ]
     session.splits["train"].pairs = pairs
-    plan = memory.plan_memory(
-        memory.session_shape(session, config),
-        memory.data_lengths(pairs),
-        memory.session_settings(session, config),
+    plan = plan_memory(
+        session_shape(session, config),
+        data_lengths(pairs),
+        session_settings(session, config),
         limit=0,
     )
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,8 +259,6 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 def cmd_train(args: argparse.Namespace) -> int:
     config, is_demo = _train_config(args)
     if args.plan:
-        from mlx_dpo.memory import plan_command
-
         if is_demo:
             from mlx_dpo import demo
 
@@ -282,8 +281,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_headless(config, resume=args.resume)
 
 
+def plan_command(config: TrainConfig, say: Callable[[str], None] = print) -> int:
+    """`mlx-dpo train --plan`: load the model and the data (the plan needs their real shapes
+    and the longest batch), print the plan, train nothing."""
+    from mlx_dpo.memory.arithmetic import format_plan
+    from mlx_dpo.memory.guard import plan_for_session, resolve_auto_batch
+    from mlx_dpo.trainer.session import open_session
+
+    session = open_session(config, splits=("train", "valid"))
+    if config.batch_size == "auto":
+        config = resolve_auto_batch(session, config)
+        say(
+            f"--batch-size auto: batch {config.batch_size} with gradient accumulation "
+            f"{config.grad_accumulation}"
+        )
+    for line in format_plan(plan_for_session(session, config)):
+        say(line)
+    return 0
+
+
 def run_headless(config: TrainConfig, resume: bool = False) -> int:
-    from mlx_dpo.trainer import RunOptions, train
+    from mlx_dpo.trainer.run import RunOptions, train
 
     status = train(
         config, RunOptions(Path(config.adapter_path), resume=resume, on_line=_print_flush)

@@ -9,6 +9,8 @@ from typing import Any
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import ADAPTER_CONFIG_FILE, atomic_write_text
+from mlx_dpo.trainer.evaluation import evaluate_split
+from mlx_dpo.trainer.session import open_session
 
 
 def _adapter_settings(adapter_path: str | None) -> dict[str, Any]:
@@ -34,8 +36,6 @@ def evaluate_command(
     output: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    from mlx_dpo.trainer import evaluate_split, open_session
-
     saved = _adapter_settings(adapter_path)
     model = model or saved.get("base_model") or saved.get("model")
     if not model:

@@ -22,9 +22,9 @@ def die() -> None:
 
 
 def kill_in_eval(nth: int) -> None:
-    from mlx_dpo import trainer
+    from mlx_dpo.trainer import evaluation, run
 
-    evaluate_split, rows_logps = trainer.evaluate_split, trainer.rows_logps
+    evaluate_split, rows_logps = run.evaluate_split, evaluation.rows_logps
     seen = {"evals": 0, "batches": 0, "inside": False}
 
     def counting_evaluate(*args, **kwargs):
@@ -41,9 +41,9 @@ def kill_in_eval(nth: int) -> None:
                 die()
         return rows_logps(*args, **kwargs)
 
-    trainer.evaluate_split = counting_evaluate
-    # evaluate_split looks rows_logps up in the module: only calls made inside it count.
-    trainer.rows_logps = counting_rows
+    run.evaluate_split = counting_evaluate
+    # evaluate_split looks rows_logps up in its module: only calls made inside it count.
+    evaluation.rows_logps = counting_rows
 
 
 def kill_in_write(name: str, nth: int) -> None:

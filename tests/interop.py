@@ -13,7 +13,7 @@ import numpy as np
 from mlx_dpo.config import build_config
 from mlx_dpo.events import read_events
 from mlx_dpo.logprobs import find_head_split, response_logps
-from mlx_dpo.trainer import RunOptions, train
+from mlx_dpo.trainer.run import RunOptions, train
 from tests.conftest import corpus
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")

@@ -17,7 +17,7 @@ from mlx_dpo.config import build_config
 from mlx_dpo.data import truncate
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events
-from mlx_dpo.memory import (
+from mlx_dpo.memory.arithmetic import (
     Lengths,
     ModelShape,
     Settings,
@@ -26,10 +26,11 @@ from mlx_dpo.memory import (
     estimate_memory,
     longest_batch,
     plan_memory,
-    session_shape,
     verdict,
 )
-from mlx_dpo.trainer import RunOptions, open_session, train
+from mlx_dpo.memory.session import session_shape
+from mlx_dpo.trainer.run import RunOptions, train
+from mlx_dpo.trainer.session import open_session
 
 # A Llama-like shape: 2 layers, hidden 64, MLP 128, 4 heads of 16, 2 KV heads, vocab 512,
 # float32 activations.

@@ -23,7 +23,7 @@ from mlx_dpo.config import TrainConfig, build_config
 from mlx_dpo.data import read_records
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events, read_status
-from mlx_dpo.trainer import RunOptions, train
+from mlx_dpo.trainer.run import RunOptions, train
 
 
 def train_command(model, data, run_dir, *extra) -> list[str]:
@@ -70,15 +70,15 @@ def test_signal_stops_after_the_step_and_saves(llama_chatml, preference_data, tm
 def test_non_finite_loss_fails_cleanly_and_keeps_the_checkpoint(
     llama_chatml, preference_data, tmp_path, monkeypatch
 ):
-    from mlx_dpo import trainer
+    from mlx_dpo.trainer import step
 
-    original = trainer.preference_loss
+    original = step.preference_loss
 
     def poisoned(*args, **kwargs):
         loss, per_pair = original(*args, **kwargs)
         return loss * math.nan, per_pair
 
-    monkeypatch.setattr(trainer, "preference_loss", poisoned)
+    monkeypatch.setattr(step, "preference_loss", poisoned)
     config = build_config(
         {},
         dict(model=str(llama_chatml), data=str(preference_data), adapter_path=str(tmp_path / "run"),
@@ -417,10 +417,10 @@ def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(
 def test_out_of_memory_fails_with_what_to_do_and_keeps_the_checkpoint(
     llama_chatml, preference_data, tmp_path, monkeypatch, capsys, error
 ):
-    from mlx_dpo import trainer
     from mlx_dpo.cli import main
+    from mlx_dpo.trainer import step
 
-    compiled_step = trainer.compiled_step
+    compiled_step = step.compiled_step
 
     def step_that_runs_out(*args, **kwargs):
         accumulate, apply = compiled_step(*args, **kwargs)
@@ -434,7 +434,7 @@ def test_out_of_memory_fails_with_what_to_do_and_keeps_the_checkpoint(
 
         return accumulate, apply_or_run_out
 
-    monkeypatch.setattr(trainer, "compiled_step", step_that_runs_out)
+    monkeypatch.setattr(step, "compiled_step", step_that_runs_out)
     run_dir = tmp_path / "run"
     argv = ["train", "--model", str(llama_chatml), "--data", str(preference_data),
             "--adapter-path", str(run_dir), "--iters", "6", "--save-every", "2",

@@ -15,17 +15,16 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_dpo.batching import collate
 from mlx_dpo.config import build_config
 from mlx_dpo.events import METRIC_NAMES, read_events, send_command
-from mlx_dpo.trainer import (
-    RunOptions,
+from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
-    evaluate_split,
-    make_loss_fn,
-    open_session,
     reference_rows_logps,
     response_token_counts,
     rows_logps,
-    train,
 )
+from mlx_dpo.trainer.evaluation import evaluate_split
+from mlx_dpo.trainer.run import RunOptions, train
+from mlx_dpo.trainer.session import open_session
+from mlx_dpo.trainer.step import make_loss_fn
 
 
 def config_for(model: Path, data: Path, run_dir: Path, **overrides):

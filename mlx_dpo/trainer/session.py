@@ -1,0 +1,150 @@
+"""A session: a loaded model with its LoRA layers, its tokenizer and the tokenized data.
+
+A training run, an evaluation, a comparison and the memory plan all work on one. Every user
+error (no model, no data, an init adapter whose LoRA shape the config contradicts) surfaces
+while it opens, before anything is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_dpo import reference
+from mlx_dpo.batching import Batch, collate
+from mlx_dpo.config import TrainConfig
+from mlx_dpo.data import TokenizedSplit, load_splits
+from mlx_dpo.errors import UserError
+from mlx_dpo.logprobs import HeadSplit, find_head_split, supports_prefix_sharing
+from mlx_dpo.model import (
+    apply_lora,
+    fingerprint_files,
+    load_adapter_into,
+    load_model,
+    model_fingerprint,
+    num_layers,
+    snapshot_adapter,
+)
+
+
+@dataclass
+class Session:
+    """A loaded model with its LoRA layers, tokenizer and data: everything a run, an
+    evaluation or a comparison works on."""
+
+    model: nn.Module
+    tokenizer: Any
+    model_path: Path
+    model_config: dict
+    splits: dict[str, TokenizedSplit]
+    lora_parameters: dict
+    lora_layers: int
+    head_split: HeadSplit | None
+    weights_fingerprint: str
+    frozen_adapter: dict | None = None
+    init_adapter_config: dict | None = None
+    prefix_sharing: bool = False
+    pad_id: int = 0
+
+    def collate(self, pairs: list) -> Batch:
+        return collate(pairs, self.pad_id, shared_prompt=self.prefix_sharing)
+
+
+def open_session(
+    config: TrainConfig,
+    splits: tuple[str, ...] = ("train", "valid", "test"),
+    adapter_path: str | None = None,
+) -> Session:
+    """Load the model, apply LoRA (fresh, from --init-adapter, or a trained adapter to
+    evaluate) and read the data. All user errors surface here, before any training."""
+    if not config.model:
+        raise UserError("no model given: pass --model (a Hugging Face id or a local folder)")
+    if config.data is None:
+        raise UserError("no data given: pass --data (a folder with train.jsonl, or a .jsonl file)")
+    model, tokenizer, path, model_config = load_model(
+        config.model, config.quantize, config.trust_remote_code
+    )
+    data = load_splits(config.data, tokenizer, config.max_length, config.fields, splits)
+    if "train" in splits and "train" not in data:
+        raise UserError(f"{config.data}: no train split (train.jsonl)")
+    mx.random.seed(config.seed)
+    frozen = None
+    init_config = None
+    fingerprint_parts = [model_fingerprint(path, reference.cache_dir()), f"q{config.quantize}"]
+    if adapter_path or config.init_adapter:
+        source = adapter_path or config.init_adapter
+        init_config = load_adapter_into(model, source)
+        lora_parameters = dict(init_config["lora_parameters"])
+        layers = int(init_config["num_layers"])
+        if config.init_adapter and not adapter_path:
+            _check_lora_matches(config, lora_parameters, layers, source)
+            lora_parameters["dropout"] = config.lora_dropout
+            _set_dropout(model, config.lora_dropout)
+            frozen = snapshot_adapter(model)
+            fingerprint_parts.append(
+                fingerprint_files(sorted(Path(source).expanduser().glob("adapter*")))
+            )
+    else:
+        layers = config.lora_layers or num_layers(model)
+        lora_parameters = apply_lora(
+            model,
+            config.lora_rank,
+            config.lora_scale,
+            config.lora_dropout,
+            layers,
+            config.lora_keys,
+        )
+    mx.eval(model.parameters())
+    head_split = find_head_split(model)
+    sharing = config.prefix_sharing and supports_prefix_sharing(model, head_split)
+    return Session(
+        model=model,
+        tokenizer=tokenizer,
+        model_path=path,
+        model_config=model_config,
+        splits=data,
+        lora_parameters=lora_parameters,
+        lora_layers=layers,
+        head_split=head_split,
+        weights_fingerprint="|".join(fingerprint_parts),
+        frozen_adapter=frozen,
+        init_adapter_config=init_config,
+        prefix_sharing=sharing,
+        pad_id=pad_token_id(tokenizer),
+    )
+
+
+def _check_lora_matches(config: TrainConfig, params: dict, layers: int, source: str) -> None:
+    """Training continues an init adapter, so a LoRA setting the config changed from its
+    default must agree with the adapter's."""
+    conflicts = []
+    for key, value in (("lora_rank", params["rank"]), ("lora_scale", params["scale"])):
+        given = getattr(config, key)
+        if given != getattr(TrainConfig, key) and given != value:
+            conflicts.append(f"'{key}' is {given} but the init adapter has {value}")
+    if config.lora_layers is not None and config.lora_layers != layers:
+        conflicts.append(f"'lora_layers' is {config.lora_layers} but the init adapter has {layers}")
+    if config.lora_keys and config.lora_keys != params.get("keys"):
+        conflicts.append(f"'lora_keys' differ from the init adapter's {params.get('keys')}")
+    if conflicts:
+        raise UserError(
+            f"{source}: training continues this adapter, so its LoRA shape is fixed", conflicts
+        )
+
+
+def _set_dropout(model: nn.Module, p: float) -> None:
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_a") and hasattr(module, "dropout"):
+            module.dropout = nn.Dropout(p)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS, else 0."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    return int(pad or 0)

@@ -200,3 +200,35 @@ def test_no_tui_without_a_terminal(llama_chatml, preference_data, tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "step 4/4 | loss" in result.stdout
+
+
+def test_plan_flag_says_it_will_not_fit_and_how_to(llama_chatml, preference_data, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(llama_chatml),
+            "--data",
+            str(preference_data),
+            "--adapter-path",
+            str(run_dir),
+            "--batch-size",
+            "24",
+            "--max-length",
+            "4096",
+            "--memory-limit-gb",
+            "0.02",
+            "--plan",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "will not fit" in out
+    # Smaller batches with accumulation keep the effective batch of 24.
+    suggestion = next(line for line in out.splitlines() if "--grad-accumulation" in line)
+    batch, accumulation = (int(w) for w in suggestion.split()[1:4:2])
+    assert "to fit:" in out and batch * accumulation == 24 and batch < 24
+    for name in ("base weights", "LoRA parameters", "optimizer state", "activations", "logits"):
+        assert name in out
+    assert not (run_dir / "metrics.jsonl").exists()  # nothing was trained

@@ -1,36 +1,29 @@
-"""The memory plan: its arithmetic on known shapes, against the measured peak of real runs on
-tiny models, `--plan`, `--batch-size auto` and the guard that stops a run near the limit."""
+"""The memory plan's arithmetic (mlx_dpo/memory/arithmetic.py) on known shapes, checked against
+numbers worked out by hand, and the plan as text and as the run_start event's dict."""
 
 from __future__ import annotations
 
 import dataclasses
-import gc
-from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
-import yaml
 
-from mlx_dpo.cli import main
-from mlx_dpo.config import build_config
 from mlx_dpo.data import truncate
-from mlx_dpo.errors import UserError
-from mlx_dpo.events import read_events
 from mlx_dpo.memory.arithmetic import (
+    COMPONENTS,
     Lengths,
     ModelShape,
     Settings,
     choose_batch_size,
     cut_lengths,
     estimate_memory,
+    format_plan,
     longest_batch,
+    plan_dict,
     plan_memory,
+    summary_lines,
     verdict,
 )
-from mlx_dpo.memory.session import session_shape
-from mlx_dpo.trainer.run import RunOptions, train
-from mlx_dpo.trainer.session import open_session
 
 # A Llama-like shape: 2 layers, hidden 64, MLP 128, 4 heads of 16, 2 KV heads, vocab 512,
 # float32 activations.
@@ -57,8 +50,6 @@ LENGTHS = Lengths(
 
 # ---------------------------------------------------------------------------------------------
 # Arithmetic, checked against numbers worked out by hand
-
-
 def test_longest_batch_pads_as_collate_does():
     rows = longest_batch(LENGTHS, Settings(batch_size=2))
     # 52 tokens round up to 64 (+1: inputs are tokens[:, :-1]); responses to multiples of 16.
@@ -204,172 +195,70 @@ def test_choose_batch_size_takes_the_largest_that_fits():
     assert choose_batch_size(MODEL, lengths, Settings(batch_size=8), 8, 10) == (1, 8)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading shapes from a loaded model
-
-
-def test_model_shape_counts_the_loaded_weights(llama_chatml, preference_data):
-    from mlx.utils import tree_flatten
-
-    config = build_config({}, {"model": str(llama_chatml), "data": str(preference_data)})
-    session = open_session(config, splits=("train",))
-    shape = session_shape(session, config)
-    params = dict(tree_flatten(session.model.parameters()))
-    lora = sum(v.nbytes for k, v in params.items() if k.endswith(("lora_a", "lora_b")))
-    assert shape.lora_bytes == lora > 0
-    assert shape.base_weight_bytes == sum(v.nbytes for v in params.values()) - lora
-    assert (shape.layers, shape.hidden, shape.heads, shape.kv_heads) == (2, 64, 4, 2)
-    assert shape.activation_bytes == 4 and shape.head_split
-    # The 4-bit estimate is what --quantize 4 really loads.
-    quantized_config = build_config({}, {**config.to_dict(), "quantize": 4})
-    quantized = session_shape(open_session(quantized_config, splits=("train",)), quantized_config)
-    assert shape.base_weight_bytes_4bit == quantized.base_weight_bytes
-    assert quantized.base_weight_bytes_4bit is None
-
-
-# ---------------------------------------------------------------------------------------------
-# Plan against measurement, and the run-time behaviour
-
-
-def run(config) -> tuple[str, list[dict], list[str]]:
-    lines: list[str] = []
-    status = train(
-        config, RunOptions(Path(config.adapter_path), on_line=lines.append, handle_signals=False)
+def test_the_plan_as_text():
+    plan = plan_memory(MODEL, LENGTHS, Settings(batch_size=2), 5_000_000, "memory_limit_gb")
+    lines = format_plan(plan)
+    assert lines[0] == (
+        "memory plan (MLX memory, as mx.get_peak_memory() measures it; the Python process adds "
+        "its own): batch 2 × 1 accumulation, max_length 1024"
     )
-    return status, read_events(config.adapter_path), lines
-
-
-@pytest.mark.parametrize(
-    "fixture,overrides",
-    [
-        ("llama_chatml", {"batch_size": 4}),  # prefix sharing
-        ("qwen2_llama3", {"batch_size": 8, "prefix_sharing": False}),  # rows, tied embeddings
-    ],
-)
-def test_plan_is_within_25_percent_of_the_measured_peak(
-    request, preference_data, tmp_path, fixture, overrides
-):
-    """MLX's own peak (mx.get_peak_memory, reset before the first step), not the process RSS:
-    the interpreter and libraries are not in the plan. One epoch, so the longest batch runs."""
-    model = request.getfixturevalue(fixture)
-    config = build_config(
-        {},
-        {
-            "model": str(model),
-            "data": str(preference_data),
-            "adapter_path": str(tmp_path / "run"),
-            "epochs": 1,
-            "eval_every": 0,
-            "save_every": 0,
-            "lora_rank": 4,
-            **overrides,
-        },
+    # One line a component (name, size, what it is), in COMPONENTS order, then the total.
+    assert [line.split("  ")[1].strip() for line in lines[1:8]] == list(COMPONENTS)
+    assert lines[1].split() == [
+        "base",
+        "weights",
+        "0.6",
+        "MB",
+        "at",
+        "their",
+        "loaded",
+        "precision",
+    ]
+    assert lines[5].split()[:3] == ["activations", "4.5", "MB"]
+    assert (
+        "longest batch: 4 rows of 64 tokens" in lines[5]
+        and "3.7 MB with --grad-checkpoint" in lines[5]
     )
-    gc.collect()
-    other_arrays = mx.get_active_memory()  # left by earlier tests in this process
-    status, events, _ = run(config)
-    assert status == "completed"
-    plan = next(e for e in events if e["event"] == "run_start")["memory_plan"]
-    peak = max(e["peak_memory_gb"] for e in events if e["event"] == "step") - other_arrays / 1e9
-    assert plan["total_gb"] == pytest.approx(peak, rel=0.25)
-    assert plan["verdict"] == "fits"
-
-
-def test_plan_flag_says_it_will_not_fit_and_how_to(llama_chatml, preference_data, capsys, tmp_path):
-    run_dir = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "--model",
-            str(llama_chatml),
-            "--data",
-            str(preference_data),
-            "--adapter-path",
-            str(run_dir),
-            "--batch-size",
-            "24",
-            "--max-length",
-            "4096",
-            "--memory-limit-gb",
-            "0.02",
-            "--plan",
-        ]
+    assert lines[8].split() == ["total", "5.6", "MB"]
+    # 5,574,860 of 5,000,000 bytes: 111%.
+    assert lines[9] == (
+        "  available 5.0 MB (memory_limit_gb): will not fit (111% of it; tight above 70%, "
+        "stopped above 90%)"
     )
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "will not fit" in out
-    # Smaller batches with accumulation keep the effective batch of 24.
-    suggestion = next(line for line in out.splitlines() if "--grad-accumulation" in line)
-    batch, accumulation = (int(w) for w in suggestion.split()[1:4:2])
-    assert "to fit:" in out and batch * accumulation == 24 and batch < 24
-    for name in ("base weights", "LoRA parameters", "optimizer state", "activations", "logits"):
-        assert name in out
-    assert not (run_dir / "metrics.jsonl").exists()  # nothing was trained
+    assert lines[10] == "  to fit:"
+    assert lines[11].split() == [
+        "--batch-size", "1", "--grad-accumulation", "2", "3.1", "MB", "(same", "effective",
+        "batch", "of", "2)",
+    ]  # fmt: skip
+    assert lines[12].split()[:4] == ["--max-length", "32", "3.1", "MB"]
+    assert lines[12].endswith("(cuts 2 of 3 pairs)")
+    assert summary_lines(plan) == [
+        "memory plan: 5.6 MB of 5.0 MB (memory_limit_gb): will not fit",
+        "  weights 0.6 MB, LoRA + optimizer + gradients 40.0 KB, activations 4.5 MB, logits 0.4 MB",
+        *lines[10:],
+    ]
+    fits = plan_memory(MODEL, LENGTHS, Settings(batch_size=2), 10**9, "physical memory")
+    assert format_plan(fits)[-1].endswith("fits (1% of it; tight above 70%, stopped above 90%)")
+    assert len(summary_lines(fits)) == 2  # nothing to suggest
+    hopeless = plan_memory(MODEL, LENGTHS, Settings(batch_size=2), 1_000_000)
+    assert format_plan(hopeless)[-1].startswith("  no change tried here fits it")
 
 
-def test_batch_size_auto_picks_a_batch_the_plan_accepts(
-    llama_chatml, preference_data, tmp_path, capsys
-):
-    values = {
-        "model": str(llama_chatml),
-        "data": str(preference_data),
-        "adapter_path": str(tmp_path / "run"),
-        "iters": 1,
-        "eval_every": 0,
-        "save_every": 0,
-        "batch_size": "auto",
-        "grad_accumulation": 4,  # effective batch 4 × 4 = 16
-        "memory_limit_gb": 0.02,
-    }
-    status, events, _ = run(build_config({}, values))
-    assert status == "completed"
-    start = next(e for e in events if e["event"] == "run_start")
-    batch, accumulation = start["batch_size"], start["grad_accumulation"]
-    assert batch * accumulation == 16 and batch < 16
-    assert start["memory_plan"]["verdict"] == "fits"
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert (saved["batch_size"], saved["grad_accumulation"]) == (batch, accumulation)
-    # The next larger batch would not fit.
-    capsys.readouterr()
-    code = main(
-        ["train", "--model", str(llama_chatml), "--data", str(preference_data), "--plan"]
-        + ["--batch-size", str(batch * 2), "--memory-limit-gb", "0.02"]
-    )
-    out = capsys.readouterr().out
-    assert code == 0 and "memory_limit_gb): fits" not in out
-
-
-def test_memory_guard_stops_the_run_with_a_checkpoint(llama_chatml, preference_data, tmp_path):
-    config = build_config(
-        {},
-        {
-            "model": str(llama_chatml),
-            "data": str(preference_data),
-            "adapter_path": str(tmp_path / "run"),
-            "iters": 5,
-            "eval_every": 0,
-            "save_every": 0,
-            "memory_limit_gb": 0.001,
-        },
-    )
-    status, events, lines = run(config)
-    assert status == "stopped"
-    errors = [e for e in events if e["event"] == "log" and e["level"] == "error"]
-    assert errors and "out of memory" in errors[0]["message"]
-    assert "memory_limit_gb" in errors[0]["message"]
-    end = events[-1]
-    assert end["event"] == "run_end" and end["status"] == "stopped" and end["step"] == 1
-    assert Path(end["last_checkpoint"]).is_dir()
-    assert (tmp_path / "run" / "adapters.safetensors").is_file()
-    assert any("memory plan" in line for line in lines)
-
-
-def test_config_accepts_auto_and_checks_the_limit():
-    assert build_config({}, {"batch_size": "auto"}).batch_size == "auto"
-    with pytest.raises(UserError) as err:
-        build_config({"batch_size": "big"}, {})
-    assert "'batch_size' must be an integer or 'auto', got 'big'" in str(err.value)
-    with pytest.raises(UserError) as err:
-        build_config({}, {"memory_limit_gb": 0})
-    assert "'memory_limit_gb' must be > 0" in str(err.value)
-    assert build_config({"memory_limit_gb": 8}, {}).memory_limit_gb == 8.0
+def test_the_plan_as_the_run_start_events_dict():
+    plan = plan_memory(MODEL, LENGTHS, Settings(batch_size=2), 5_000_000, "memory_limit_gb")
+    record = plan_dict(plan)
+    # 5,574,884 bytes less the 24 of cached reference log-probs (no reference_pairs here).
+    assert record["total_gb"] == pytest.approx(5_574_860 / 1e9)
+    assert record["limit_gb"] == pytest.approx(0.005)
+    assert (record["limit_source"], record["verdict"]) == ("memory_limit_gb", "will not fit")
+    assert list(record["components_gb"]) == list(COMPONENTS)
+    assert record["components_gb"]["activations"] == pytest.approx(4_515_430 / 1e9)
+    assert record["activations_checkpointed_gb"] == pytest.approx(3_706_061 / 1e9)
+    assert record["batch"] == {
+        "pairs": 2, "rows": 4, "length": 65, "window": 32, "prompt": 0, "shared_prompt": False,
+    }  # fmt: skip
+    assert [s["change"] for s in record["suggestions"]] == [
+        "--batch-size 1 --grad-accumulation 2",
+        "--max-length 32",
+    ]
+    assert record["suggestions"][1]["note"] == "cuts 2 of 3 pairs"

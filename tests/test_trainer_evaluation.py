@@ -1,0 +1,90 @@
+"""Evaluating a split (mlx_dpo/trainer/evaluation.py): per-pair log-probs against the base
+model and the policy's rows, the metrics and rewards against the DPO formulas in NumPy, the
+same numbers whatever the batch size, and cached reference log-probs used as given."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_map
+
+from mlx_dpo.batching import collate
+from mlx_dpo.trainer.batch_logps import batch_arrays, rows_logps
+from mlx_dpo.trainer.evaluation import evaluate_split
+from mlx_dpo.trainer.session import open_session
+from tests.interop import logps_of
+from tests.training import config_for
+
+
+@pytest.fixture
+def trained_session(llama_chatml, preference_data):
+    """A session whose LoRA weights moved away from zero, and its config (β 0.7)."""
+    config = config_for(llama_chatml, preference_data, beta=0.7, batch_size=3)
+    session = open_session(config, splits=("valid",))
+    rng = np.random.default_rng(2)
+    session.model.update(
+        tree_map(
+            lambda p: p + mx.array(rng.normal(0, 0.05, p.shape).astype(np.float32)),
+            session.model.trainable_parameters(),
+        )
+    )
+    return session, config
+
+
+def test_metrics_and_per_pair_rows_are_the_formulas(trained_session, llama_chatml):
+    from mlx_lm.utils import load
+
+    session, config = trained_session
+    split = session.splits["valid"]
+    result = evaluate_split(session, split, config, per_pair=True)
+    rows = result.pop("per_pair")
+    n = len(split)
+    assert result["pairs"] == n == len(rows) == 8
+    arrays = batch_arrays(collate(split.pairs))
+    policy = np.array(rows_logps(session, *arrays), dtype=np.float64)
+    base, _ = load(str(llama_chatml))
+    reference = logps_of(base, arrays).astype(np.float64)
+    for i, row in enumerate(rows):
+        assert row["index"] == i and row["source"] == split.pairs[i].source
+        assert row["policy_chosen_logp"] == pytest.approx(policy[i], rel=1e-5)
+        assert row["policy_rejected_logp"] == pytest.approx(policy[n + i], rel=1e-5)
+        assert row["reference_chosen_logp"] == pytest.approx(reference[i], rel=1e-5)
+        assert row["reference_rejected_logp"] == pytest.approx(reference[n + i], rel=1e-5)
+        expected_chosen = 0.7 * (policy[i] - reference[i])
+        assert row["reward_chosen"] == pytest.approx(expected_chosen, rel=1e-3, abs=1e-5)
+        expected_rejected = 0.7 * (policy[n + i] - reference[n + i])
+        assert row["reward_rejected"] == pytest.approx(expected_rejected, rel=1e-3, abs=1e-5)
+    chosen = np.array([r["reward_chosen"] for r in rows])
+    rejected = np.array([r["reward_rejected"] for r in rows])
+    z = chosen - rejected
+    assert result["loss"] == pytest.approx(np.log1p(np.exp(-z)).mean(), rel=1e-4)
+    assert result["rewards/margins"] == pytest.approx(z.mean(), rel=1e-4, abs=1e-6)
+    assert result["rewards/accuracies"] == pytest.approx((chosen > rejected).mean())
+    assert result["logps/chosen"] == pytest.approx(policy[:n].mean(), rel=1e-5)
+
+
+def test_the_batch_size_changes_nothing(trained_session):
+    session, config = trained_session
+    split = session.splits["valid"]
+    by_three = evaluate_split(session, split, config)  # batches of 3, 3 and 2
+    whole = evaluate_split(session, split, dataclasses.replace(config, batch_size=8))
+    assert by_three.keys() == whole.keys()
+    for name, value in by_three.items():
+        assert value == pytest.approx(whole[name], rel=1e-4, abs=1e-6), name
+
+
+def test_cached_reference_log_probs_are_used_as_given(trained_session):
+    session, config = trained_session
+    split = session.splits["valid"]
+    computed = evaluate_split(session, split, config, per_pair=True)["per_pair"]
+    chosen = np.array([r["reference_chosen_logp"] for r in computed], dtype=np.float32)
+    rejected = np.array([r["reference_rejected_logp"] for r in computed], dtype=np.float32)
+    given = evaluate_split(session, split, config, (chosen, rejected), per_pair=True)["per_pair"]
+    assert given == computed
+    shifted = evaluate_split(session, split, config, (chosen + 1.0, rejected), per_pair=True)
+    for row, before in zip(shifted["per_pair"], computed, strict=True):
+        assert row["reference_chosen_logp"] == pytest.approx(before["reference_chosen_logp"] + 1)
+        assert row["reward_chosen"] == pytest.approx(before["reward_chosen"] - 0.7, abs=1e-4)

@@ -1,0 +1,193 @@
+"""The training step (mlx_dpo/trainer/step.py): the batch objective against finite
+differences and against the DPO formula in NumPy, the compiled step's accumulation and
+gradient norm, the micro-batch order, and an optimizer step's failure on a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from mlx_dpo.batching import batches_per_epoch, collate, epoch_batches
+from mlx_dpo.distributed import Ranks
+from mlx_dpo.events import METRIC_NAMES
+from mlx_dpo.losses import LossSettings
+from mlx_dpo.trainer.batch_logps import (
+    batch_arrays,
+    reference_rows_logps,
+    response_token_counts,
+    rows_logps,
+)
+from mlx_dpo.trainer.schedule import build_optimizer
+from mlx_dpo.trainer.session import open_session
+from mlx_dpo.trainer.step import (
+    MicroBatches,
+    TrainingStep,
+    compiled_step,
+    loss_settings,
+    make_loss_fn,
+)
+from tests.training import config_for
+
+
+@pytest.mark.parametrize("reference", ["cached", "live"])
+def test_gradients_match_finite_differences(llama_chatml, preference_data, tmp_path, reference):
+    config = config_for(
+        llama_chatml,
+        preference_data,
+        tmp_path / "run",
+        beta=2.0,
+        reference=reference,
+        lora_scale=4.0,
+    )
+    session = open_session(config)
+    model = session.model
+    # Non-zero B so both A and B have gradients; the policy then differs from the reference.
+    rng = np.random.default_rng(0)
+    model.update(
+        tree_map(
+            lambda p: p + mx.array(rng.normal(0, 0.05, p.shape).astype(np.float32)),
+            model.trainable_parameters(),
+        )
+    )
+    batch = collate(session.splits["train"].pairs[:4])
+    arrays = batch_arrays(batch)
+    chosen_tokens, rejected_tokens = response_token_counts(batch)
+    ref = np.array(reference_rows_logps(session, *arrays))
+    ref_chosen, ref_rejected = mx.array(ref[:4]), mx.array(ref[4:])
+    loss_fn = make_loss_fn(session, config)
+    inputs = (arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
+    (loss, _), grads = nn.value_and_grad(model, loss_fn)(*inputs)
+    assert loss.item() != pytest.approx(math.log(2), abs=1e-3)
+    grads = dict(tree_flatten(grads))
+    params = dict(tree_flatten(model.trainable_parameters()))
+    checked = 0
+    for name in [
+        n for n in params if "layers.0.self_attn.q_proj" in n or "layers.1.mlp.down_proj" in n
+    ]:
+        flat = np.array(params[name]).reshape(-1)
+        g = np.array(grads[name]).reshape(-1)
+        for index in np.argsort(-np.abs(g))[:3]:
+            eps = 1e-2
+            values = []
+            for sign in (1, -1):
+                perturbed = flat.copy()
+                perturbed[index] += sign * eps
+                model.update(
+                    tree_unflatten([(name, mx.array(perturbed.reshape(params[name].shape)))])
+                )
+                values.append(loss_fn(*inputs)[0].item())
+            model.update(tree_unflatten([(name, params[name])]))
+            numeric = (values[0] - values[1]) / (2 * eps)
+            assert numeric == pytest.approx(g[index], rel=0.05, abs=1e-4), (name, index)
+            checked += 1
+    assert checked >= 12
+
+
+def test_loss_settings_come_from_the_config():
+    settings = loss_settings(config_for("m", "d", beta=0.3, label_smoothing=0.1))
+    assert settings == LossSettings(beta=0.3, label_smoothing=0.1, simpo_gamma=0.5)
+    simpo = loss_settings(config_for("m", "d", loss="simpo", simpo_gamma=1.5))
+    assert simpo.simpo_gamma == 1.5
+
+
+def perturbed_session(llama_chatml, preference_data, **overrides):
+    config = config_for(llama_chatml, preference_data, **overrides)
+    session = open_session(config, splits=("train",))
+    rng = np.random.default_rng(1)
+    session.model.update(
+        tree_map(
+            lambda p: p + mx.array(rng.normal(0, 0.05, p.shape).astype(np.float32)),
+            session.model.trainable_parameters(),
+        )
+    )
+    return session, config
+
+
+def test_loss_and_metrics_are_the_dpo_formula_of_the_log_probs(llama_chatml, preference_data):
+    session, config = perturbed_session(llama_chatml, preference_data, beta=0.7)
+    batch = session.collate(session.splits["train"].pairs[:4])
+    arrays = batch_arrays(batch)
+    chosen_tokens, rejected_tokens = response_token_counts(batch)
+    ref = np.array([-40.0, -41.0, -39.5, -42.0, -44.0, -43.0, -45.5, -41.0], dtype=np.float32)
+    loss, metrics = make_loss_fn(session, config)(
+        arrays, mx.array(ref[:4]), mx.array(ref[4:]), chosen_tokens, rejected_tokens
+    )
+    rows = np.array(rows_logps(session, *arrays), dtype=np.float64)
+    ratio_chosen, ratio_rejected = rows[:4] - ref[:4], rows[4:] - ref[4:]
+    z = 0.7 * (ratio_chosen - ratio_rejected)
+    rewards_chosen, rewards_rejected = 0.7 * ratio_chosen, 0.7 * ratio_rejected
+    expected = {
+        "rewards/chosen": rewards_chosen.mean(),
+        "rewards/rejected": rewards_rejected.mean(),
+        "rewards/margins": (rewards_chosen - rewards_rejected).mean(),
+        "rewards/accuracies": (rewards_chosen > rewards_rejected).mean(),
+        "logps/chosen": rows[:4].mean(),
+        "logps/rejected": rows[4:].mean(),
+        "kl": np.concatenate([ratio_chosen, ratio_rejected]).mean(),
+    }
+    assert loss.item() == pytest.approx(np.log1p(np.exp(-z)).mean(), rel=1e-5)
+    got = dict(zip(METRIC_NAMES[1:], np.array(metrics).tolist(), strict=True))
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
+def test_compiled_step_accumulates_averages_and_reports_the_norm(llama_chatml, preference_data):
+    session, config = perturbed_session(llama_chatml, preference_data, max_grad_norm=0.0)
+    batch = session.collate(session.splits["train"].pairs[:4])
+    ref = reference_rows_logps(session, *batch_arrays(batch))
+    inputs = (batch_arrays(batch), ref[:4], ref[4:], *response_token_counts(batch))
+    (_, _), plain = nn.value_and_grad(session.model, make_loss_fn(session, config))(*inputs)
+    plain = {k: np.array(v) for k, v in tree_flatten(plain)}
+    optimizer = build_optimizer(config, 0.0)  # learning rate 0: the weights stay
+    optimizer.init(session.model.trainable_parameters())
+    accumulate, apply = compiled_step(session, config, optimizer)
+    _, _, once = accumulate(None, *inputs)
+    _, _, twice = accumulate(once, *inputs)
+    mx.eval(once, twice)
+    for name, value in tree_flatten(twice):
+        np.testing.assert_allclose(np.array(value), 2 * plain[name], rtol=1e-4, atol=1e-7)
+    # Averaged over the 2 micro-batches: the norm of one batch's gradient (no clipping).
+    norm = apply(twice, 2).item()
+    expected = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in plain.values()))
+    assert norm == pytest.approx(expected, rel=1e-4)
+
+
+def test_micro_batches_follow_the_epoch_order(llama_chatml, preference_data):
+    config = config_for(llama_chatml, preference_data, batch_size=5, seed=3)
+    session = open_session(config, splits=("train",))
+    split = session.splits["train"]
+    per_epoch = batches_per_epoch(len(split), 5)
+    batches = MicroBatches(session, split, config, Ranks(None, 0, 1), per_epoch)
+    for k in (0, 1, per_epoch - 1, per_epoch, per_epoch + 2, 1):
+        epoch, position = divmod(k, per_epoch)
+        order = epoch_batches(split.pairs, 5, 3, epoch, True)[position]
+        assert batches(k).pair_indices.tolist() == [split.pairs[i].index for i in order]
+
+
+def test_a_non_finite_loss_is_a_failure_naming_the_pairs(llama_chatml, preference_data):
+    config = config_for(llama_chatml, preference_data, grad_accumulation=2)
+    session = open_session(config, splits=("train",))
+    split = session.splits["train"]
+    batches = MicroBatches(session, split, config, Ranks(None, 0, 1), 6)
+    optimizer = build_optimizer(config, config.learning_rate)
+    optimizer.init(session.model.trainable_parameters())
+    reference = (np.zeros(len(split), np.float32) - 40, np.zeros(len(split), np.float32) - 40)
+    step = TrainingStep(session, config, optimizer, batches, reference)
+    good = step.accumulate(0)
+    assert good.failure is None and good.pairs == 8
+    assert good.tokens == sum(batches(k).num_tokens for k in (0, 1))
+    assert len(good.pair_indices) == 8
+    metrics, pairs, tokens = good.totals(Ranks(None, 0, 1))
+    assert (pairs, tokens) == (good.pairs, good.tokens) and len(metrics) == len(METRIC_NAMES)
+    assert math.isfinite(step.apply(good.grads))
+    reference[0][:] = math.nan
+    bad = step.accumulate(1)
+    first = batches(2)
+    assert bad.failure.startswith("non-finite loss at step 2 (pairs ")
+    assert split.pairs[int(first.pair_indices[0])].source in bad.failure
+    assert bad.pairs == 0  # the first micro-batch already failed

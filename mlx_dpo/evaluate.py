@@ -1,4 +1,6 @@
-"""`mlx-dpo eval`: preference metrics of a model (and adapter) on a data split."""
+"""Preference metrics of a model (and adapter) on a data split: the library behind
+`mlx-dpo eval`. The adapter's recorded settings (β, loss, max_length, fields, quantization)
+are used unless given; unset ones are TrainConfig's defaults."""
 
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ def evaluate_command(
     data: str,
     split: str = "test",
     beta: float | None = None,
-    batch_size: int = 4,
+    batch_size: int = TrainConfig.batch_size,
     max_length: int | None = None,
     output: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
+    """The split's metrics (evaluation.evaluate_split); with `output`, one JSON line a pair
+    (log-probs and rewards) written there atomically."""
     saved = _adapter_settings(adapter_path)
     model = model or saved.get("base_model") or saved.get("model")
     if not model:
@@ -47,12 +51,12 @@ def evaluate_command(
     config = TrainConfig(
         model=model,
         data=data,
-        beta=beta if beta is not None else float(saved.get("beta", 0.1)),
-        loss=saved.get("loss", "sigmoid"),
-        label_smoothing=float(saved.get("label_smoothing", 0.0)),
+        beta=beta if beta is not None else float(saved.get("beta", TrainConfig.beta)),
+        loss=saved.get("loss", TrainConfig.loss),
+        label_smoothing=float(saved.get("label_smoothing", TrainConfig.label_smoothing)),
         simpo_gamma=saved.get("simpo_gamma"),
         batch_size=batch_size,
-        max_length=max_length or int(saved.get("max_length", 1024)),
+        max_length=max_length or int(saved.get("max_length", TrainConfig.max_length)),
         fields=saved.get("fields") or {},
         quantize=saved.get("quantize"),
         trust_remote_code=trust_remote_code,

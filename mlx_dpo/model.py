@@ -19,7 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE
+from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, atomic_write_json
 
 ADAPTER_LEAVES = ("lora_a", "lora_b")
 
@@ -292,8 +292,6 @@ def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
             changed = True
         digest.update(path.name.encode() + memo[key].encode())
     if memo_file and changed:
-        from mlx_dpo.events import atomic_write_json
-
         atomic_write_json(memo_file, memo)
     return digest.hexdigest()
 

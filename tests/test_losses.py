@@ -5,7 +5,14 @@ import math
 import mlx.core as mx
 import pytest
 
-from mlx_dpo.losses import LOSSES, LossSettings, PairLogps, pair_metrics, preference_loss
+from mlx_dpo.losses import (
+    LOSSES,
+    LossSettings,
+    PairLogps,
+    pair_metrics,
+    pair_rewards,
+    preference_loss,
+)
 
 
 def logps(pc, pr, rc, rr, nc=4.0, nr=5.0) -> PairLogps:
@@ -77,3 +84,14 @@ def test_accuracy_is_per_pair_not_from_means():
 def test_kl_is_mean_log_ratio():
     pair = logps([-1.0, -2.0], [-3.0, -4.0], [-1.5, -2.0], [-3.0, -5.0])
     assert pair_metrics(pair, 0.1)["kl"].item() == pytest.approx((0.5 + 0 + 0 + 1.0) / 4)
+
+
+def test_pair_rewards_are_beta_times_the_log_ratios_per_pair():
+    pair = logps([-3.5, -2.0], [-6.0, -1.0], [-4.0, -2.5], [-5.0, -3.0])
+    chosen, rejected = pair_rewards(pair, 0.5)
+    assert chosen.tolist() == pytest.approx([0.25, 0.25])
+    assert rejected.tolist() == pytest.approx([-0.5, 1.0])
+    # The metrics are their means; accuracy counts pairs, never means.
+    metrics = pair_metrics(pair, 0.5)
+    assert metrics["rewards/chosen"].item() == pytest.approx(0.25)
+    assert metrics["rewards/accuracies"].item() == pytest.approx(0.5)

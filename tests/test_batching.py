@@ -1,0 +1,126 @@
+"""Batches (mlx_dpo/batching.py): both layouts hold exactly the pairs' tokens where the model
+reads them, padding rounds up, and the data order is a seeded function of the epoch that
+covers every pair once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlx_dpo.batching import (
+    PAD_MULTIPLE,
+    batches_per_epoch,
+    collate,
+    epoch_batches,
+    eval_batches,
+    round_up,
+)
+from mlx_dpo.data import TokenizedPair
+
+PAD = 0
+
+
+def pair(index: int, prompt: int, chosen: int, rejected: int) -> TokenizedPair:
+    """Token ids that say where they come from: prompt 100+, chosen 200+, rejected 300+."""
+    return TokenizedPair(
+        index,
+        f"train.jsonl:{index + 1}",
+        list(range(100, 100 + prompt)),
+        list(range(200, 200 + chosen)),
+        list(range(300, 300 + rejected)),
+    )
+
+
+PAIRS = [pair(0, 5, 3, 7), pair(1, 9, 4, 2)]
+
+
+def test_round_up():
+    assert [round_up(n) for n in (0, 1, 32, 33)] == [32, 32, 32, 64]
+    assert round_up(17, 16) == 32 and PAD_MULTIPLE == 32
+
+
+def test_rows_layout_holds_each_prompt_and_response_where_the_targets_point():
+    batch = collate(PAIRS, pad_id=PAD)
+    assert not batch.shared_prompt and batch.num_pairs == 2
+    assert batch.tokens.shape == (4, round_up(9 + 4) + 1)
+    rows = [(p, p.chosen_ids) for p in PAIRS] + [(p, p.rejected_ids) for p in PAIRS]
+    for row, (p, response) in enumerate(rows):
+        sequence = p.prompt_ids + response
+        assert batch.tokens[row, : len(sequence)].tolist() == sequence
+        assert (batch.tokens[row, len(sequence) :] == PAD).all()
+        # Position t predicts tokens[t + 1]: the masked positions predict the response.
+        targets = batch.tokens[row, batch.response_positions[row] + 1]
+        mask = batch.response_mask[row].astype(bool)
+        assert targets[mask].tolist() == response
+        assert mask.sum() == len(response)
+    assert batch.prompt_lengths.tolist() == [5, 9]
+    assert batch.pair_indices.tolist() == [0, 1]
+    # Real tokens of the 2B sequences: each prompt counts once for each response.
+    assert batch.num_tokens == 2 * (5 + 9) + (3 + 4 + 7 + 2)
+    assert len(batch.model_inputs()) == 3
+
+
+def test_shared_prompt_layout_holds_each_prompt_once_left_padded():
+    batch = collate(PAIRS, pad_id=PAD, shared_prompt=True)
+    assert batch.shared_prompt and batch.tokens is None
+    assert batch.prompt_tokens.shape == (2, 16)
+    assert batch.prompt_padding.tolist() == [11, 7]
+    for row, p in enumerate(PAIRS):
+        assert batch.prompt_tokens[row, batch.prompt_padding[row] :].tolist() == p.prompt_ids
+        assert (batch.prompt_tokens[row, : batch.prompt_padding[row]] == PAD).all()
+    responses = [p.chosen_ids for p in PAIRS] + [p.rejected_ids for p in PAIRS]
+    for row, response in enumerate(responses):
+        mask = batch.response_mask[row].astype(bool)
+        assert batch.response_tokens[row][mask].tolist() == response
+    assert batch.num_tokens == collate(PAIRS).num_tokens
+    assert len(batch.model_inputs()) == 4
+
+
+def lengths_pairs(n: int) -> list[TokenizedPair]:
+    rng = np.random.default_rng(0)
+    return [pair(i, *rng.integers(1, 40, 3).tolist()) for i in range(n)]
+
+
+@pytest.mark.parametrize("n,batch_size", [(23, 4), (24, 4), (5, 8)])
+def test_an_epoch_covers_every_pair_once(n, batch_size):
+    pairs = lengths_pairs(n)
+    batches = epoch_batches(pairs, batch_size, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    assert all(len(b) <= batch_size for b in batches)
+    assert len(batches) == batches_per_epoch(n, batch_size)
+
+
+def test_the_order_is_a_function_of_seed_and_epoch():
+    pairs = lengths_pairs(40)
+    first = epoch_batches(pairs, 4, seed=1, epoch=0)
+    assert epoch_batches(pairs, 4, seed=1, epoch=0) == first
+    assert epoch_batches(pairs, 4, seed=1, epoch=1) != first
+    assert epoch_batches(pairs, 4, seed=2, epoch=0) != first
+
+
+def test_buckets_group_similar_lengths():
+    pairs = lengths_pairs(64)
+
+    def padding(batches):
+        lengths = [
+            [len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) for i in b] for b in batches
+        ]
+        return sum(len(b) * max(b) - sum(b) for b in lengths)
+
+    assert padding(epoch_batches(pairs, 4, 0, 0, bucket=True)) < padding(
+        epoch_batches(pairs, 4, 0, 0, bucket=False)
+    )
+
+
+def test_batches_per_epoch_with_ranks():
+    assert batches_per_epoch(24, 4) == 6
+    assert batches_per_epoch(25, 4) == 7
+    # 2 ranks: global batches of 8; a last one of 1 pair cannot feed both ranks.
+    assert batches_per_epoch(25, 4, world_size=2) == 3
+    assert batches_per_epoch(26, 4, world_size=2) == 4
+    assert len(epoch_batches(lengths_pairs(25), 4, 0, 0, True, 0, 2)) == 3
+
+
+def test_eval_batches_keep_the_split_order():
+    assert eval_batches(7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert eval_batches(0, 3) == []

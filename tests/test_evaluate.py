@@ -1,0 +1,77 @@
+"""Evaluating a model or adapter on data (mlx_dpo/evaluate.py, the library behind
+`mlx-dpo eval`): settings come from the adapter unless given, the defaults are TrainConfig's,
+per-pair rows go to a file, and mistakes are user errors naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mlx_dpo.errors import UserError
+from mlx_dpo.evaluate import evaluate_command
+from tests.training import config_for, run
+
+
+@pytest.fixture
+def adapter(llama_chatml, preference_data, tmp_path):
+    """A run directory trained 3 steps with β 0.5 (its adapter_config.json records it)."""
+    status, _ = run(config_for(llama_chatml, preference_data, tmp_path / "run", iters=3))
+    assert status == "completed"
+    return tmp_path / "run"
+
+
+def test_the_base_model_with_the_default_settings(llama_chatml, preference_data):
+    result = evaluate_command(str(llama_chatml), None, str(preference_data))
+    # No adapter: the policy is its reference, so every reward is 0 and the loss ln 2.
+    assert result["pairs"] == 8
+    assert result["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert result["rewards/margins"] == 0 and result["kl"] == 0
+
+
+def test_the_adapters_settings_unless_given(adapter, preference_data, tmp_path):
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["beta"] == 0.5 and saved["base_model"]
+    result = evaluate_command(None, str(adapter), str(preference_data), split="valid")
+    assert result["pairs"] == 8 and result["rewards/margins"] != 0
+    # Rewards are β·(log π − log π_ref): another β scales them, log-probs stay.
+    doubled = evaluate_command(None, str(adapter), str(preference_data), split="valid", beta=1.0)
+    assert doubled["rewards/margins"] == pytest.approx(2 * result["rewards/margins"], rel=1e-5)
+    assert doubled["logps/chosen"] == pytest.approx(result["logps/chosen"], rel=1e-6)
+    assert doubled["loss"] != pytest.approx(result["loss"])
+    output = tmp_path / "pairs.jsonl"
+    again = evaluate_command(
+        None, str(adapter), str(preference_data), split="valid", output=str(output)
+    )
+    assert "per_pair" not in again and again == result
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(8))
+    margins = [r["reward_chosen"] - r["reward_rejected"] for r in rows]
+    assert sum(margins) / 8 == pytest.approx(result["rewards/margins"], rel=1e-4)
+
+
+def test_mistakes_are_user_errors(adapter, llama_chatml, preference_data, tmp_path):
+    data = str(preference_data)
+    with pytest.raises(UserError, match="not an adapter folder"):
+        evaluate_command(None, str(tmp_path), data)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"beta": ')
+    with pytest.raises(UserError, match=r"adapter_config.json:1: not valid JSON"):
+        evaluate_command(None, str(broken), data)
+    anonymous = tmp_path / "anonymous"
+    anonymous.mkdir()
+    (anonymous / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="no model given"):
+        evaluate_command(None, str(anonymous), data)
+    with pytest.raises(UserError, match="--split must be train, valid or test, got 'dev'"):
+        evaluate_command(str(llama_chatml), None, data, split="dev")
+    with pytest.raises(UserError, match="--beta must be > 0, got 0"):
+        evaluate_command(str(llama_chatml), None, data, beta=0)
+    (tmp_path / "only-train").mkdir()
+    (tmp_path / "only-train" / "train.jsonl").write_text(
+        (preference_data / "train.jsonl").read_text()
+    )
+    with pytest.raises(UserError, match="no test split"):
+        evaluate_command(str(llama_chatml), None, str(tmp_path / "only-train"))

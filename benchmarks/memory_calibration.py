@@ -1,6 +1,6 @@
 """Measure the peak MLX memory of mlx-dpo's training step on tiny models of many shapes, and
-compare it with the memory plan (mlx_dpo/memory.py). The table in docs/memory.md comes from
-this script; the activation coefficients in memory.py were fitted to its measurements.
+compare it with the memory plan (mlx_dpo/memory/). The table in docs/memory.md comes from
+this script; the activation coefficients in memory/arithmetic.py were fitted to its measurements.
 
     python benchmarks/memory_calibration.py              # the shapes of docs/memory.md
     python benchmarks/memory_calibration.py "d=128,layers=4,B=2,prompt=64,resp=64"
@@ -13,7 +13,7 @@ embedding and head are widened past the synthetic tokenizer's), B (pairs), promp
 
 Each shape runs in its own process: gradient checkpointing patches the layer class
 for the whole process. In it, the trainer's own pieces (open_session, make_loss_fn, and the
-compiled accumulate/apply exactly as trainer.py builds them) run three steps on a batch of
+compiled accumulate/apply of trainer/step.py's compiled_step) run three steps on a batch of
 synthetic pairs of exact lengths; the measured peak is mx.get_peak_memory() of the last
 step, reset when it starts, which also counts the weights, LoRA and optimizer state already
 resident. It is MLX's own memory: the process RSS is larger (Python, the libraries).

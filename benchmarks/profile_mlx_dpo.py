@@ -3,7 +3,7 @@
     python benchmarks/profile_mlx_dpo.py [--workload benchmarks/.work/W1] [--repeat 5]
 
 Builds the trainer's own pieces (open_session, make_loss_fn, the compiled accumulate/apply
-of trainer.py) on the first batch of the run, and times each part with mx.eval barriers
+of mlx_dpo/trainer/step.py) on the first batch of the run, and times each part with mx.eval barriers
 (the fastest of --repeat runs after a warm-up, so that a shared machine's bursts of other
 work count as little as possible):
 

@@ -10,11 +10,12 @@ Lengths are tokens exactly as training counts them (data.tokenize_record: the ch
 end-of-turn tokens included) when a tokenizer is given, else whitespace-separated words. The
 length-bias verdict is mlx_dpo.health's own (HealthMonitor.length_bias with the same
 thresholds), so the audit and the training run's health warning always agree.
+
+Plain arguments only; `mlx-dpo data audit` (mlx_dpo/cli/data.py) reads the flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -35,6 +36,19 @@ from mlx_dpo.errors import UserError
 from mlx_dpo.health import HealthMonitor, HealthThresholds
 
 SHOWN_PROBLEMS = 5
+
+
+def model_tokenizer(model: str) -> Any:
+    """The tokenizer (with its chat template) of a model folder or Hub id, without loading
+    the weights: what the audit counts tokens with. mlx-lm is imported here, not at the top,
+    so that importing the audit (the CLI does, for every command) stays light."""
+    from mlx_lm.utils import load_tokenizer
+
+    from mlx_dpo.model import check_model_folder, resolve_model_path
+
+    path = resolve_model_path(model)
+    check_model_folder(path)
+    return load_tokenizer(path)
 
 
 def length_stats(values: list[int]) -> dict[str, float]:
@@ -523,59 +537,3 @@ def plot_lengths(result: dict, path: str | Path, split: str | None = None) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_data_parser(sub: Any) -> argparse.ArgumentParser:
-    """`mlx-dpo data audit ...` (a `data` command with its own subcommands)."""
-    data = sub.add_parser("data", help="inspect preference data")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    parser = data_sub.add_parser(
-        "audit", help="length bias, duplicates, chosen==rejected, truncation counts"
-    )
-    parser.add_argument("data", help="folder with train/valid/test .jsonl, or one .jsonl/.json")
-    parser.add_argument("--model", help="count tokens with this model's tokenizer and template")
-    parser.add_argument(
-        "--max-length", type=int, help="count the pairs this max_length would cut (needs --model)"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--plot", help="write a length histogram to this PNG file")
-    return data
-
-
-def run_data(args: argparse.Namespace) -> int:
-    if args.data_command == "audit":
-        return run_audit(args)
-    raise UserError(f"unknown data command {args.data_command!r}")
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    if args.max_length is not None and args.max_length < 8:
-        raise UserError(f"--max-length must be >= 8, got {args.max_length}")
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise UserError(f"--plot {args.plot}: the histogram is written as PNG (name it .png)")
-    tokenizer = None
-    max_length = args.max_length
-    if args.model:
-        from mlx_dpo.config import TrainConfig
-        from mlx_dpo.model import check_model_folder, resolve_model_path
-
-        path = resolve_model_path(args.model)
-        check_model_folder(path)
-        from mlx_lm.utils import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
-        max_length = max_length or TrainConfig().max_length
-    result = audit(args.data, tokenizer, max_length)
-    if args.plot:
-        plot_lengths(result, args.plot)
-    if args.json:
-        print(json.dumps(summary(result)))
-    else:
-        print(format_report(result, args.model))
-        if args.plot:
-            print(f"\nlength histogram: {args.plot}")
-    return 0

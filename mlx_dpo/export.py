@@ -13,12 +13,16 @@ dequantize_model, save_model, save_config, the tokenizer's save_pretrained), as 
   appended to the run's metrics.jsonl, where there is one).
 - Every user mistake (missing or mismatched adapter, a save path inside the run) is a
   UserError with the reason, before anything is loaded where possible.
+
+Plain arguments only; `mlx-dpo export` (mlx_dpo/cli/export.py) reads the flags. MLX and
+mlx-lm are imported inside the functions that use them, so importing this module (the CLI
+does, for every command and for `--help`) stays light.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -128,8 +132,6 @@ def fuse_model(model: Any, dequantize: bool) -> int:
 def _write_model_folder(
     folder: Path, model: Any, tokenizer: Any, config: dict, base_path: Path, note: str
 ) -> None:
-    import glob
-
     import mlx.core as mx
     from mlx_lm.utils import save_config, save_model
 
@@ -274,51 +276,3 @@ def export_model(
     finally:
         if writer:
             writer.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_export_parser(sub: Any) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "export", help="fuse a run's adapters into a standalone model folder for mlx-lm"
-    )
-    parser.add_argument("--adapter-path", required=True, help="run directory or adapter folder")
-    parser.add_argument("--save-path", required=True, help="the new model folder")
-    parser.add_argument(
-        "--model", help="base model (default: the one recorded in the adapter's config)"
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--dequantize",
-        action="store_true",
-        help="write full-precision weights (the default for a quantized base)",
-    )
-    mode.add_argument(
-        "--quantize",
-        action="store_true",
-        help="keep a quantized base quantized (re-quantizing can erase a light fine-tune)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --save-path folder"
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow a model that ships its own Python code (never inherited from an adapter)",
-    )
-    return parser
-
-
-def run_export(args: argparse.Namespace) -> int:
-    export_model(
-        args.adapter_path,
-        args.save_path,
-        model=args.model,
-        quantize=args.quantize,
-        overwrite=args.overwrite,
-        on_line=lambda line: print(line, flush=True),
-        trust_remote_code=args.trust_remote_code,
-    )
-    return 0

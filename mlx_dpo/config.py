@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import atomic_write_text
+from mlx_dpo.health import thresholds_from_dict
 
 LOSSES = ("sigmoid", "robust", "ipo", "hinge", "simpo")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -259,15 +261,11 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
     if problems:
         raise UserError("invalid configuration", problems)
     if config.health:
-        from mlx_dpo.health import thresholds_from_dict
-
         thresholds_from_dict(config.health)
     return config
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    from mlx_dpo.events import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 

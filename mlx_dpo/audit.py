@@ -308,16 +308,34 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def format_report(result: dict, model: str | None = None) -> str:
+    """The audit as a person reads it: what counts as length, then one section each for
+    records, lengths, length bias, cuts, shared prompts, problems and warnings."""
     splits = result["splits"]
-    unit = result["length_unit"]
-    t = result["thresholds"]
-    lines = [f"data: {result['data']}"]
-    if unit == "tokens":
-        lines.append(f"lengths in tokens ({model or 'the given tokenizer'}, chat template applied)")
+    if result["length_unit"] == "tokens":
+        unit = f"lengths in tokens ({model or 'the given tokenizer'}, chat template applied)"
     else:
-        lines.append("lengths in whitespace-separated words (pass --model for exact token counts)")
-    lines += ["", "records"]
-    lines += _table(
+        unit = "lengths in whitespace-separated words (pass --model for exact token counts)"
+    lines = [f"data: {result['data']}", unit]
+    lines += ["", "records", *_records_table(splits)]
+    lines += ["", f"lengths ({result['length_unit']})", *_lengths_table(splits)]
+    lines += ["", *_length_bias_section(splits, result["thresholds"])]
+    lines += _cuts_section(splits, result["max_length"])
+    if result["prompts_shared_with_train"]:
+        shared = ", ".join(f"{k} {v}" for k, v in result["prompts_shared_with_train"].items())
+        lines += ["", f"prompts also in train: {shared}"]
+    problems = [p for s in splits.values() for p in s["problems"]]
+    if problems:
+        lines += ["", "first problems", *[f"  {p}" for p in problems]]
+    lines += [""]
+    if result["warnings"]:
+        lines += ["warnings"] + [f"  - {w}" for w in result["warnings"]]
+    else:
+        lines.append("no warnings")
+    return "\n".join(lines)
+
+
+def _records_table(splits: dict[str, dict]) -> list[str]:
+    return _table(
         [
             "split",
             "records",
@@ -340,7 +358,9 @@ def format_report(result: dict, model: str | None = None) -> str:
             for name, s in splits.items()
         ],
     )
-    lines += ["", f"lengths ({unit})"]
+
+
+def _lengths_table(splits: dict[str, dict]) -> list[str]:
     rows = []
     for name, s in splits.items():
         for part in ("prompt", "chosen", "rejected"):
@@ -354,9 +374,11 @@ def format_report(result: dict, model: str | None = None) -> str:
                     st["max"],
                 ]
             )
-    lines += _table(["", "mean", "median", "p95", "max"], rows)
-    lines += [
-        "",
+    return _table(["", "mean", "median", "p95", "max"], rows)
+
+
+def _length_bias_section(splits: dict[str, dict], t: dict[str, Any]) -> list[str]:
+    lines = [
         f"length bias (warned at chosen longer >= {t['length_bias_share']:.0%} and mean ratio "
         f">= {t['length_bias_ratio']}, from {t['length_bias_min_pairs']} pairs)",
     ]
@@ -378,29 +400,25 @@ def format_report(result: dict, model: str | None = None) -> str:
                 verdict,
             ]
         )
-    lines += _table(["split", "chosen longer", "rejected longer", "mean ratio", "verdict"], rows)
+    return lines + _table(
+        ["split", "chosen longer", "rejected longer", "mean ratio", "verdict"], rows
+    )
+
+
+def _cuts_section(splits: dict[str, dict], max_length: int | None) -> list[str]:
     cuts = [(name, s["truncation"]) for name, s in splits.items() if s["truncation"]]
     if cuts:
-        lines += ["", f"cut at max_length {cuts[0][1]['max_length']}"]
-        lines += _table(
-            ["split", "pairs cut", "prompts cut", "responses cut"],
-            [[name, c["pairs"], c["prompt"], c["response"]] for name, c in cuts],
-        )
-    elif result["max_length"] is not None:
-        lines += ["", "cut at max_length: needs --model (token counts)"]
-    if result["prompts_shared_with_train"]:
-        shared = ", ".join(f"{k} {v}" for k, v in result["prompts_shared_with_train"].items())
-        lines += ["", f"prompts also in train: {shared}"]
-    problems = [(name, p) for name, s in splits.items() for p in s["problems"]]
-    if problems:
-        lines += ["", "first problems"]
-        lines += [f"  {p}" for _, p in problems]
-    lines += [""]
-    if result["warnings"]:
-        lines += ["warnings"] + [f"  - {w}" for w in result["warnings"]]
-    else:
-        lines.append("no warnings")
-    return "\n".join(lines)
+        return [
+            "",
+            f"cut at max_length {cuts[0][1]['max_length']}",
+            *_table(
+                ["split", "pairs cut", "prompts cut", "responses cut"],
+                [[name, c["pairs"], c["prompt"], c["response"]] for name, c in cuts],
+            ),
+        ]
+    if max_length is not None:
+        return ["", "cut at max_length: needs --model (token counts)"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ template with the generation prompt, or the plain text without one), and the ans
 from mlx-lm's own `generate`: greedy by default, sampled with a seed when temp > 0 (the same
 seed for both sides, so they draw the same random stream).
 
-Plain arguments only; `mlx-dpo compare` (mlx_dpo/cli/compare.py) reads the flags. MLX and
-mlx-lm are imported inside the functions that use them, so importing this module (the CLI
-does, for every command and for `--help`) stays light.
+The flags of `mlx-dpo compare` are read in mlx_dpo/cli/compare.py; these functions take plain
+arguments. Only generating needs MLX, so it is imported there: the CLI imports this module for
+every command, `--help` included.
 """
 
 from __future__ import annotations

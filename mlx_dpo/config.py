@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import atomic_write_text
+from mlx_dpo.health import thresholds_from_dict
 
 LOSSES = ("sigmoid", "robust", "ipo", "hinge", "simpo")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -75,6 +77,8 @@ def _type_of(name: str) -> Any:
 
 
 def _check_type(value: Any, expected: Any) -> bool:
+    if expected is Any:  # e.g. the values of `health:`, which health.thresholds_from_dict checks
+        return True
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
         return any(_check_type(value, arm) for arm in typing.get_args(expected))
@@ -257,15 +261,11 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
     if problems:
         raise UserError("invalid configuration", problems)
     if config.health:
-        from mlx_dpo.health import thresholds_from_dict
-
         thresholds_from_dict(config.health)
     return config
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    from mlx_dpo.events import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 

@@ -55,6 +55,8 @@ ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
+# The resolved config the dashboard hands to the trainer process it starts (`mlx-dpo train`).
+LAUNCH_CONFIG_FILE = ".launch.yaml"
 
 EVENTS = (
     "run_start",

@@ -15,7 +15,6 @@ import yaml
 from mlx_dpo.cli import main
 from mlx_dpo.config import build_config
 from mlx_dpo.data import truncate
-from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events
 from mlx_dpo.memory import (
     Lengths,
@@ -361,14 +360,3 @@ def test_memory_guard_stops_the_run_with_a_checkpoint(llama_chatml, preference_d
     assert Path(end["last_checkpoint"]).is_dir()
     assert (tmp_path / "run" / "adapters.safetensors").is_file()
     assert any("memory plan" in line for line in lines)
-
-
-def test_config_accepts_auto_and_checks_the_limit():
-    assert build_config({}, {"batch_size": "auto"}).batch_size == "auto"
-    with pytest.raises(UserError) as err:
-        build_config({"batch_size": "big"}, {})
-    assert "'batch_size' must be an integer or 'auto', got 'big'" in str(err.value)
-    with pytest.raises(UserError) as err:
-        build_config({}, {"memory_limit_gb": 0})
-    assert "'memory_limit_gb' must be > 0" in str(err.value)
-    assert build_config({"memory_limit_gb": 8}, {}).memory_limit_gb == 8.0

@@ -12,6 +12,7 @@ from typing import Any
 from ..events import FINAL_STATES, METRIC_NAMES, RUN_END_STATES
 from ..formatting import finite_number, format_duration
 from .formatting import format_number, format_percent
+from .run_watcher import RunUpdate
 from .series import MetricSeries
 
 # Per-step numbers kept as series: the TRL metrics and the run's vital signs.
@@ -71,6 +72,8 @@ class RunModel:
         self.last_event_time: float | None = None
         self.status: dict[str, Any] = {}
         self.died: str | None = None
+        # The last lines of train.log, once the trainer is found gone or the run failed.
+        self.log_tail: list[str] = []
         self.events_seen = 0
         # Bumped whenever chart data changes, so redraws can be skipped when nothing did.
         self.version = 0
@@ -170,6 +173,18 @@ class RunModel:
         return max(0.0, eta)
 
     # -- updating ----------------------------------------------------------------------
+
+    def apply_update(self, update: RunUpdate) -> list[LogEntry]:
+        """Take in one poll of the run directory; returns the lines it adds to the log (after
+        a reset, the whole log)."""
+        if update.reset:
+            self.clear()
+        entries = self.apply_all(update.events)
+        self.merge_status(update.status)
+        if update.trainer_gone is not None:
+            self.log_tail = update.log_tail
+            entries += self.mark_trainer_gone(update.trainer_gone, update.log_tail)
+        return entries
 
     def apply_all(self, events: list[dict[str, Any]]) -> list[LogEntry]:
         entries: list[LogEntry] = []

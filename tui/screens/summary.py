@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.markup import escape
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -17,10 +18,8 @@ from textual.widgets import Footer, Static
 from ...events import CONFIG_FILE
 from ...formatting import format_duration
 from ..formatting import format_number, format_percent
+from ..messages import RunChanged
 from ..run_model import RunModel
-
-if TYPE_CHECKING:
-    from ..app import DashboardApp
 
 
 def _eval_line(values: dict[str, Any] | None) -> str | None:
@@ -100,17 +99,20 @@ def summary_markup(
 
 
 class SummaryScreen(ModalScreen[None]):
-    """Stays up after the run ends until the user quits; esc goes back to the charts."""
+    """Stays up after the run ends until the user quits; esc goes back to the charts.
+    Redrawn when the app posts `RunChanged` (an export starts or ends)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back to charts"),
-        Binding("e", "export", "Export"),
-        Binding("q", "quit_dashboard", "Quit"),
+        Binding("e", "app.export", "Export"),
+        Binding("q", "app.quit", "Quit"),
     ]
 
-    @property
-    def dashboard(self) -> DashboardApp:
-        return self.app  # type: ignore[return-value]
+    def __init__(self, model: RunModel, run_dir_label: str, export_note: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.run_dir_label = run_dir_label
+        self.export_note = export_note
 
     def compose(self) -> ComposeResult:
         with Vertical(id="summary-dialog", classes="dialog"), VerticalScroll(id="summary-scroll"):
@@ -120,33 +122,22 @@ class SummaryScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         self.refresh_summary()
 
-    def on_screen_resume(self) -> None:
-        # Back from the export dialog: the export may have started or ended meanwhile.
+    @on(RunChanged)
+    def run_changed(self, message: RunChanged) -> None:
+        self.export_note = message.export_note
         self.refresh_summary()
 
     def refresh_summary(self) -> None:
-        app = self.dashboard
         try:
             dialog = self.query_one("#summary-dialog")
         except NoMatches:
             return  # not composed yet, or already being taken down
         dialog.border_title = "Run summary"
-        dialog.set_class(app.model.state == "failed", "-failed")
+        dialog.set_class(self.model.state == "failed", "-failed")
         self.query_one("#summary-text", Static).update(
-            summary_markup(app.model, app.run_dir_label, app.log_tail, app.export_note)
+            summary_markup(self.model, self.run_dir_label, self.model.log_tail, self.export_note)
         )
         self.refresh_bindings()
 
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "export":
-            return True if self.dashboard.action_available("export") else None
-        return True
-
     def action_back(self) -> None:
         self.dismiss(None)
-
-    def action_export(self) -> None:
-        self.dashboard.ask_export()
-
-    def action_quit_dashboard(self) -> None:
-        self.dashboard.request_quit()

@@ -2,7 +2,7 @@
 
 Reproducible by construction: recorded streams with fixed event times, a frozen clock for
 elapsed/ETA, and a relative run directory. Regenerate after a deliberate change with
-`python -m pytest tests/tui/test_tui_snapshots.py --snapshot-update` and look at them."""
+`python -m pytest tests/tui/pilot/test_snapshots.py --snapshot-update` and look at them."""
 
 from __future__ import annotations
 

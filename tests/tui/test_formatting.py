@@ -1,0 +1,21 @@
+"""Unit tests of tui/formatting.py (plain Python: no Textual app runs here)."""
+
+from __future__ import annotations
+
+from mlx_dpo.tui.formatting import format_number, format_percent, format_rate
+
+from mlx_dpo.formatting import format_duration
+
+
+def test_formatting():
+    assert format_duration(None) == "–"
+    assert format_duration(45.2) == "45s"
+    assert format_duration(725) == "12m 05s"
+    assert format_duration(3 * 3600 + 125) == "3h 02m"
+    assert format_number(0.693147) == "0.693"
+    assert format_number(5e-6) == "5.00e-06"
+    assert format_number(float("nan")) == "–"
+    assert format_percent(0.875) == "87.5%"
+    assert format_rate(1234.0, "tok/s") == "1.2k tok/s"
+    assert format_rate(3.5, "") == "3.50"
+    assert format_number(123.45) == "123.5"

@@ -27,6 +27,7 @@ from textual.binding import Binding, BindingType
 from textual.worker import get_current_worker
 
 from ..events import ADAPTER_FILE, LOG_FILE, send_command
+from .commands import closing_message
 from .messages import ExportFinished, ExportProgress, ExportRequest, RunChanged, RunUpdated
 from .run_model import LogEntry, RunModel
 from .run_watcher import RunUpdate, RunWatcher, tail_lines
@@ -82,9 +83,11 @@ class DashboardApp(App[int]):
     TITLE = "mlx-dpo"
     # Every action goes through the keys, whose availability follows the run.
     ENABLE_COMMAND_PALETTE = False
-    # Textual's own quit key goes through the same questions as "q".
+    # Textual's own quit key goes through the same questions as "q". Ctrl-C does what it
+    # does without the dashboard (README "The dashboard"): see action_interrupt.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        Binding("ctrl+c", "interrupt", "Stop and save", show=False, priority=True),
     ]
 
     def __init__(
@@ -106,6 +109,10 @@ class DashboardApp(App[int]):
         self.clock = clock
         self.export_command = export_command
         self.model = RunModel()
+        if trainer is not None:
+            # A run being resumed has an earlier session's run_end in its stream: until this
+            # trainer's run_start, that end is history, not this run's.
+            self.model.await_session(trainer.pid, clock())
         self.watcher = RunWatcher(self.run_dir, trainer)
         # A command sent and not yet answered by an event: "pause", "resume", "checkpoint", "stop".
         self.pending_command: str | None = None
@@ -172,6 +179,8 @@ class DashboardApp(App[int]):
         if self.stopping_to_quit and (self.model.is_final or self.trainer_exited):
             self.exit(self.exit_code)
             return
+        if not self.model.is_final:
+            self._close_summary()
         self._show_summary_once()
 
     def apply_update_to_model(self, update: RunUpdate) -> list[LogEntry]:
@@ -314,6 +323,12 @@ class DashboardApp(App[int]):
             self._summary_shown = True
             self.push_screen(SummaryScreen(self.model, self.run_dir_label, self.export_note))
 
+    def _close_summary(self) -> None:
+        """A new run_start (a resumed or restarted run): the previous end's summary goes."""
+        self._summary_shown = False
+        while isinstance(self.screen, SummaryScreen):
+            self.pop_screen()
+
     def _show_summary_once(self) -> None:
         # Not over a dialog the user is busy with; the next update tries again.
         if self.model.is_final and not self._summary_shown and self.screen is self.dashboard:
@@ -339,7 +354,42 @@ class DashboardApp(App[int]):
                     self._send("stop")
                 self.announce()
 
-        self.push_screen(QuitScreen(self.run_dir_label, self.export_running), chosen)
+        self.push_screen(
+            QuitScreen(self.run_dir_label, self.model.state, self.export_running), chosen
+        )
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C. With the trainer this dashboard started (`mlx-dpo train`): stop the run and
+        save, as Ctrl-C does without the dashboard, and close once it has saved; a second
+        Ctrl-C closes at once (the trainer still saves). Otherwise (`mlx-dpo view`, or a run
+        that is over): close, and leave any run going."""
+        if self.trainer is None or not self.run_is_live or self.stopping_to_quit:
+            self.exit(self.exit_code)
+            return
+        self.stopping_to_quit = True
+        if self.pending_command != "stop" and self.model.state != "stopping":
+            self._send("stop")
+        self.notify(
+            "Stopping: the trainer saves after the current step, then the dashboard closes "
+            "(Ctrl-C again closes now).",
+            title="Ctrl-C",
+        )
+        self.announce()
+
+    def action_screenshot(self) -> None:
+        """Save the screen as SVG into the run directory (never over an earlier one)."""
+        stem = f"screenshot-step{self.model.step:06d}"
+        name, index = f"{stem}.svg", 1
+        while (self.run_dir / name).exists():
+            index += 1
+            name = f"{stem}-{index}.svg"
+        try:
+            path = self.save_screenshot(name, str(self.run_dir))
+        except OSError as error:
+            self.notify(f"Could not save the screenshot: {error}", severity="error")
+            return
+        self.notify(f"Saved {path}", title="Screenshot")
+        self.announce([LogEntry("info", f"Screenshot saved: {path}", self.model.step)])
 
     # -- export ------------------------------------------------------------------------
 
@@ -352,7 +402,9 @@ class DashboardApp(App[int]):
             if request is not None and self.action_available("export"):
                 self.start_export(request)
 
-        self.push_screen(ExportScreen(str(default)), chosen)
+        self.push_screen(
+            ExportScreen(str(default), self.model.adapter_step, self.model.quantized_base), chosen
+        )
 
     def start_export(self, request: ExportRequest) -> None:
         self.export_running = True
@@ -435,6 +487,8 @@ def run_dashboard(run_dir: str | Path, trainer: subprocess.Popen | None = None) 
         # The app waited for the trainer to exit; reap it (it is gone or about to be).
         with contextlib.suppress(subprocess.TimeoutExpired):
             trainer.wait(timeout=1)
+    still_running = app.run_is_live and (trainer is None or trainer.poll() is None)
+    print("\n".join(closing_message(app.model, app.run_dir_label, still_running)), flush=True)
     if isinstance(result, int):
         return result
     return 1 if app.return_code else app.exit_code

@@ -18,8 +18,6 @@ import pytest
 from mlx_dpo.tui.app import DashboardApp
 from mlx_dpo.tui.widgets import MetricChart, MetricTile
 from rich.console import Console
-from rich.text import Text
-from textual.widgets import Static
 from textual.widgets._footer import FooterKey
 
 from mlx_dpo.events import CONTROL_FILE, LOG_FILE
@@ -121,9 +119,8 @@ def chart(app: DashboardApp, name: str) -> MetricChart:
 
 
 def summary_text(app: DashboardApp) -> str:
-    """The summary's text unwrapped (long commands wrap on screen)."""
-    content = app.screen.query_one("#summary-text", Static).content
-    return Text.from_markup(str(content)).plain
+    """The summary's text, each line whole (on screen long lines wrap)."""
+    return app.screen.summary_text()
 
 
 def footer_keys(app: DashboardApp) -> dict[str, bool]:

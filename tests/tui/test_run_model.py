@@ -108,7 +108,7 @@ def test_log_entries_for_truncation_health_checkpoint_and_log_events(tmp_path):
         for level, text in messages
     )
     assert ("warning", "low disk space") in messages
-    assert model.health[0]["kind"] == "kl_growing"
+    assert model.health[0]["kind"] == "kl_drift"
 
 
 def test_status_fills_in_before_events_and_final_state_only_when_newer(tmp_path):

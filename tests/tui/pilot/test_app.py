@@ -36,7 +36,8 @@ async def test_keys_write_control_commands(tmp_path):
             "c": True,
             "s": True,
             "e": True,
-            "m": True,
+            "h": True,
+            "question_mark": True,
             "q": True,
         }
         await pilot.press("p")

@@ -201,8 +201,11 @@ async def test_narrow_terminal_shows_every_part_without_scrolling(tmp_path):
         assert "⚠ 1 finding — h to list" in text
         assert "Loss" in lines[4] and "Log-ratio" in lines[4]  # one-line tiles
         assert "1 Preferences  2  3  4  │ EMA 0.9" in lines[-2]  # the key line
-        # The footer fits: its last key is whole.
-        assert "? Help" in lines[-1] and lines[-1].rstrip().endswith("q Quit")
+        # The footer fits: its last key is whole (the footer recomposes as the keys settle).
+        await wait_until(
+            pilot, lambda: screen_text(app).splitlines()[-1].rstrip().endswith("q Quit")
+        )
+        assert "? Help" in screen_text(app).splitlines()[-1]
         # The log is one key away.
         assert not app.dashboard.query_one(EventLog).region.width
         await pilot.press("4")

@@ -216,8 +216,10 @@ class DashboardScreen(Screen):
         )
 
     def refresh_charts(self) -> None:
-        """Every chart's data (cheap: the smoothing is cached); only the shown ones draw."""
+        """The data of the charts shown (the others get theirs when their set is shown)."""
         for panel in PANEL_SETS:
+            if panel.key != self.panel:
+                continue
             for spec in panel.charts:
                 chart = self.query_one(f"#{spec.chart_id}", MetricChart)
                 chart.show(chart_data(spec, self.model, self.smoothing))

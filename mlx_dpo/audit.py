@@ -10,11 +10,12 @@ Lengths are tokens exactly as training counts them (data.tokenize_record: the ch
 end-of-turn tokens included) when a tokenizer is given, else whitespace-separated words. The
 length-bias verdict is mlx_dpo.health's own (HealthMonitor.length_bias with the same
 thresholds), so the audit and the training run's health warning always agree.
+
+Plain arguments only; `mlx-dpo data audit` (mlx_dpo/cli/data.py) reads the flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -25,8 +26,8 @@ import numpy as np
 from mlx_dpo.config import HealthThresholds
 from mlx_dpo.data import (
     PreferenceRecord,
-    _messages,
-    _raw_records,
+    parse_messages,
+    read_raw_records,
     split_files,
     tokenize_record,
     truncate,
@@ -36,6 +37,19 @@ from mlx_dpo.errors import UserError
 from mlx_dpo.health import HealthMonitor
 
 SHOWN_PROBLEMS = 5
+
+
+def model_tokenizer(model: str) -> Any:
+    """The tokenizer (with its chat template) of a model folder or Hub id, without loading
+    the weights: what the audit counts tokens with. mlx-lm is imported here, not at the top,
+    so that importing the audit (the CLI does, for every command) stays light."""
+    from mlx_lm.utils import load_tokenizer
+
+    from mlx_dpo.model import check_model_folder, resolve_model_path
+
+    path = resolve_model_path(model)
+    check_model_folder(path)
+    return load_tokenizer(path)
 
 
 def length_stats(values: list[int]) -> dict[str, float]:
@@ -58,8 +72,8 @@ def _identical_responses(value: Any, fields: dict[str, str]) -> bool:
     chosen, rejected = fields.get("chosen", "chosen"), fields.get("rejected", "rejected")
     if chosen not in value or rejected not in value:
         return False
-    a, problem_a = _messages(value[chosen], chosen, "assistant")
-    b, problem_b = _messages(value[rejected], rejected, "assistant")
+    a, problem_a = parse_messages(value[chosen], chosen, "assistant")
+    b, problem_b = parse_messages(value[rejected], rejected, "assistant")
     return problem_a is None and problem_b is None and a == b
 
 
@@ -90,7 +104,7 @@ def audit_split(
     thresholds: HealthThresholds | None = None,
 ) -> tuple[dict[str, Any], set[str]]:
     """The figures of one data file, and the set of its prompts (for cross-split overlap)."""
-    raw, problems = _raw_records(path)
+    raw, problems = read_raw_records(path)
     unparsed = len(problems)  # lines that are not JSON (or not UTF-8)
     invalid = unparsed
     identical = 0
@@ -295,16 +309,34 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def format_report(result: dict, model: str | None = None) -> str:
+    """The audit as a person reads it: what counts as length, then one section each for
+    records, lengths, length bias, cuts, shared prompts, problems and warnings."""
     splits = result["splits"]
-    unit = result["length_unit"]
-    t = result["thresholds"]
-    lines = [f"data: {result['data']}"]
-    if unit == "tokens":
-        lines.append(f"lengths in tokens ({model or 'the given tokenizer'}, chat template applied)")
+    if result["length_unit"] == "tokens":
+        unit = f"lengths in tokens ({model or 'the given tokenizer'}, chat template applied)"
     else:
-        lines.append("lengths in whitespace-separated words (pass --model for exact token counts)")
-    lines += ["", "records"]
-    lines += _table(
+        unit = "lengths in whitespace-separated words (pass --model for exact token counts)"
+    lines = [f"data: {result['data']}", unit]
+    lines += ["", "records", *_records_table(splits)]
+    lines += ["", f"lengths ({result['length_unit']})", *_lengths_table(splits)]
+    lines += ["", *_length_bias_section(splits, result["thresholds"])]
+    lines += _cuts_section(splits, result["max_length"])
+    if result["prompts_shared_with_train"]:
+        shared = ", ".join(f"{k} {v}" for k, v in result["prompts_shared_with_train"].items())
+        lines += ["", f"prompts also in train: {shared}"]
+    problems = [p for s in splits.values() for p in s["problems"]]
+    if problems:
+        lines += ["", "first problems", *[f"  {p}" for p in problems]]
+    lines += [""]
+    if result["warnings"]:
+        lines += ["warnings"] + [f"  - {w}" for w in result["warnings"]]
+    else:
+        lines.append("no warnings")
+    return "\n".join(lines)
+
+
+def _records_table(splits: dict[str, dict]) -> list[str]:
+    return _table(
         [
             "split",
             "records",
@@ -327,7 +359,9 @@ def format_report(result: dict, model: str | None = None) -> str:
             for name, s in splits.items()
         ],
     )
-    lines += ["", f"lengths ({unit})"]
+
+
+def _lengths_table(splits: dict[str, dict]) -> list[str]:
     rows = []
     for name, s in splits.items():
         for part in ("prompt", "chosen", "rejected"):
@@ -341,9 +375,11 @@ def format_report(result: dict, model: str | None = None) -> str:
                     st["max"],
                 ]
             )
-    lines += _table(["", "mean", "median", "p95", "max"], rows)
-    lines += [
-        "",
+    return _table(["", "mean", "median", "p95", "max"], rows)
+
+
+def _length_bias_section(splits: dict[str, dict], t: dict[str, Any]) -> list[str]:
+    lines = [
         f"length bias (warned at chosen longer >= {t['length_bias_share']:.0%} and mean ratio "
         f">= {t['length_bias_ratio']}, from {t['length_bias_min_pairs']} pairs)",
     ]
@@ -365,29 +401,25 @@ def format_report(result: dict, model: str | None = None) -> str:
                 verdict,
             ]
         )
-    lines += _table(["split", "chosen longer", "rejected longer", "mean ratio", "verdict"], rows)
+    return lines + _table(
+        ["split", "chosen longer", "rejected longer", "mean ratio", "verdict"], rows
+    )
+
+
+def _cuts_section(splits: dict[str, dict], max_length: int | None) -> list[str]:
     cuts = [(name, s["truncation"]) for name, s in splits.items() if s["truncation"]]
     if cuts:
-        lines += ["", f"cut at max_length {cuts[0][1]['max_length']}"]
-        lines += _table(
-            ["split", "pairs cut", "prompts cut", "responses cut"],
-            [[name, c["pairs"], c["prompt"], c["response"]] for name, c in cuts],
-        )
-    elif result["max_length"] is not None:
-        lines += ["", "cut at max_length: needs --model (token counts)"]
-    if result["prompts_shared_with_train"]:
-        shared = ", ".join(f"{k} {v}" for k, v in result["prompts_shared_with_train"].items())
-        lines += ["", f"prompts also in train: {shared}"]
-    problems = [(name, p) for name, s in splits.items() for p in s["problems"]]
-    if problems:
-        lines += ["", "first problems"]
-        lines += [f"  {p}" for _, p in problems]
-    lines += [""]
-    if result["warnings"]:
-        lines += ["warnings"] + [f"  - {w}" for w in result["warnings"]]
-    else:
-        lines.append("no warnings")
-    return "\n".join(lines)
+        return [
+            "",
+            f"cut at max_length {cuts[0][1]['max_length']}",
+            *_table(
+                ["split", "pairs cut", "prompts cut", "responses cut"],
+                [[name, c["pairs"], c["prompt"], c["response"]] for name, c in cuts],
+            ),
+        ]
+    if max_length is not None:
+        return ["", "cut at max_length: needs --model (token counts)"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,59 +556,3 @@ def plot_lengths(result: dict, path: str | Path, split: str | None = None) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_data_parser(sub: Any) -> argparse.ArgumentParser:
-    """`mlx-dpo data audit ...` (a `data` command with its own subcommands)."""
-    data = sub.add_parser("data", help="inspect preference data")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    parser = data_sub.add_parser(
-        "audit", help="length bias, duplicates, chosen==rejected, truncation counts"
-    )
-    parser.add_argument("data", help="folder with train/valid/test .jsonl, or one .jsonl/.json")
-    parser.add_argument("--model", help="count tokens with this model's tokenizer and template")
-    parser.add_argument(
-        "--max-length", type=int, help="count the pairs this max_length would cut (needs --model)"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--plot", help="write a length histogram to this PNG file")
-    return data
-
-
-def run_data(args: argparse.Namespace) -> int:
-    if args.data_command == "audit":
-        return run_audit(args)
-    raise UserError(f"unknown data command {args.data_command!r}")
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    if args.max_length is not None and args.max_length < 8:
-        raise UserError(f"--max-length must be >= 8, got {args.max_length}")
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise UserError(f"--plot {args.plot}: the histogram is written as PNG (name it .png)")
-    tokenizer = None
-    max_length = args.max_length
-    if args.model:
-        from mlx_dpo.config import TrainConfig
-        from mlx_dpo.model import check_model_folder, resolve_model_path
-
-        path = resolve_model_path(args.model)
-        check_model_folder(path)
-        from mlx_lm.utils import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
-        max_length = max_length or TrainConfig().max_length
-    result = audit(args.data, tokenizer, max_length)
-    if args.plot:
-        plot_lengths(result, args.plot)
-    if args.json:
-        print(json.dumps(summary(result)))
-    else:
-        print(format_report(result, args.model))
-        if args.plot:
-            print(f"\nlength histogram: {args.plot}")
-    return 0

@@ -6,19 +6,33 @@ run that started from one. Prompts are formatted as training formatted them (the
 template with the generation prompt, or the plain text without one), and the answers come
 from mlx-lm's own `generate`: greedy by default, sampled with a seed when temp > 0 (the same
 seed for both sides, so they draw the same random stream).
+
+The flags of `mlx-dpo compare` are read in mlx_dpo/cli/compare.py; these functions take plain
+arguments. Only generating needs MLX, so it is imported there: the CLI imports this module for
+every command, `--help` included.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.data import Message, PreferenceRecord, _as_ids, _plain_text, has_chat_template
+import yaml
+
+from mlx_dpo.data import (
+    Message,
+    PreferenceRecord,
+    as_token_ids,
+    has_chat_template,
+    plain_text,
+    read_records,
+    split_files,
+)
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import ADAPTER_FILE, CONFIG_FILE
+from mlx_dpo.export import base_model_of, read_adapter_config
 
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_LIMIT = 8
@@ -39,10 +53,10 @@ def prompt_tokens(tokenizer: Any, messages: list[Message]) -> list[int]:
     """The prompt as training saw it (data.tokenize_record): the chat template with the
     generation prompt, or without a template the plain text."""
     if has_chat_template(tokenizer):
-        return _as_ids(
+        return as_token_ids(
             tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         )
-    return _as_ids(tokenizer.encode(_plain_text(messages)))
+    return as_token_ids(tokenizer.encode(plain_text(messages)))
 
 
 def generate_answer(
@@ -102,7 +116,8 @@ def closer_to(answer: str, chosen: str, rejected: str) -> dict[str, Any]:
 
 
 def response_text(messages: list[Message]) -> str:
-    return "\n\n".join(m["content"] for m in messages)
+    """A response as one text, as a pair shows it (the messages' contents, a blank line apart)."""
+    return plain_text(messages)
 
 
 def compare_records(
@@ -137,7 +152,7 @@ def _init_adapter_weights(adapter_config: dict, model: Any) -> dict | None:
     path = provenance.get("path")
     if not path:
         return None
-    weights_file = Path(path) / "adapters.safetensors"
+    weights_file = Path(path) / ADAPTER_FILE
     if not weights_file.is_file():
         raise UserError(
             f"this run started from the init adapter {path}, which is gone: its reference "
@@ -158,7 +173,6 @@ def load_policy(
 ) -> Policy:
     """Load the base model once and the run's adapters into it; the reference is the run's
     own (the base, or base + its init adapter)."""
-    from mlx_dpo.export import base_model_of, read_adapter_config
     from mlx_dpo.model import load_adapter_into, load_model
 
     adapter_config = read_adapter_config(adapter_path)
@@ -174,8 +188,6 @@ def load_policy(
 def read_prompts(data: str, split: str | None, limit: int, fields: dict) -> list[PreferenceRecord]:
     """The first `limit` records of a data file, or of a split of a data folder (default:
     test, else valid, else train)."""
-    from mlx_dpo.data import read_records, split_files
-
     files = split_files(data)
     if split is None:
         split = next(s for s in ("test", "valid", "train") if s in files)
@@ -187,14 +199,19 @@ def read_prompts(data: str, split: str | None, limit: int, fields: dict) -> list
 def run_fields(adapter_path: str) -> dict[str, str]:
     """The run's field-name mapping (in its config.yaml; adapter_config.json leaves it out),
     so --data reads the records as training did."""
-    import yaml
-
-    path = Path(adapter_path) / "config.yaml"
+    path = Path(adapter_path) / CONFIG_FILE
     try:
         fields = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("fields")
     except (OSError, yaml.YAMLError, AttributeError):
         return {}
     return fields if isinstance(fields, dict) else {}
+
+
+def user_prompts(texts: list[str], system: str | None = None) -> list[list[Message]]:
+    """One conversation per text: the text as the user's message, after `system` (as the
+    data's 'system' field puts it) when there is one."""
+    before = [{"role": "system", "content": system}] if system else []
+    return [[*before, {"role": "user", "content": text}] for text in texts]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,84 +265,3 @@ def format_comparison(rows: list[dict], reference_name: str = "base") -> str:
     changed = sum(r["policy"].strip() != r["reference"].strip() for r in rows)
     parts.append(f"answers that changed: {changed}/{len(rows)}")
     return "\n\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "compare", help="answers of the reference and of the trained policy, side by side"
-    )
-    parser.add_argument("--adapter-path", required=True, help="run directory or adapter folder")
-    parser.add_argument("--model", help="base model (default: the one the adapter records)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--prompt", action="append", help="a user message (repeat for several prompts)"
-    )
-    source.add_argument("--data", help="preference data: compare on the pairs' prompts")
-    parser.add_argument("--split", help="with a data folder: test, valid or train")
-    parser.add_argument(
-        "--limit", type=int, default=DEFAULT_LIMIT, help=f"pairs (default {DEFAULT_LIMIT})"
-    )
-    parser.add_argument(
-        "--system", help="a system message before each --prompt (as the data's 'system')"
-    )
-    parser.add_argument(
-        "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="per answer (default 64)"
-    )
-    parser.add_argument(
-        "--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --temp > 0)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow a model that ships its own Python code (never inherited from an adapter)",
-    )
-    return parser
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    if args.max_tokens <= 0:
-        raise UserError(f"--max-tokens must be > 0, got {args.max_tokens}")
-    if args.temp < 0:
-        raise UserError(f"--temp must be >= 0, got {args.temp}")
-    if args.limit <= 0:
-        raise UserError(f"--limit must be > 0, got {args.limit}")
-    if args.prompt and any(not p.strip() for p in args.prompt):
-        raise UserError("--prompt: empty prompt")
-    from mlx_dpo.export import read_adapter_config
-
-    read_adapter_config(args.adapter_path)  # a missing or broken folder fails before loading
-    records = None
-    if args.data:
-        records = read_prompts(args.data, args.split, args.limit, run_fields(args.adapter_path))
-    policy = load_policy(args.adapter_path, args.model, args.trust_remote_code)
-    settings = (args.max_tokens, args.temp, args.seed)
-    if records is not None:
-        rows = compare_records(policy, records, *settings)
-    else:
-        system = [{"role": "system", "content": args.system}] if args.system else []
-        prompts = [[*system, {"role": "user", "content": p}] for p in args.prompt]
-        rows = compare_answers(policy, prompts, *settings)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "adapter_path": args.adapter_path,
-                    "reference": policy.reference_name,
-                    "max_tokens": args.max_tokens,
-                    "temp": args.temp,
-                    "seed": args.seed,
-                    "results": rows,
-                }
-            )
-        )
-    else:
-        mode = "greedy" if args.temp == 0 else f"temp {args.temp}, seed {args.seed}"
-        print(f"reference: {policy.reference_name}; policy: {args.adapter_path} ({mode})\n")
-        print(format_comparison(rows, policy.reference_name))
-    return 0

@@ -77,6 +77,8 @@ def _type_of(name: str) -> Any:
 
 
 def _check_type(value: Any, expected: Any) -> bool:
+    if expected is Any:  # e.g. the values of `health:`, which thresholds_from_dict checks
+        return True
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
         return any(_check_type(value, arm) for arm in typing.get_args(expected))

@@ -111,7 +111,7 @@ def _decode_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     return lines, problems
 
 
-def _raw_records(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
+def read_raw_records(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
     lines, problems = _decode_lines(path)
     records = []
     if path.suffix == ".json":
@@ -137,7 +137,9 @@ def _raw_records(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
     return records, problems
 
 
-def _messages(value: Any, name: str, role: str | None) -> tuple[list[Message] | None, str | None]:
+def parse_messages(
+    value: Any, name: str, role: str | None
+) -> tuple[list[Message] | None, str | None]:
     """A string or a list of {role, content} messages -> a message list, or a problem."""
     if isinstance(value, str):
         if not value.strip():
@@ -179,7 +181,7 @@ def validate_record(
         if name not in value:
             problems.append(f"{source}: field '{name}': missing")
             continue
-        messages, problem = _messages(value[name], name, role)
+        messages, problem = parse_messages(value[name], name, role)
         if problem:
             problems.append(f"{source}: {problem}")
         else:
@@ -200,7 +202,7 @@ def validate_record(
 def read_records(path: str | Path, fields: dict[str, str] | None = None) -> list[PreferenceRecord]:
     """Read and validate one data file. Raises UserError listing every problem."""
     path = Path(path)
-    raw, problems = _raw_records(path)
+    raw, problems = read_raw_records(path)
     records = []
     for source, value in raw:
         record, record_problems = validate_record(source, value, fields or {})
@@ -218,7 +220,7 @@ def read_records(path: str | Path, fields: dict[str, str] | None = None) -> list
 # Tokenizing
 
 
-def _as_ids(value: Any) -> list[int]:
+def as_token_ids(value: Any) -> list[int]:
     if isinstance(value, dict) or hasattr(value, "keys"):
         value = value["input_ids"]
     return [int(i) for i in value]
@@ -237,7 +239,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _plain_text(messages: list[Message]) -> str:
+def plain_text(messages: list[Message]) -> str:
     return "\n\n".join(m["content"] for m in messages)
 
 
@@ -246,13 +248,13 @@ def tokenize_record(
 ) -> tuple[list[int], list[int], list[int], bool]:
     """(prompt_ids, chosen_ids, rejected_ids, prefix_mismatch) before truncation."""
     if has_chat_template(tokenizer):
-        prompt_ids = _as_ids(
+        prompt_ids = as_token_ids(
             tokenizer.apply_chat_template(record.prompt, add_generation_prompt=True, tokenize=True)
         )
-        full_chosen = _as_ids(
+        full_chosen = as_token_ids(
             tokenizer.apply_chat_template(record.prompt + record.chosen, tokenize=True)
         )
-        full_rejected = _as_ids(
+        full_rejected = as_token_ids(
             tokenizer.apply_chat_template(record.prompt + record.rejected, tokenize=True)
         )
         shared = min(
@@ -263,11 +265,11 @@ def tokenize_record(
             # Split at the longest prefix all three share, and report it.
             prompt_ids = prompt_ids[:shared]
         return prompt_ids, full_chosen[shared:], full_rejected[shared:], mismatch
-    prompt_ids = _as_ids(tokenizer.encode(_plain_text(record.prompt)))
+    prompt_ids = as_token_ids(tokenizer.encode(plain_text(record.prompt)))
     eos = tokenizer.eos_token_id
     responses = []
     for messages in (record.chosen, record.rejected):
-        ids = _as_ids(tokenizer.encode(_plain_text(messages), add_special_tokens=False))
+        ids = as_token_ids(tokenizer.encode(plain_text(messages), add_special_tokens=False))
         responses.append(ids + ([eos] if eos is not None else []))
     return prompt_ids, responses[0], responses[1], False
 

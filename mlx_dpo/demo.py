@@ -4,6 +4,12 @@ A tiny Llama-family model is built offline on first use (a BPE tokenizer trained
 data, a ChatML template, random weights), then warmed up with a short supervised pass on both
 the chosen and the rejected answers of every pair, so it already says both. DPO then teaches
 it which one to prefer. The model is cached; nothing is downloaded.
+
+The demo prepares its configuration and model (`prepare_demo`), measures the model before
+(`test_report`) and reports what changed after (`report_demo`); the command line
+(mlx_dpo/cli/train.py) runs the training in between, headless or with the dashboard. MLX,
+mlx-lm and the trainer are imported inside the functions that need them, so importing this
+module (the CLI does, for every command and for `--help`) stays light.
 """
 
 from __future__ import annotations
@@ -15,11 +21,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from mlx_dpo.batching import collate
+from mlx_dpo.compare import compare_answers
 from mlx_dpo.config import TrainConfig, build_config
+from mlx_dpo.data import SPLITS, TokenizedPair, read_records, tokenize_records
 
 DEMO_VERSION = "1"
 # The demo model: about 3.4M parameters.
@@ -33,15 +45,16 @@ DEMO_MODEL = {
 }
 WARMUP = {"epochs": 100, "batch_size": 32, "learning_rate": 3e-3, "warmup_steps": 50}
 
-# The documented defaults of the demo run (README "Quick start").
+# The documented defaults of the demo run (README "Quick start"); β and the loss are the
+# library's own defaults.
 DEMO_SETTINGS = {
     "epochs": 8.0,
     "batch_size": 8,
     "learning_rate": 1e-4,
     "lr_schedule": "cosine",
     "warmup": 5,
-    "beta": 0.1,
-    "loss": "sigmoid",
+    "beta": TrainConfig().beta,
+    "loss": TrainConfig().loss,
     # RPO: keeping the chosen answer likely keeps a model this small fluent while DPO moves it.
     "sft_weight": 1.0,
     "lora_rank": 8,
@@ -102,17 +115,11 @@ def ensure_demo_model(say: Callable[[str], None] = print) -> Path:
     path = demo_model_path()
     if (path / "config.json").is_file():
         return path
-    import mlx.core as mx
-    import numpy as np
-
-    from mlx_dpo.data import SPLITS, read_records
-    from mlx_dpo.tiny import build_model, train_tokenizer
+    from mlx_dpo.tiny import TEMPLATES, build_model, train_tokenizer
 
     tic = time.perf_counter()
     say("building the demo model (once; it is cached for later runs)...")
     records = [r for split in SPLITS for r in read_records(demo_data_dir() / f"{split}.jsonl")]
-    from mlx_dpo.tiny import TEMPLATES
-
     tokenizer = train_tokenizer(
         _texts_for_tokenizer(records), DEMO_MODEL["vocab_size"], TEMPLATES["chatml"][1]
     )
@@ -136,23 +143,17 @@ def ensure_demo_model(say: Callable[[str], None] = print) -> Path:
         shutil.rmtree(building, ignore_errors=True)
         raise
     say(f"demo model ready in {time.perf_counter() - tic:.0f}s: {path}")
-    del mx, np
     return path
 
 
 def _warm_up(path: Path, records, say: Callable[[str], None]) -> None:
     """Supervised pass over chosen and rejected answers alike (full fine-tuning), so the
     model can say both before DPO decides between them."""
-    from functools import partial
-
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
-    import numpy as np
     from mlx_lm.utils import load, save_model
 
-    from mlx_dpo.batching import collate
-    from mlx_dpo.data import TokenizedPair, tokenize_records
     from mlx_dpo.logprobs import find_head_split, response_logps
 
     model, tokenizer = load(str(path))
@@ -217,30 +218,29 @@ def _warm_up(path: Path, records, say: Callable[[str], None]) -> None:
     save_model(path, model)
 
 
-def run_demo(config: TrainConfig, use_tui: bool) -> int:
-    from mlx_dpo.cli import run_headless, run_with_dashboard
-
-    say = _say
-    model_path = ensure_demo_model(say)
-    config = build_config({**config.to_dict(), "model": str(model_path)}, {})
-    say(f"mlx-dpo demo: teaching a tiny model ({model_path.name}) which answers to prefer")
-    say(f"  data: {config.data} (see examples/README.md); run directory: {config.adapter_path}")
-    before = test_report(config, adapter_path=None, examples=0)
-    code = run_with_dashboard(config) if use_tui else run_headless(config)
-    if code != 0:
-        return code
-    after = test_report(config, adapter_path=config.adapter_path)
-    print_summary(before, after, config)
-    return 0
-
-
 def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def prepare_demo(config: TrainConfig, say: Callable[[str], None] = _say) -> TrainConfig:
+    """The demo run's configuration with the demo model (built on first use) as its model;
+    says what the demo is about to do."""
+    model_path = ensure_demo_model(say)
+    config = build_config({**config.to_dict(), "model": str(model_path)}, {})
+    say(f"mlx-dpo demo: teaching a tiny model ({model_path.name}) which answers to prefer")
+    say(f"  data: {config.data} (see examples/README.md); run directory: {config.adapter_path}")
+    return config
+
+
+def report_demo(config: TrainConfig, before: dict) -> None:
+    """After the run: the test split and greedy answers again, and what changed since
+    `before` (test_report of the model before training)."""
+    after = test_report(config, adapter_path=config.adapter_path)
+    print_summary(before, after, config)
+
+
 def test_report(config: TrainConfig, adapter_path: str | None, examples: int = 10) -> dict:
     """Test-split numbers and a few greedy answers, before (adapter_path None) or after."""
-    from mlx_dpo.compare import compare_answers
     from mlx_dpo.trainer.evaluation import evaluate_split
     from mlx_dpo.trainer.session import open_session
 
@@ -251,8 +251,6 @@ def test_report(config: TrainConfig, adapter_path: str | None, examples: int = 1
     rows = result.pop("per_pair")
     prefers_chosen = sum(r["policy_chosen_logp"] > r["policy_rejected_logp"] for r in rows)
     result["prefers_chosen"] = prefers_chosen / len(rows)
-    from mlx_dpo.data import read_records
-
     records = read_records(Path(test.path))
     # Consecutive records cycle through the data's categories.
     shown = records[:examples]

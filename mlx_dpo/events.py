@@ -13,11 +13,17 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                batch_size, grad_accumulation, beta, loss, reference ("cached"|"live"),
                prefix_sharing (bool: each prompt computed once), trainable_parameters,
                total_parameters, truncated {split: {pairs, prompt, response}}, world_size,
-               resumed_from (step or null), pid, config (dict),
+               resumed_from (step or null), pid, config (dict), quantized_base (bool: the
+               base weights are quantized, as loaded or by --quantize; the dashboard offers
+               export's --dequantize only then),
                memory_plan {total_gb, limit_gb, limit_source, verdict ("fits" | "tight" |
                "will not fit"), components_gb {name: GB}, activations_checkpointed_gb, batch,
                suggestions [{change, total_gb, note}]} (mlx_dpo.memory.arithmetic.plan_dict)
     reference  split, done, total (pairs), cached (true when read from the on-disk cache)
+    progress   phase ("loading" | "tokenizing" | "reference"), done, total, unit ("files",
+               "pairs", ...): how far a long phase before the first step is; written at its
+               start (done 0), every few seconds, and at its end (done == total). The
+               dashboard shows the counts and an ETA from the rate since the phase began.
     step       epoch, METRIC_NAMES, grad_norm, learning_rate, tokens_per_second,
                pairs_per_second, peak_memory_gb (MLX's peak since the first step), elapsed,
                eta (seconds)
@@ -25,8 +31,15 @@ Event fields beyond event/step/time (numbers that are not finite are null):
     checkpoint path
     state      state: "paused" | "resumed" | "stopping" | "evaluating" | "training"
     export     status: "started" | "done" | "failed", path, message
-    health     kind, severity ("warning" | "error"), message, suggestion, values (dict)
+    health     kind, severity ("warning" | "error" | "off"), message, suggestion, values (dict).
+               "off" is not a finding: the check `kind` does not run in this run, and
+               message says why (e.g. a validation split under health.valid_min_pairs)
     log        level ("info" | "warning" | "error"), message
+    samples    prompts [{prompt, reference, policy}], seconds: greedy answers to a few fixed
+               prompts, to watch the model learn. Written once at the start as step 0 with
+               the reference model's answers (`reference`), then at each evaluation with the
+               policy's (`policy`; `reference` may be left out there: the step-0 answer of the
+               same prompt, matched by position, stands). seconds: what generating them cost.
     run_end    status ("completed" | "stopped" | "failed"), error, adapter_path,
                last_checkpoint, final_eval (dict or null), best_eval (dict or null), elapsed
 
@@ -58,6 +71,8 @@ CHECKPOINT_DIR = "checkpoints"
 OPTIMIZER_FILE = "optimizer.safetensors"
 CHECKPOINT_STATE_FILE = "state.json"
 LOG_FILE = "train.log"
+# The resolved config the dashboard hands to the trainer process it starts (`mlx-dpo train`).
+LAUNCH_CONFIG_FILE = ".launch.yaml"
 
 EVENTS = (
     "run_start",
@@ -69,6 +84,8 @@ EVENTS = (
     "export",
     "health",
     "log",
+    "progress",
+    "samples",
     "run_end",
 )
 COMMANDS = ("pause", "resume", "checkpoint", "stop")

@@ -13,12 +13,16 @@ dequantize_model, save_model, save_config, the tokenizer's save_pretrained), as 
   appended to the run's metrics.jsonl, where there is one).
 - Every user mistake (missing or mismatched adapter, a save path inside the run) is a
   UserError with the reason, before anything is loaded where possible.
+
+Plain arguments only; `mlx-dpo export` (mlx_dpo/cli/export.py) reads the flags. MLX and
+mlx-lm are imported inside the functions that use them, so importing this module (the CLI
+does, for every command and for `--help`) stays light.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -128,8 +132,6 @@ def fuse_model(model: Any, dequantize: bool) -> int:
 def _write_model_folder(
     folder: Path, model: Any, tokenizer: Any, config: dict, base_path: Path, note: str
 ) -> None:
-    import glob
-
     import mlx.core as mx
     from mlx_lm.utils import save_config, save_model
 
@@ -167,158 +169,130 @@ def export_model(
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Fuse the adapters of `adapter_path` into its base model and write the result to
-    `save_path`. Returns {path, size_bytes, seconds, fused_layers, dequantized, quantization}."""
-    from mlx_dpo.model import load_adapter_into, load_model, resolve_model_path
-
+    `save_path`. Returns {path, size_bytes, seconds, fused_layers, dequantized, quantization}.
+    A run directory's event stream records the export: started, then done or failed."""
     tic = time.perf_counter()
     adapter_path = Path(adapter_path).expanduser()
     save_path = Path(save_path).expanduser()
     adapter_config = read_adapter_config(adapter_path)
     base = model or base_model_of(adapter_config, adapter_path)
-    check_save_path(save_path, adapter_path)
-    if save_path.exists() and not overwrite:
-        raise UserError(f"{save_path} already exists: pass --overwrite or choose another folder")
-    try:
-        base_path = resolve_model_path(base)
-    except UserError as err:
-        hint = "" if model else f" (the base model recorded in {adapter_path}); pass --model"
-        raise UserError(f"{err}{hint}") from None
-    check_save_path(save_path, adapter_path, base_path)
+    _check_destination(save_path, adapter_path, base, overwrite, base_given=model is not None)
 
-    writer = None
-    if (adapter_path / METRICS_FILE).is_file():
-        writer = EventWriter(adapter_path)
+    writer = EventWriter(adapter_path) if (adapter_path / METRICS_FILE).is_file() else None
     step = _last_step(adapter_path) if writer else 0
-    if writer:
-        writer.write(
-            "export",
-            step,
-            status="started",
-            path=str(save_path),
-            message=f"fusing into {save_path}",
-        )
-    tmp = None
-    try:
-        load_quantize = adapter_config.get("quantize")
-        on_line(
-            f"loading {base}"
-            + (
-                f" (quantized to {load_quantize}-bit at load, as in training)"
-                if load_quantize
-                else ""
-            )
-        )
-        # Trust is the user's to give on this command line, never read from an adapter folder
-        # that may have come from someone else.
-        net, tokenizer, base_path, config = load_model(base, load_quantize, trust_remote_code)
-        quantization = config.get("quantization")
-        if quantize and not quantization:
-            raise UserError(
-                f"{base} is not quantized: --quantize keeps a quantized base quantized; to "
-                f"quantize the export, run mlx_lm.convert --hf-path {save_path} -q on it"
-            )
-        dequantize = bool(quantization) and not quantize
-        on_line(f"loading adapter {adapter_path}")
-        load_adapter_into(net, adapter_path)
-        action = "dequantizing" if dequantize else ("keeping it quantized" if quantization else "")
-        on_line("fusing LoRA layers" + (f" ({action})" if action else ""))
-        fused = fuse_model(net, dequantize)
-        if dequantize:
-            config.pop("quantization", None)
-            config.pop("quantization_config", None)
-        on_line(f"saving to {save_path}")
-        save_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.tmp-"))
-        note = (
-            f"# {save_path.name}\n\nFused by `mlx-dpo export` from base model `{base}` and the "
-            f"LoRA adapters in `{adapter_path.resolve()}`"
-            + (" (dequantized)" if dequantize else "")
-            + ".\n\nUse it with mlx-lm: `mlx_lm.chat --model "
-            f"{save_path}`\n"
-        )
-        _write_model_folder(tmp, net, tokenizer, config, base_path, note)
-        os.chmod(tmp, 0o777 & ~current_umask())
-        _move_into_place(tmp, save_path, overwrite)
-        tmp = None
-        size = folder_size(save_path)
-        seconds = time.perf_counter() - tic
-        on_line(
-            f"done: {save_path} ({format_size(size)} on disk, {fused} LoRA layers fused, "
-            f"{seconds:.1f}s). chat with it: mlx_lm.chat --model {save_path}"
-        )
+
+    def record(status: str, message: str, **fields: Any) -> None:
         if writer:
             writer.write(
-                "export",
-                step,
-                status="done",
-                path=str(save_path),
-                message=f"{format_size(size)} on disk",
-                size_bytes=size,
+                "export", step, status=status, path=str(save_path), message=message, **fields
             )
-        return {
-            "path": str(save_path),
-            "size_bytes": size,
-            "seconds": seconds,
-            "fused_layers": fused,
-            "dequantized": dequantize,
-            "quantization": None if dequantize else quantization,
-        }
+
+    record("started", f"fusing into {save_path}")
+    try:
+        result = _fuse_and_write(
+            base,
+            adapter_path,
+            adapter_config,
+            save_path,
+            quantize=quantize,
+            overwrite=overwrite,
+            trust_remote_code=trust_remote_code,
+            on_line=on_line,
+        )
+        size, seconds = result["size_bytes"], time.perf_counter() - tic
+        on_line(
+            f"done: {save_path} ({format_size(size)} on disk, {result['fused_layers']} LoRA "
+            f"layers fused, {seconds:.1f}s). chat with it: mlx_lm.chat --model {save_path}"
+        )
+        record("done", f"{format_size(size)} on disk", size_bytes=size)
+        return {**result, "seconds": seconds}
     except BaseException as err:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if writer:
-            message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-            with contextlib.suppress(Exception):
-                writer.write("export", step, status="failed", path=str(save_path), message=message)
+        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        with contextlib.suppress(Exception):
+            record("failed", message)
         raise
     finally:
         if writer:
             writer.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
+def _check_destination(
+    save_path: Path, adapter_path: Path, base: str, overwrite: bool, base_given: bool
+) -> None:
+    """Before anything is loaded: the destination is free (or may be replaced), the base
+    model exists, and neither the run nor the base is inside the destination or around it."""
+    from mlx_dpo.model import resolve_model_path
+
+    check_save_path(save_path, adapter_path)
+    if save_path.exists() and not overwrite:
+        raise UserError(f"{save_path} already exists: pass --overwrite or choose another folder")
+    try:
+        base_path = resolve_model_path(base)
+    except UserError as err:
+        hint = "" if base_given else f" (the base model recorded in {adapter_path}); pass --model"
+        raise UserError(f"{err}{hint}") from None
+    check_save_path(save_path, adapter_path, base_path)
 
 
-def add_export_parser(sub: Any) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "export", help="fuse a run's adapters into a standalone model folder for mlx-lm"
-    )
-    parser.add_argument("--adapter-path", required=True, help="run directory or adapter folder")
-    parser.add_argument("--save-path", required=True, help="the new model folder")
-    parser.add_argument(
-        "--model", help="base model (default: the one recorded in the adapter's config)"
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--dequantize",
-        action="store_true",
-        help="write full-precision weights (the default for a quantized base)",
-    )
-    mode.add_argument(
-        "--quantize",
-        action="store_true",
-        help="keep a quantized base quantized (re-quantizing can erase a light fine-tune)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --save-path folder"
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow a model that ships its own Python code (never inherited from an adapter)",
-    )
-    return parser
+def _fuse_and_write(
+    base: str,
+    adapter_path: Path,
+    adapter_config: dict[str, Any],
+    save_path: Path,
+    *,
+    quantize: bool,
+    overwrite: bool,
+    trust_remote_code: bool,
+    on_line: Callable[[str], None],
+) -> dict[str, Any]:
+    """Load the base as training loaded it, load and fuse the adapter, write the model into a
+    temporary folder beside `save_path` and rename it into place: a failure leaves nothing at
+    `save_path`. Returns {path, size_bytes, fused_layers, dequantized, quantization}."""
+    from mlx_dpo.model import load_adapter_into, load_model
 
-
-def run_export(args: argparse.Namespace) -> int:
-    export_model(
-        args.adapter_path,
-        args.save_path,
-        model=args.model,
-        quantize=args.quantize,
-        overwrite=args.overwrite,
-        on_line=lambda line: print(line, flush=True),
-        trust_remote_code=args.trust_remote_code,
+    load_quantize = adapter_config.get("quantize")
+    at_load = (
+        f" (quantized to {load_quantize}-bit at load, as in training)" if load_quantize else ""
     )
-    return 0
+    on_line(f"loading {base}{at_load}")
+    # Trust is the user's to give on this command line, never read from an adapter folder
+    # that may have come from someone else.
+    net, tokenizer, base_path, config = load_model(base, load_quantize, trust_remote_code)
+    quantization = config.get("quantization")
+    if quantize and not quantization:
+        raise UserError(
+            f"{base} is not quantized: --quantize keeps a quantized base quantized; to "
+            f"quantize the export, run mlx_lm.convert --hf-path {save_path} -q on it"
+        )
+    dequantize = bool(quantization) and not quantize
+    on_line(f"loading adapter {adapter_path}")
+    load_adapter_into(net, adapter_path)
+    action = "dequantizing" if dequantize else ("keeping it quantized" if quantization else "")
+    on_line("fusing LoRA layers" + (f" ({action})" if action else ""))
+    fused = fuse_model(net, dequantize)
+    if dequantize:
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+    on_line(f"saving to {save_path}")
+    save_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.tmp-"))
+    note = (
+        f"# {save_path.name}\n\nFused by `mlx-dpo export` from base model `{base}` and the "
+        f"LoRA adapters in `{adapter_path.resolve()}`"
+        + (" (dequantized)" if dequantize else "")
+        + f".\n\nUse it with mlx-lm: `mlx_lm.chat --model {save_path}`\n"
+    )
+    try:
+        _write_model_folder(tmp, net, tokenizer, config, base_path, note)
+        os.chmod(tmp, 0o777 & ~current_umask())
+        _move_into_place(tmp, save_path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "path": str(save_path),
+        "size_bytes": folder_size(save_path),
+        "fused_layers": fused,
+        "dequantized": dequantize,
+        "quantization": None if dequantize else quantization,
+    }

@@ -14,6 +14,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import mlx_dpo  # noqa: E402,F401  (loads OpenBLAS before MLX)
 
+# Fixtures shared by a library's tests and its command line's tests.
+pytest_plugins = ["tests.shared"]
+
 COLORS = ["red", "blue", "green", "gold", "pink", "gray", "teal", "lime", "plum", "rust"]
 
 

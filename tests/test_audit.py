@@ -1,56 +1,30 @@
-"""`mlx-dpo data audit`: exact figures on a data set built with known lengths, the same
-length-bias verdict as the run's health check, token counts and cuts exactly as training
-makes them, and bad records reported instead of refused."""
+"""The data audit (mlx_dpo/audit.py): exact figures on a data set built with known lengths,
+the same length-bias verdict as the run's health check, token counts and cuts exactly as
+training makes them, and bad records reported instead of refused. The command line's own
+checks are in test_cli_data.py."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from mlx_dpo.audit import audit, length_bias_figures
-from mlx_dpo.cli import main
+from mlx_dpo.audit import audit, length_bias_figures, model_tokenizer
+from mlx_dpo.errors import UserError
 from mlx_dpo.health import HealthMonitor
 from tests.conftest import preference_rows, write_jsonl
+from tests.shared import pair
 
 
-def pair(prompt: str, chosen: str, rejected: str) -> dict:
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
-@pytest.fixture
-def known(tmp_path) -> Path:
-    """train: 20 pairs with 6-word chosen / 3-word rejected, 5 with 2 / 4, two copies of the
-    first pair, one pair with chosen == rejected, a line that is not JSON and a record with a
-    missing field. valid: 3 balanced pairs, one of whose prompts is also in train."""
-    folder = tmp_path / "known"
-    rows = [pair(f"p{i} q", "a b c d e f", "x y z") for i in range(20)]
-    rows += [pair(f"r{i} q", "c d", "r s t u") for i in range(5)]
-    rows += [rows[0], rows[0]]
-    rows += [pair("same q", "one two", "one two")]
-    write_jsonl(folder / "train.jsonl", rows)
-    with open(folder / "train.jsonl", "a") as handle:
-        handle.write("{not json\n")
-        handle.write(json.dumps({"prompt": "no rejected", "chosen": "c"}) + "\n")
-    write_jsonl(
-        folder / "valid.jsonl",
-        [pair("p1 q", "a b", "c d"), pair("v2 q", "a b c", "d e f"), pair("v3", "a", "b")],
-    )
-    return folder
-
-
-def test_figures_on_a_data_set_with_known_lengths(known):
-    result = audit(known)
+def test_figures_on_a_data_set_with_known_lengths(known_data):
+    result = audit(known_data)
     train = result["splits"]["train"]
     assert result["length_unit"] == "words"
     assert train["records"] == 30
     assert train["valid_pairs"] == 27
     assert train["invalid_records"] == 2
     assert train["problems"] == [
-        f"{known / 'train.jsonl'}:29: not valid JSON (Expecting property name enclosed in "
+        f"{known_data / 'train.jsonl'}:29: not valid JSON (Expecting property name enclosed in "
         "double quotes, column 2)",
-        f"{known / 'train.jsonl'}:30: field 'rejected': missing",
+        f"{known_data / 'train.jsonl'}:30: field 'rejected': missing",
     ]
     assert train["chosen_equals_rejected"] == 1
     assert train["duplicate_records"] == 2
@@ -118,40 +92,15 @@ def test_token_lengths_and_cuts_are_trainings(llama_chatml, preference_data):
     }
 
 
-def test_cli_report_json_and_plot(known, llama_chatml, tmp_path, capsys):
-    assert main(["data", "audit", str(known)]) == 0  # bad records are reported, not fatal
-    text = capsys.readouterr().out
-    assert "WARNING" in text and "too few pairs to judge" in text
-    assert "train.jsonl:30: field 'rejected': missing" in text
-    assert "pass --model for exact token counts" in text
+def test_model_tokenizer_is_mlx_lms(llama_chatml, tmp_path):
+    from mlx_lm.utils import load_tokenizer
 
-    plot = tmp_path / "lengths.png"
-    assert main(["data", "audit", str(known), "--json", "--plot", str(plot)]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["train"]["duplicate_records"] == 2
-    assert "pair_lengths" not in out["splits"]["train"]
-    from PIL import Image
-
-    with Image.open(plot) as image:
-        assert image.format == "PNG" and image.size == (900, 700)
-
-    code = main(["data", "audit", str(known), "--model", str(llama_chatml), "--max-length", "16"])
-    text = capsys.readouterr().out
-    assert code == 0 and "lengths in tokens" in text and "cut at max_length 16" in text
-
-
-@pytest.mark.parametrize(
-    "args,expected",
-    [
-        (["/no/such/data"], "no such data file or folder"),
-        (["{data}", "--plot", "out.svg"], "PNG"),
-        (["{data}", "--model", "/no/such/model"], "no such model folder"),
-    ],
-)
-def test_mistakes_exit_2(known, capsys, args, expected):
-    code = main(["data", "audit", *[a.replace("{data}", str(known)) for a in args]])
-    err = capsys.readouterr().err
-    assert code == 2 and expected in err and "Traceback" not in err
+    tokenizer = model_tokenizer(str(llama_chatml))
+    expected = load_tokenizer(llama_chatml)
+    assert tokenizer.chat_template == expected.chat_template
+    assert tokenizer.encode("what color is item 3?") == expected.encode("what color is item 3?")
+    with pytest.raises(UserError, match="no such model folder"):
+        model_tokenizer(str(tmp_path / "missing"))
 
 
 def test_fixture_data_is_length_biased_in_words(preference_data):

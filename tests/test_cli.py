@@ -1,5 +1,7 @@
-"""The command line as a user meets it: exit codes, messages without tracebacks, eval output,
-and adapters that mlx-lm loads as they are."""
+"""The command line as a user meets it (mlx_dpo/cli/__init__.py): the subcommands, the exit
+statuses, messages without tracebacks; end to end through `python -m mlx_dpo.cli` (as the
+dashboard starts it): train, eval output, and adapters that mlx-lm loads as they are. Each
+subcommand's own checks are in test_cli_<subcommand>.py."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import sys
 
 import pytest
 
-from mlx_dpo.cli import main
-from mlx_dpo.events import read_events
+import mlx_dpo.cli as cli
+from mlx_dpo.cli import build_parser, main
+from mlx_dpo.errors import UserError
+from tests.shared import train_args
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -19,102 +23,53 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def train_args(model, data, run_dir, *extra):
-    return [
-        "train",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--adapter-path",
-        str(run_dir),
-        "--iters",
-        "4",
-        "--learning-rate",
-        "2e-3",
-        "--beta",
-        "0.5",
-        "--no-tui",
-        *extra,
-    ]
+def test_the_subcommands_in_the_order_help_lists_them(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "{train,view,eval,export,compare,data}" in out
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == list(cli.SUBCOMMANDS) == [
+        "train", "view", "eval", "export", "compare", "data",
+    ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "content,expected",
-    [
-        (b'{"prompt": "a", "chosen": "b"}\n', "train.jsonl:1: field 'rejected': missing"),
-        (b"{not json\n", "train.jsonl:1: not valid JSON"),
-        (b"", "train.jsonl: empty"),
-        (
-            b'{"prompt": "a", "chosen": "b", "rejected": "b"}\n',
-            "train.jsonl:1: fields 'chosen' and 'rejected': identical",
-        ),
-    ],
-)
-def test_bad_data_exits_2_with_location_and_no_traceback(
-    llama_chatml, tmp_path, capsys, content, expected
-):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train.jsonl").write_bytes(content)
-    code = main(train_args(llama_chatml, tmp_path / "data", tmp_path / "run"))
+def raising(error: BaseException):
+    """A subcommand's run that raises `error`."""
+
+    def run(args) -> int:
+        raise error
+
+    return run
+
+
+def test_a_user_error_exits_2_with_one_message(monkeypatch, tmp_path, capsys):
+    error = UserError("data.jsonl:3: field 'chosen': missing", ["first", "second"])
+    monkeypatch.setattr(cli.view, "run", raising(error))
+    assert main(["view", str(tmp_path)]) == cli.EXIT_USER_ERROR == 2
     err = capsys.readouterr().err
-    assert code == 2
-    assert expected in err
+    assert err.startswith("mlx-dpo: error: data.jsonl:3: field 'chosen': missing\n  first\n")
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize(
-    "yaml_text,expected",
-    [
-        (
-            "lerning_rate: 0.1\n",
-            "config.yaml:1: unknown key 'lerning_rate' (did you mean 'learning_rate'?)",
-        ),
-        ("beta: 0\n", "'beta' must be > 0"),
-        ("model: m\nlora_rank: -1\n", "'lora_rank' must be > 0"),
-        ("label_smoothing: 0.5\n", "'label_smoothing' must be in [0, 0.5)"),
-        (
-            "batch_size: four\n",
-            "config.yaml:1: 'batch_size' must be an integer or 'auto', got 'four'",
-        ),
-        (
-            "loss: hinge\nlabel_smoothing: 0.1\n",
-            "'label_smoothing' applies to the sigmoid and robust",
-        ),
-        ("beta: 0.1\nmodel: a: b\n", "config.yaml:2: not valid YAML"),
-    ],
-)
-def test_bad_config_is_refused(tmp_path, capsys, yaml_text, expected):
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml_text)
-    code = main(["train", str(path), "--no-tui"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert expected in err
-    assert "Traceback" not in err
+def test_ctrl_c_exits_130(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli.view, "run", raising(KeyboardInterrupt()))
+    assert main(["view", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "mlx-dpo: interrupted\n"
 
 
-def test_flags_win_over_yaml(tmp_path):
-    from mlx_dpo.cli import _train_config, build_parser
-
-    path = tmp_path / "c.yaml"
-    path.write_text("model: m\ndata: d\nbeta: 0.3\nlearning_rate: 1e-4\n")
-    args = build_parser().parse_args(["train", str(path), "--beta", "0.7"])
-    config, is_demo = _train_config(args)
-    assert config.beta == 0.7 and config.learning_rate == 1e-4 and not is_demo
+def test_a_bug_is_not_hidden_as_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli.view, "run", raising(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        main(["view", str(tmp_path)])
 
 
-@pytest.mark.parametrize("model_arg", ["/no/such/folder", "./missing-model"])
-def test_missing_model_folder(model_arg, preference_data, tmp_path, capsys):
-    code = main(train_args(model_arg, preference_data, tmp_path / "run"))
-    err = capsys.readouterr().err
-    assert code == 2 and "no such model folder" in err
-
-
-def test_folder_that_is_not_a_model(preference_data, tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    code = main(train_args(tmp_path / "empty", preference_data, tmp_path / "run"))
-    assert code == 2 and "not a model folder" in capsys.readouterr().err
+def test_no_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2
+    assert "the following arguments are required: command" in capsys.readouterr().err
 
 
 def test_train_then_eval_then_mlx_lm_loads_the_adapter(llama_chatml, preference_data, tmp_path):
@@ -166,32 +121,6 @@ def test_train_then_eval_then_mlx_lm_loads_the_adapter(llama_chatml, preference_
     assert result.returncode == 0, result.stderr
 
 
-def test_existing_run_directory_is_not_overwritten(llama_chatml, preference_data, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "metrics.jsonl").write_text("")
-    (run_dir / "config.yaml").write_text(f"model: {llama_chatml}\n")  # a run started here
-    code = main(train_args(llama_chatml, preference_data, run_dir))
-    assert code == 2 and "--resume" in capsys.readouterr().err
-
-
-def test_an_attempt_that_never_started_is_run_again(
-    llama_chatml, preference_data, tmp_path, capsys
-):
-    """A bad input (or a kill while loading) left events but no run: --resume has nothing to
-    continue and says so; the same command again starts the run afresh."""
-    run_dir = tmp_path / "run"
-    missing = tmp_path / "nowhere"
-    assert main(train_args(llama_chatml, missing, run_dir)) == 2
-    assert read_events(run_dir)[-1]["status"] == "failed"
-    assert main(train_args(llama_chatml, preference_data, run_dir) + ["--resume"]) == 2
-    assert "without --resume" in capsys.readouterr().err
-    assert main(train_args(llama_chatml, preference_data, run_dir)) == 0
-    events = read_events(run_dir)
-    assert [e["event"] for e in events].count("run_start") == 1
-    assert events[-1]["status"] == "completed"
-
-
 def test_no_tui_without_a_terminal(llama_chatml, preference_data, tmp_path):
     # No --no-tui: stdin/stdout are pipes, so plain lines are printed.
     args = [
@@ -200,35 +129,3 @@ def test_no_tui_without_a_terminal(llama_chatml, preference_data, tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "step 4/4 | loss" in result.stdout
-
-
-def test_plan_flag_says_it_will_not_fit_and_how_to(llama_chatml, preference_data, capsys, tmp_path):
-    run_dir = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "--model",
-            str(llama_chatml),
-            "--data",
-            str(preference_data),
-            "--adapter-path",
-            str(run_dir),
-            "--batch-size",
-            "24",
-            "--max-length",
-            "4096",
-            "--memory-limit-gb",
-            "0.02",
-            "--plan",
-        ]
-    )
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "will not fit" in out
-    # Smaller batches with accumulation keep the effective batch of 24.
-    suggestion = next(line for line in out.splitlines() if "--grad-accumulation" in line)
-    batch, accumulation = (int(w) for w in suggestion.split()[1:4:2])
-    assert "to fit:" in out and batch * accumulation == 24 and batch < 24
-    for name in ("base weights", "LoRA parameters", "optimizer state", "activations", "logits"):
-        assert name in out
-    assert not (run_dir / "metrics.jsonl").exists()  # nothing was trained

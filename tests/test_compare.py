@@ -1,21 +1,21 @@
-"""`mlx-dpo compare`: the reference's and the policy's answers are exactly what mlx-lm
-generates for the base and for base + adapter, from prompts formatted as training formats
-them, with one model in memory."""
+"""Comparing (mlx_dpo/compare.py): the reference's and the policy's answers are exactly what
+mlx-lm generates for the base and for base + adapter, from prompts formatted as training
+formats them, with one model in memory. The command line's own checks are in
+test_cli_compare.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from mlx_dpo.cli import main
 from mlx_dpo.compare import (
     closer_to,
     compare_answers,
     format_comparison,
     load_policy,
     prompt_tokens,
+    user_prompts,
 )
 from mlx_dpo.data import load_splits, read_records
 from tests.conftest import preference_rows, write_jsonl
@@ -25,22 +25,6 @@ PROMPTS = [
     [{"role": "user", "content": "what color is item 5?"}],
     [{"role": "system", "content": "be kind"}, {"role": "user", "content": "what color is it?"}],
 ]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    write_jsonl(folder / "train.jsonl", preference_rows(12))
-    write_jsonl(folder / "test.jsonl", preference_rows(3, seed=2, start=200))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def trained(llama_chatml, data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("compare") / "run"
-    status, _ = train_run(llama_chatml, data, run_dir, iters=6, learning_rate=1e-2)
-    assert status == "completed"
-    return run_dir
 
 
 def mlx_lm_answers(model_path: Path, adapter: Path | None, prompts, **settings) -> list[str]:
@@ -67,11 +51,11 @@ def mlx_lm_answers(model_path: Path, adapter: Path | None, prompts, **settings) 
 
 
 @pytest.mark.parametrize("temp", [0.0, 0.9])
-def test_answers_are_mlx_lms_for_base_and_for_base_plus_adapter(llama_chatml, trained, temp):
-    policy = load_policy(str(trained))
+def test_answers_are_mlx_lms_for_base_and_for_base_plus_adapter(llama_chatml, compare_run, temp):
+    policy = load_policy(str(compare_run))
     rows = compare_answers(policy, PROMPTS, max_tokens=12, temp=temp, seed=7)
     reference = mlx_lm_answers(llama_chatml, None, PROMPTS, temp=temp, seed=7)
-    trained_answers = mlx_lm_answers(llama_chatml, trained, PROMPTS, temp=temp, seed=7)
+    trained_answers = mlx_lm_answers(llama_chatml, compare_run, PROMPTS, temp=temp, seed=7)
     assert [r["reference"] for r in rows] == reference
     assert [r["policy"] for r in rows] == trained_answers
     assert reference != trained_answers  # training changed what the model says
@@ -92,40 +76,6 @@ def test_prompts_are_formatted_as_training_formats_them(fixture, request, tmp_pa
     records = read_records(data)
     for record, pair in zip(records, split.pairs, strict=True):
         assert prompt_tokens(tokenizer, record.prompt) == pair.prompt_ids
-
-
-def test_compare_on_data_shows_the_pair(trained, data, capsys):
-    code = main(
-        [
-            "compare",
-            "--adapter-path",
-            str(trained),
-            "--data",
-            str(data),
-            "--limit",
-            "2",
-            "--max-tokens",
-            "6",
-            "--json",
-        ]
-    )
-    assert code == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["reference"] == "base" and len(out["results"]) == 2
-    first = out["results"][0]
-    # A data folder compares on its test split by default.
-    assert first["source"].endswith("test.jsonl:1")
-    expected = preference_rows(3, seed=2, start=200)[0]  # plain strings (200 % 3 == 2)
-    assert first["chosen"] == expected["chosen"]
-    assert first["rejected"] == expected["rejected"]
-    assert first["policy_match"]["closer_to"] in ("chosen", "rejected", "neither")
-
-    assert (
-        main(["compare", "--adapter-path", str(trained), "--prompt", "hi", "--max-tokens", "4"])
-        == 0
-    )
-    text = capsys.readouterr().out
-    assert "reference: base" in text and "  policy " in text and "[user] hi" in text
 
 
 def test_closer_to_and_the_summary_line():
@@ -150,29 +100,28 @@ def test_closer_to_and_the_summary_line():
     assert "answers that changed: 1/1" in text
 
 
+def test_user_prompts_put_the_system_message_first():
+    assert user_prompts(["a", "b"]) == [
+        [{"role": "user", "content": "a"}],
+        [{"role": "user", "content": "b"}],
+    ]
+    assert user_prompts(["what color is it?"], "be kind") == [PROMPTS[1]]
+
+
 def test_reference_of_an_init_adapter_run_is_base_plus_that_adapter(
-    llama_chatml, trained, data, tmp_path
+    llama_chatml, compare_run, compare_data, tmp_path
 ):
     run_dir = tmp_path / "continued"
     status, _ = train_run(
-        llama_chatml, data, run_dir, iters=2, learning_rate=1e-2, init_adapter=str(trained)
+        llama_chatml,
+        compare_data,
+        run_dir,
+        iters=2,
+        learning_rate=1e-2,
+        init_adapter=str(compare_run),
     )
     assert status == "completed"
     policy = load_policy(str(run_dir))
     assert policy.reference_name == "base + init adapter"
     rows = compare_answers(policy, PROMPTS[:1], max_tokens=12)
-    assert [r["reference"] for r in rows] == mlx_lm_answers(llama_chatml, trained, PROMPTS[:1])
-
-
-@pytest.mark.parametrize(
-    "args,expected",
-    [
-        (["--adapter-path", "/no/such/run", "--prompt", "hi"], "no such adapter folder"),
-        (["--adapter-path", "{run}", "--prompt", "hi", "--max-tokens", "0"], "--max-tokens"),
-        (["--adapter-path", "{run}", "--data", "/no/such/data"], "no such data file or folder"),
-    ],
-)
-def test_mistakes_exit_2(trained, capsys, args, expected):
-    code = main(["compare", *[a.replace("{run}", str(trained)) for a in args]])
-    err = capsys.readouterr().err
-    assert code == 2 and expected in err and "Traceback" not in err
+    assert [r["reference"] for r in rows] == mlx_lm_answers(llama_chatml, compare_run, PROMPTS[:1])

@@ -1,11 +1,139 @@
-"""The configuration (mlx_dpo/config.py)."""
+"""The configuration (mlx_dpo/config.py): YAML and flags merged (flags win, an unset flag does
+not count), every validation rule with its message, YAML errors with file and line, and a
+loader that never crashes on arbitrary input."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mlx_dpo.config import build_config
+from mlx_dpo.config import (
+    CONFIG_KEYS,
+    TrainConfig,
+    build_config,
+    check_value,
+    load_config_file,
+    read_yaml,
+    save_config,
+)
 from mlx_dpo.errors import UserError
+from tests.shared import json_values
+
+
+def problems_of(yaml_values: dict, flags: dict | None = None) -> list[str]:
+    with pytest.raises(UserError) as err:
+        build_config(yaml_values, flags or {})
+    return err.value.problems
+
+
+def test_flags_win_and_unset_flags_do_not_count():
+    config = build_config(
+        {"model": "m", "beta": 0.3, "learning_rate": 1e-4}, {"beta": 0.7, "learning_rate": None}
+    )
+    assert config.model == "m" and config.beta == 0.7 and config.learning_rate == 1e-4
+    assert build_config({}, {}) == TrainConfig()
+
+
+def test_ints_are_floats_where_floats_are_expected():
+    config = build_config({"beta": 1, "epochs": 2, "memory_limit_gb": 8}, {})
+    assert (config.beta, config.epochs, config.memory_limit_gb) == (1.0, 2.0, 8.0)
+    assert all(isinstance(v, float) for v in (config.beta, config.epochs, config.memory_limit_gb))
+
+
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        ({"beta": 0}, "'beta' must be > 0, got 0"),
+        ({"lora_rank": 0}, "'lora_rank' must be > 0, got 0"),
+        ({"lora_dropout": 1.0}, "'lora_dropout' must be in [0, 1), got 1.0"),
+        ({"lora_dropout": -0.1}, "'lora_dropout' must be in [0, 1), got -0.1"),
+        ({"label_smoothing": 0.5}, "'label_smoothing' must be in [0, 0.5), got 0.5"),
+        ({"batch_size": 0}, "'batch_size' must be > 0, got 0"),
+        ({"grad_accumulation": 0}, "'grad_accumulation' must be > 0, got 0"),
+        ({"learning_rate": 0}, "'learning_rate' must be > 0, got 0.0"),
+        ({"warmup": -1}, "'warmup' must be >= 0, got -1"),
+        ({"weight_decay": -0.1}, "'weight_decay' must be >= 0, got -0.1"),
+        ({"max_grad_norm": -1}, "'max_grad_norm' must be >= 0 (0 = no clipping)"),
+        ({"sft_weight": -1}, "'sft_weight' must be >= 0, got -1.0"),
+        ({"max_length": 7}, "'max_length' must be >= 8, got 7"),
+        ({"eval_every": -1}, "'eval_every' must be >= 0 (0 = only at the end)"),
+        ({"save_every": -1}, "'save_every' must be >= 0 (0 = only at the end)"),
+        ({"iters": 0}, "'iters' must be > 0, got 0"),
+        ({"epochs": 0}, "'epochs' must be > 0, got 0.0"),
+        ({"iters": 2, "epochs": 1.0}, "give 'iters' or 'epochs', not both"),
+        ({"lora_layers": 0}, "'lora_layers' must be > 0"),
+        ({"memory_limit_gb": 0}, "'memory_limit_gb' must be > 0, got 0.0"),
+        ({"quantize": 3}, "'quantize' must be 4 or 8, got 3"),
+        ({"loss": "dpo"}, "'loss' must be one of sigmoid, robust, ipo, hinge, simpo, got 'dpo'"),
+        ({"lr_schedule": "step"}, "'lr_schedule' must be one of constant, linear, cosine"),
+        ({"reference": "none"}, "'reference' must be one of cached, live, got 'none'"),
+        (
+            {"loss": "ipo", "label_smoothing": 0.1},
+            "'label_smoothing' applies to the sigmoid and robust losses, not 'ipo'",
+        ),
+        ({"simpo_gamma": 1.0}, "'simpo_gamma' applies to the simpo loss, not 'sigmoid'"),
+        ({"fields": {"answer": "x"}}, "'fields' maps prompt, chosen, rejected, system; unknown"),
+    ],
+)
+def test_each_range_rule(values, expected):
+    problems = problems_of(values)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_values_at_the_edge_of_each_range_are_accepted():
+    config = build_config(
+        {
+            "lora_dropout": 0.0,
+            "warmup": 0,
+            "weight_decay": 0,
+            "max_grad_norm": 0,
+            "max_length": 8,
+            "eval_every": 0,
+            "save_every": 0,
+            "quantize": 4,
+            "loss": "simpo",
+            "simpo_gamma": 0.0,
+            "fields": {"prompt": "question", "system": "sys"},
+        },
+        {},
+    )
+    assert config.quantize == 4 and config.fields == {"prompt": "question", "system": "sys"}
+    assert build_config({"loss": "robust", "label_smoothing": 0.49}, {}).label_smoothing == 0.49
+
+
+def test_every_problem_is_reported_at_once():
+    problems = problems_of({"beta": 0, "lora_rank": 0, "warmup": -1})
+    assert len(problems) == 3
+
+
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("lerning_rate", 0.1, "unknown key 'lerning_rate' (did you mean 'learning_rate'?)"),
+        ("lora-rank", 4, "unknown key 'lora-rank' (did you mean 'lora_rank'?)"),
+        ("zzz", 1, "unknown key 'zzz'"),
+        ("beta", "high", "'beta' must be a number, got 'high'"),
+        ("lora_rank", 4.5, "'lora_rank' must be an integer, got 4.5"),
+        ("lora_rank", True, "'lora_rank' must be an integer, got True"),
+        ("grad_checkpoint", "yes", "'grad_checkpoint' must be true or false, got 'yes'"),
+        ("iters", "ten", "'iters' must be an integer (or null), got 'ten'"),
+        ("lora_keys", "q_proj", "'lora_keys' must be a list of strings (or null), got 'q_proj'"),
+        ("lora_keys", ["q", 1], "'lora_keys' must be a list of strings (or null)"),
+        ("fields", ["prompt"], "'fields' must be a mapping"),
+        ("batch_size", 2.5, "'batch_size' must be an integer or 'auto', got 2.5"),
+    ],
+)
+def test_check_value(key, value, expected):
+    (problem,) = check_value(key, value)
+    assert expected in problem
+
+
+def test_check_value_accepts_every_default():
+    defaults = TrainConfig().to_dict()
+    assert set(defaults) == set(CONFIG_KEYS)
+    assert all(check_value(key, value) == [] for key, value in defaults.items())
 
 
 def test_config_accepts_auto_and_checks_the_limit():
@@ -17,3 +145,96 @@ def test_config_accepts_auto_and_checks_the_limit():
         build_config({}, {"memory_limit_gb": 0})
     assert "'memory_limit_gb' must be > 0" in str(err.value)
     assert build_config({"memory_limit_gb": 8}, {}).memory_limit_gb == 8.0
+
+
+def test_health_thresholds_are_checked_with_the_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("health:\n  length_bias_share: 0.8\n  patience: 8\n")
+    config = build_config(read_yaml(path), {})
+    assert config.health == {"length_bias_share": 0.8, "patience": 8}
+    with pytest.raises(UserError) as err:
+        build_config({"health": {"no_such_threshold": 1}}, {})
+    assert "health.no_such_threshold: unknown threshold" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML files
+
+
+def test_yaml_problems_name_the_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\n\nlerning_rate: 0.1\nbeta: high\n")
+    with pytest.raises(UserError) as err:
+        read_yaml(path)
+    assert str(err.value).startswith(f"{path}: invalid configuration")
+    assert err.value.problems == [
+        f"{path}:3: unknown key 'lerning_rate' (did you mean 'learning_rate'?)",
+        f"{path}:4: 'beta' must be a number, got 'high'",
+    ]
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (None, "config file not found"),
+        (b"beta: 0.1\n\xff\n", "not valid UTF-8 (invalid start byte at byte 10)"),
+        (b"beta: 0.1\nmodel: a: b\n", ":2: not valid YAML"),
+        (b"- beta\n- model\n", "a config must be a mapping of keys to values"),
+    ],
+)
+def test_unreadable_yaml_is_a_user_error(tmp_path, content, expected):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        read_yaml(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_yaml_reads_exponents_as_numbers_and_empty_as_nothing(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-5\nmodel: 1e-5\n")  # YAML 1.1 reads 1e-5 as a string
+    assert read_yaml(path) == {"learning_rate": 1e-5, "model": "1e-5"}
+    path.write_text("")
+    assert read_yaml(path) == {}
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    config = build_config(
+        {"model": "m", "data": "d", "lora_keys": ["self_attn.q_proj"], "fields": {"prompt": "q"}},
+        {"batch_size": "auto", "beta": 0.25},
+    )
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config_file(tmp_path / "config.yaml") == config
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["beta"] == 0.25
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.dictionaries(
+        st.sampled_from(
+            [
+                "beta",
+                "lora_rank",
+                "label_smoothing",
+                "iters",
+                "loss",
+                "lora_keys",
+                "fields",
+                "health",
+                "bogus",
+            ]
+        ),
+        json_values,
+        max_size=3,
+    )
+)
+def test_config_loader_never_crashes(tmp_path, values):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    try:
+        build_config(read_yaml(path), {})
+    except UserError as err:
+        assert str(err)

@@ -110,3 +110,67 @@ def test_killing_the_dashboard_leaves_training_running(llama_chatml, preference_
         assert (run_dir / "adapters.safetensors").exists()
     finally:
         tmux("kill-session", "-t", session)
+
+
+LAUNCHER = Path(__file__).parent / "tui" / "launch_dashboard.py"
+
+
+def start_fake_in_tmux(session: str, run_dir: Path, *trainer_args: str) -> None:
+    """tests/tui/launch_dashboard.py: the dashboard over fake_trainer.py, as `mlx-dpo train`
+    runs it; the pane stays open after it exits so its last lines can be read."""
+    command = [sys.executable, str(LAUNCHER), str(run_dir), *trainer_args]
+    shell = f"env -u CI TERM=xterm-256color {shlex.join(command)}; echo EXIT=$?; sleep 60"
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", shell)
+
+
+def pane(session: str) -> str:
+    return tmux("capture-pane", "-t", session, "-p", "-J")
+
+
+def test_ctrl_c_stops_and_saves_then_resume_shows_the_new_session(tmp_path):
+    """Ctrl-C stops the run and saves (as without the dashboard), the close message names the
+    run, its state and the view/resume commands; --resume then shows the live session, not
+    the previous one's "stopped" summary."""
+    run_dir = tmp_path / "run"
+    session = f"mlx-dpo-e2e-life-{tmp_path.name}"
+    start_fake_in_tmux(session, run_dir, "--steps", "100000", "--step-time", "0.05")
+    try:
+        wait_until(lambda: "Pause" in pane(session), "the dashboard", timeout=60)
+        wait_until(lambda: len(events_of(run_dir, "step")) >= 5, "five steps", timeout=60)
+        tmux("send-keys", "-t", session, "C-c")
+        wait_until(lambda: "EXIT=" in pane(session), "the dashboard to close", timeout=60)
+        end = events_of(run_dir, "run_end")[-1]
+        assert end["status"] == "stopped"  # Ctrl-C stopped the run, with a save
+        stopped_at = end["step"]
+        text = pane(session)
+        assert f"Run {run_dir}: stopped at step {stopped_at}/100000" in text
+        assert f"mlx-dpo view {run_dir}" in text
+        assert f"mlx-dpo train --resume --adapter-path {run_dir}" in text
+        assert "EXIT=0" in text
+    finally:
+        tmux("kill-session", "-t", session)
+
+    session = f"mlx-dpo-e2e-resume-{tmp_path.name}"
+    start_fake_in_tmux(session, run_dir, "--steps", "100000", "--step-time", "0.05", "--resume")
+    try:
+        seen: list[str] = []
+
+        def resumed_and_training() -> bool:
+            seen.append(pane(session))
+            steps = [e["step"] for e in events_of(run_dir, "step")]
+            return bool(steps) and steps[-1] > stopped_at + 3 and "TRAINING" in seen[-1]
+
+        wait_until(resumed_and_training, "the resumed session to train", timeout=60)
+        assert not any("Training stopped" in screen or "Run summary" in screen for screen in seen)
+        tmux("send-keys", "-t", session, "q")
+        wait_until(lambda: "Leave it running" in pane(session), "the quit dialog")
+        tmux("send-keys", "-t", session, "l")
+        wait_until(lambda: "EXIT=" in pane(session), "the dashboard to close", timeout=60)
+        text = pane(session)
+        assert f"Run {run_dir}: training in the background" in text
+        assert f"mlx-dpo view {run_dir}" in text
+        pid = read_status(run_dir)["pid"]
+        assert Path(f"/proc/{pid}").exists()  # left running
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        tmux("kill-session", "-t", session)

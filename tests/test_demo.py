@@ -1,4 +1,5 @@
-"""The built-in default: `mlx-dpo train` with no arguments."""
+"""The built-in default: `mlx-dpo train` with no arguments (mlx_dpo/demo.py). Its
+configuration and the order of its steps around the run are checked in test_cli_train.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from mlx_dpo import demo
 from mlx_dpo.audit import audit, length_bias_figures
+from mlx_dpo.config import build_config
 from mlx_dpo.health import HealthMonitor
 
 
@@ -22,20 +24,20 @@ def test_demo_data_passes_the_audit():
     assert HealthMonitor().length_bias(**length_bias_figures(result["train"])) == []
 
 
-def test_the_default_configuration_is_the_documented_one():
-    from mlx_dpo.cli import _train_config, build_parser
-
-    config, is_demo = _train_config(build_parser().parse_args(["train"]))
-    assert is_demo
-    for key, value in demo.DEMO_SETTINGS.items():
-        assert getattr(config, key) == value, key
-    assert config.data == str(demo.demo_data_dir())
-
-
 def test_the_shipped_model_matches_the_demo_data():
     # A changed data file or warm-up setting makes the shipped model stale: it would then be
     # rebuilt on first use (slowly). Rebuild and ship it again: see mlx_dpo/demo.py.
     assert demo.demo_model_path() == demo.SHIPPED_MODEL
+
+
+def test_prepare_demo_points_the_config_at_the_demo_model():
+    config = build_config({**demo.demo_config_values(), "adapter_path": "adapters/run-x"}, {})
+    lines = []
+    prepared = demo.prepare_demo(config, say=lines.append)
+    assert prepared.model == str(demo.SHIPPED_MODEL)
+    assert {**prepared.to_dict(), "model": None} == {**config.to_dict(), "model": None}
+    assert lines[0].startswith("mlx-dpo demo: teaching a tiny model (demo_model)")
+    assert "run directory: adapters/run-x" in lines[1]
 
 
 @pytest.mark.slow

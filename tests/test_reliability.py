@@ -24,6 +24,7 @@ from mlx_dpo.data import read_records
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events, read_status
 from mlx_dpo.trainer.run import RunOptions, train
+from tests.shared import json_values
 
 
 def train_command(model, data, run_dir, *extra) -> list[str]:
@@ -128,15 +129,6 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(
     assert [e["step"] for e in read_events(run_dir) if e["event"] == "step"] == list(range(1, 9))
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=8,
-)
-
-
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -167,40 +159,6 @@ def test_data_loader_never_crashes_on_odd_shapes(tmp_path, record):
         read_records(path)
     except UserError as err:
         assert f"{path}:1" in str(err)
-
-
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    values=st.dictionaries(
-        st.sampled_from(
-            [
-                "beta",
-                "lora_rank",
-                "label_smoothing",
-                "iters",
-                "loss",
-                "lora_keys",
-                "fields",
-                "bogus",
-            ]
-        ),
-        json_values,
-        max_size=3,
-    )
-)
-def test_config_loader_never_crashes(tmp_path, values):
-    import yaml
-
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(values))
-    from mlx_dpo.config import read_yaml
-
-    try:
-        build_config(read_yaml(path), {})
-    except UserError as err:
-        assert str(err)
 
 
 # kill -9 at exact points of the real code path (tests/faults.py), and at random moments.

@@ -1,13 +1,15 @@
 """The dashboard app and its entry point, `run_dashboard`.
 
-The app follows a run directory: a worker thread polls metrics.jsonl, status.json and the
-trainer process, and posts what it found; the app applies it to a `RunModel` and redraws.
-Commands go to the trainer through control.jsonl (`mlx_dpo.events.send_command`). No MLX here.
+The app keeps what is app-wide: the worker that follows the run directory, the trainer
+process, the run model the screens draw, which of the run's keys are available, the screens,
+and the export's child process. A worker thread polls metrics.jsonl, status.json and the
+trainer process and reports by message; the app applies what it found to its `RunModel` and
+posts `RunChanged` to the screens, which redraw their own widgets. Commands go to the trainer
+through control.jsonl (`mlx_dpo.events.send_command`). No MLX here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import subprocess
@@ -19,31 +21,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import work
+from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.worker import get_current_worker
 
 from ..events import ADAPTER_FILE, LOG_FILE, send_command
-from .formatting import format_number, format_percent, format_rate
-from .messages import ExportFinished, ExportProgress, ExportRequest, RunUpdated
+from .commands import closing_message
+from .messages import ExportFinished, ExportProgress, ExportRequest, RunChanged, RunUpdated
 from .run_model import LogEntry, RunModel
 from .run_watcher import RunUpdate, RunWatcher, tail_lines
 from .screens import ConfirmStopScreen, DashboardScreen, ExportScreen, QuitScreen, SummaryScreen
-from .widgets import EventLog, HealthBanner, MetricChart, MetricTile, RunHeader
-from .widgets.metric_chart import ChartData, ChartLine
-
-# Smoothing choices cycled with "m": 0 is raw, the others are EMA weights.
-SMOOTHING_WEIGHTS = (0.0, 0.6, 0.9, 0.99)
-
-# Colours of the chart lines.
-CHOSEN_COLOR = "green"
-REJECTED_COLOR = "red"
-TRAIN_COLOR = "dodger_blue1"
-EVAL_COLOR = "orange1"
-MARGIN_COLOR = "medium_purple1"
 
 ExportCommand = Callable[[Path, Path, bool], list[str]]
+
+# The run's keys: the app decides from the run's state which of them are available.
+RUN_ACTIONS = ("pause", "resume", "checkpoint", "stop", "export", "summary")
+
+# What a command waits for: the event kind (and states) with which the trainer answers it.
+COMMAND_ANSWERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "pause": ("state", ("paused",)),
+    "resume": ("state", ("resumed", "training")),
+    "checkpoint": ("checkpoint", None),
+    "stop": ("state", ("stopping",)),
+}
+
+PENDING_NOTES = {
+    "pause": "pause requested: the trainer pauses after the current step…",
+    "resume": "resume requested…",
+    "checkpoint": "checkpoint requested: saved after the current step…",
+    "stop": "stop requested: the trainer saves and stops after the current step…",
+}
 
 
 def build_export_command(run_dir: Path, save_path: Path, dequantize: bool) -> list[str]:
@@ -63,10 +71,6 @@ def build_export_command(run_dir: Path, save_path: Path, dequantize: bool) -> li
     return command
 
 
-def smoothing_label(weight: float) -> str:
-    return "raw" if weight <= 0 else f"EMA {weight:g}"
-
-
 class DashboardApp(App[int]):
     """The live dashboard of one run directory.
 
@@ -79,9 +83,11 @@ class DashboardApp(App[int]):
     TITLE = "mlx-dpo"
     # Every action goes through the keys, whose availability follows the run.
     ENABLE_COMMAND_PALETTE = False
-    # Textual's own quit key goes through the same questions as "q".
+    # Textual's own quit key goes through the same questions as "q". Ctrl-C does what it
+    # does without the dashboard (README "The dashboard"): see action_interrupt.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        Binding("ctrl+c", "interrupt", "Stop and save", show=False, priority=True),
     ]
 
     def __init__(
@@ -100,36 +106,42 @@ class DashboardApp(App[int]):
         self.run_dir_label = str(run_dir)
         self.trainer = trainer
         self.poll_interval = poll_interval
-        self.redraw_interval = redraw_interval
         self.clock = clock
         self.export_command = export_command
         self.model = RunModel()
+        if trainer is not None:
+            # A run being resumed has an earlier session's run_end in its stream: until this
+            # trainer's run_start, that end is history, not this run's.
+            self.model.await_session(trainer.pid, clock())
         self.watcher = RunWatcher(self.run_dir, trainer)
-        self.smoothing_index = 0
-        self.log_tail: list[str] = []
         # A command sent and not yet answered by an event: "pause", "resume", "checkpoint", "stop".
         self.pending_command: str | None = None
         self.stopping_to_quit = False
         self.trainer_exited = False
         self.export_running = False
         self.export_note = ""
-        self._export_process: asyncio.subprocess.Process | None = None
+        self._export_process: subprocess.Popen | None = None
         self._adapters_exist = False
         self._summary_shown = False
         self._last_status: dict[str, Any] = {}
-        self._drawn_version = -1
         self._availability: tuple[bool, ...] = ()
         self._stop_polling = threading.Event()
-        self.dashboard = DashboardScreen()
+        self.dashboard = DashboardScreen(
+            self.model, self.run_dir_label, clock=clock, redraw_interval=redraw_interval
+        )
+
+    @property
+    def log_tail(self) -> list[str]:
+        return self.model.log_tail
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def on_mount(self) -> None:
+        # The first read happens before the screen is shown, so its first frame has the run.
+        entries = self.apply_update_to_model(self.watcher.poll())
         await self.push_screen(self.dashboard)
-        # The first read happens here, so the first frame already shows the run.
-        self.apply_update(self.watcher.poll())
-        self.redraw(force=True)
-        self.set_interval(self.redraw_interval, self.redraw)
+        self.announce(entries)
+        self._show_summary_once()
         self.poll_run_directory()
 
     def on_unmount(self) -> None:
@@ -157,49 +169,48 @@ class DashboardApp(App[int]):
         """False while shutting down: messages and timers still fire as the screens go."""
         return self.is_running and not self._stop_polling.is_set()
 
-    def on_run_updated(self, message: RunUpdated) -> None:
-        if self.can_draw:
-            self.apply_update(message.update)
-
-    def apply_update(self, update: RunUpdate) -> None:
-        """Take in one poll's findings and bring the screen up to date."""
-        self._last_status = update.status
-        log = self.dashboard.query_one(EventLog)
-        if update.reset:
-            self.model.clear()
-            log.clear_entries()
-            self._summary_shown = False
-        entries = self.model.apply_all(update.events)
-        self.model.merge_status(update.status)
-        self._settle_pending_command(update.events)
-        if update.trainer_gone is not None:
-            self.trainer_exited = True
-            self.log_tail = update.log_tail
-            entries += self.model.mark_trainer_gone(update.trainer_gone, update.log_tail)
-        elif self.model.state == "failed" and not self.log_tail:
-            self.log_tail = update.log_tail or tail_lines(self.run_dir / LOG_FILE)
-        log.add_entries(entries)
-        self._adapters_exist = (self.run_dir / ADAPTER_FILE).exists()
-        self.refresh_header()
-        self.dashboard.query_one(HealthBanner).show(self.model.health)
-        self._refresh_bindings_if_changed()
+    @on(RunUpdated)
+    def run_updated(self, message: RunUpdated) -> None:
+        if not self.can_draw:
+            return
+        reset = message.update.reset
+        entries = self.apply_update_to_model(message.update)
+        self.announce(entries, reset=reset)
         if self.stopping_to_quit and (self.model.is_final or self.trainer_exited):
             self.exit(self.exit_code)
             return
-        if self.model.is_final:
-            self._show_summary_once()
+        if not self.model.is_final:
+            self._close_summary()
+        self._show_summary_once()
+
+    def apply_update_to_model(self, update: RunUpdate) -> list[LogEntry]:
+        """Take in one poll's findings; returns the log lines they add."""
+        self._last_status = update.status
+        if update.reset:
+            self._summary_shown = False
+        entries = self.model.apply_update(update)
+        self._settle_pending_command(update.events)
+        if update.trainer_gone is not None:
+            self.trainer_exited = True
+        elif self.model.state == "failed" and not self.model.log_tail:
+            self.model.log_tail = tail_lines(self.run_dir / LOG_FILE)
+        self._adapters_exist = (self.run_dir / ADAPTER_FILE).exists()
+        return entries
+
+    def announce(self, entries: list[LogEntry] | None = None, reset: bool = False) -> None:
+        """Tell the screens that the run, or what the app waits for, changed."""
+        note, export_note = self.header_note(), self.export_note
+        self.dashboard.post_message(RunChanged(list(entries or []), reset, note, export_note))
+        for screen in self.screen_stack:
+            if isinstance(screen, SummaryScreen):
+                screen.post_message(RunChanged([], reset, note, export_note))
+        self._refresh_bindings_if_changed()
 
     def _settle_pending_command(self, events: list[dict[str, Any]]) -> None:
         """A command is answered when the trainer writes the matching event."""
         if self.pending_command is None:
             return
-        answers = {
-            "pause": ("state", ("paused",)),
-            "resume": ("state", ("resumed", "training")),
-            "checkpoint": ("checkpoint", None),
-            "stop": ("state", ("stopping",)),
-        }
-        kind, states = answers[self.pending_command]
+        kind, states = COMMAND_ANSWERS[self.pending_command]
         for event in events:
             if event.get("event") == kind and (states is None or event.get("state") in states):
                 self.pending_command = None
@@ -211,15 +222,8 @@ class DashboardApp(App[int]):
     def exit_code(self) -> int:
         return 1 if self.model.state == "failed" else 0
 
-    # -- drawing -----------------------------------------------------------------------
-
     def header_note(self) -> str:
-        notes = {
-            "pause": "pause requested: the trainer pauses after the current step…",
-            "resume": "resume requested…",
-            "checkpoint": "checkpoint requested: saved after the current step…",
-            "stop": "stop requested: the trainer saves and stops after the current step…",
-        }
+        """What the dashboard waits for, in words."""
         parts = []
         if self.stopping_to_quit and not self.model.is_final:
             parts.append(
@@ -227,132 +231,10 @@ class DashboardApp(App[int]):
                 "(q again leaves now)."
             )
         elif self.pending_command:
-            parts.append(notes[self.pending_command])
+            parts.append(PENDING_NOTES[self.pending_command])
         if self.export_note:
             parts.append(self.export_note)
         return "  ".join(parts)
-
-    def refresh_header(self) -> None:
-        self.dashboard.query_one(RunHeader).show(
-            self.model, self.clock(), self.run_dir_label, self.header_note()
-        )
-
-    def redraw(self, force: bool = False) -> None:
-        """Timer: header every tick (the clock moves); tiles and charts when data changed."""
-        if not self.can_draw:
-            return
-        self.refresh_header()
-        if force or self.model.version != self._drawn_version:
-            self._drawn_version = self.model.version
-            self.refresh_tiles()
-            self.refresh_charts()
-        for chart in self.dashboard.query(MetricChart):
-            chart.redraw()
-
-    def refresh_tiles(self) -> None:
-        train = self.model.train
-        latest_eval = self.model.latest_eval() or {}
-        screen = self.dashboard
-
-        def tile(tile_id: str) -> MetricTile:
-            return screen.query_one(f"#{tile_id}", MetricTile)
-
-        def eval_detail(name: str, formatter: Callable[[Any], str]) -> str:
-            value = latest_eval.get(name)
-            return f"eval {formatter(value)}" if value is not None else "eval –"
-
-        loss = train["loss"]
-        tile("tile-loss").show(
-            format_number(loss.latest), eval_detail("loss", format_number), loss.values
-        )
-        accuracy = train["rewards/accuracies"]
-        tile("tile-accuracy").show(
-            format_percent(accuracy.latest),
-            eval_detail("rewards/accuracies", format_percent),
-            accuracy.smoothed(0.6),
-        )
-        margin = train["rewards/margins"]
-        tile("tile-margin").show(
-            format_number(margin.latest),
-            eval_detail("rewards/margins", format_number),
-            margin.values,
-        )
-        kl = train["kl"]
-        tile("tile-kl").show(
-            format_number(kl.latest),
-            f"grad norm {format_number(train['grad_norm'].latest)}",
-            kl.values,
-        )
-        lr = train["learning_rate"]
-        tile("tile-lr").show(
-            format_number(lr.latest), f"β {format_number(self.model.info.get('beta'))}", lr.values
-        )
-        pairs = train["pairs_per_second"]
-        tile("tile-throughput").show(
-            format_rate(pairs.latest, ""),
-            format_rate(train["tokens_per_second"].latest, "tok/s"),
-            pairs.values,
-        )
-        memory = train["peak_memory_gb"]
-        peak = max(memory.values) if memory.values else None
-        tile("tile-memory").show(
-            f"{format_number(memory.latest, 2)} GB" if memory.latest is not None else "–",
-            f"max {format_number(peak, 2)} GB" if peak is not None else "",
-            memory.values,
-        )
-
-    def refresh_charts(self) -> None:
-        model = self.model
-        weight = SMOOTHING_WEIGHTS[self.smoothing_index]
-        subtitle = smoothing_label(weight)
-        checkpoints = [step for step, _ in model.checkpoints]
-
-        def train_line(name: str, label: str, color: str) -> ChartLine:
-            series = model.train[name]
-            return ChartLine(label, series.steps, series.smoothed(weight), color)
-
-        def eval_line(name: str) -> ChartLine:
-            series = model.eval_series(name)
-            return ChartLine("eval", series.steps, series.values, EVAL_COLOR, markers=True)
-
-        screen = self.dashboard
-        screen.query_one("#chart-rewards", MetricChart).show(
-            ChartData(
-                [
-                    train_line("rewards/chosen", "chosen", CHOSEN_COLOR),
-                    train_line("rewards/rejected", "rejected", REJECTED_COLOR),
-                ],
-                checkpoints,
-                subtitle,
-            )
-        )
-        screen.query_one("#chart-margin", MetricChart).show(
-            ChartData(
-                [train_line("rewards/margins", "margin", MARGIN_COLOR)], checkpoints, subtitle
-            )
-        )
-        screen.query_one("#chart-accuracy", MetricChart).show(
-            ChartData(
-                [
-                    train_line("rewards/accuracies", "train", TRAIN_COLOR),
-                    eval_line("rewards/accuracies"),
-                ],
-                checkpoints,
-                subtitle,
-            )
-        )
-        screen.query_one("#chart-loss", MetricChart).show(
-            ChartData(
-                [train_line("loss", "train", TRAIN_COLOR), eval_line("loss")], checkpoints, subtitle
-            )
-        )
-
-    def cycle_smoothing(self) -> None:
-        self.smoothing_index = (self.smoothing_index + 1) % len(SMOOTHING_WEIGHTS)
-        self.refresh_charts()
-        # Each chart's subtitle names the smoothing; no toast needed.
-        for chart in self.dashboard.query(MetricChart):
-            chart.redraw()
 
     # -- what the keys may do ----------------------------------------------------------
 
@@ -389,9 +271,17 @@ class DashboardApp(App[int]):
             return self.model.is_final
         return True
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in RUN_ACTIONS:
+            return True
+        if action == "summary":
+            # Only a finished run has one; hidden rather than greyed to keep the footer short.
+            return self.action_available(action)
+        # None greys the key out in the footer (False would hide it).
+        return True if self.action_available(action) else None
+
     def _refresh_bindings_if_changed(self) -> None:
-        actions = ("pause", "resume", "checkpoint", "stop", "export", "summary")
-        availability = tuple(self.action_available(action) for action in actions)
+        availability = tuple(self.action_available(action) for action in RUN_ACTIONS)
         if availability != self._availability:
             self._availability = availability
             self.screen.refresh_bindings()
@@ -404,25 +294,21 @@ class DashboardApp(App[int]):
             self.notify(f"Could not send {command}: {error}", severity="error")
             return
         self.pending_command = command
-        self.dashboard.query_one(EventLog).add_entries(
-            [LogEntry("info", f"Sent {command} to the trainer", self.model.step)]
-        )
-        self.refresh_header()
-        self._refresh_bindings_if_changed()
+        self.announce([LogEntry("info", f"Sent {command} to the trainer", self.model.step)])
 
-    def pause_run(self) -> None:
+    def action_pause(self) -> None:
         if self.action_available("pause"):
             self._send("pause")
 
-    def resume_run(self) -> None:
+    def action_resume(self) -> None:
         if self.action_available("resume"):
             self._send("resume")
 
-    def checkpoint_run(self) -> None:
+    def action_checkpoint(self) -> None:
         if self.action_available("checkpoint"):
             self._send("checkpoint")
 
-    def ask_stop_run(self) -> None:
+    def action_stop(self) -> None:
         if not self.action_available("stop"):
             return
 
@@ -432,20 +318,21 @@ class DashboardApp(App[int]):
 
         self.push_screen(ConfirmStopScreen(), confirmed)
 
-    def show_summary(self) -> None:
+    def action_summary(self) -> None:
         if self.model.is_final and not isinstance(self.screen, SummaryScreen):
             self._summary_shown = True
-            self.push_screen(SummaryScreen())
+            self.push_screen(SummaryScreen(self.model, self.run_dir_label, self.export_note))
+
+    def _close_summary(self) -> None:
+        """A new run_start (a resumed or restarted run): the previous end's summary goes."""
+        self._summary_shown = False
+        while isinstance(self.screen, SummaryScreen):
+            self.pop_screen()
 
     def _show_summary_once(self) -> None:
         # Not over a dialog the user is busy with; the next update tries again.
-        if not self._summary_shown and self.screen is self.dashboard:
-            self.show_summary()
-
-    def _refresh_summary(self) -> None:
-        for screen in self.screen_stack:
-            if isinstance(screen, SummaryScreen):
-                screen.refresh_summary()
+        if self.model.is_final and not self._summary_shown and self.screen is self.dashboard:
+            self.action_summary()
 
     # -- quitting ----------------------------------------------------------------------
 
@@ -465,14 +352,48 @@ class DashboardApp(App[int]):
                 self.stopping_to_quit = True
                 if self.pending_command != "stop" and self.model.state != "stopping":
                     self._send("stop")
-                self.refresh_header()
-                self._refresh_bindings_if_changed()
+                self.announce()
 
-        self.push_screen(QuitScreen(self.run_dir_label, self.export_running), chosen)
+        self.push_screen(
+            QuitScreen(self.run_dir_label, self.model.state, self.export_running), chosen
+        )
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C. With the trainer this dashboard started (`mlx-dpo train`): stop the run and
+        save, as Ctrl-C does without the dashboard, and close once it has saved; a second
+        Ctrl-C closes at once (the trainer still saves). Otherwise (`mlx-dpo view`, or a run
+        that is over): close, and leave any run going."""
+        if self.trainer is None or not self.run_is_live or self.stopping_to_quit:
+            self.exit(self.exit_code)
+            return
+        self.stopping_to_quit = True
+        if self.pending_command != "stop" and self.model.state != "stopping":
+            self._send("stop")
+        self.notify(
+            "Stopping: the trainer saves after the current step, then the dashboard closes "
+            "(Ctrl-C again closes now).",
+            title="Ctrl-C",
+        )
+        self.announce()
+
+    def action_screenshot(self) -> None:
+        """Save the screen as SVG into the run directory (never over an earlier one)."""
+        stem = f"screenshot-step{self.model.step:06d}"
+        name, index = f"{stem}.svg", 1
+        while (self.run_dir / name).exists():
+            index += 1
+            name = f"{stem}-{index}.svg"
+        try:
+            path = self.save_screenshot(name, str(self.run_dir))
+        except OSError as error:
+            self.notify(f"Could not save the screenshot: {error}", severity="error")
+            return
+        self.notify(f"Saved {path}", title="Screenshot")
+        self.announce([LogEntry("info", f"Screenshot saved: {path}", self.model.step)])
 
     # -- export ------------------------------------------------------------------------
 
-    def ask_export(self) -> None:
+    def action_export(self) -> None:
         if not self.action_available("export"):
             return
         default = self.run_dir.parent / f"{self.run_dir.name}-fused"
@@ -481,29 +402,27 @@ class DashboardApp(App[int]):
             if request is not None and self.action_available("export"):
                 self.start_export(request)
 
-        self.push_screen(ExportScreen(str(default)), chosen)
+        self.push_screen(
+            ExportScreen(str(default), self.model.adapter_step, self.model.quantized_base), chosen
+        )
 
     def start_export(self, request: ExportRequest) -> None:
         self.export_running = True
         self.export_note = f"exporting to {request.save_path}…"
-        self.dashboard.query_one(EventLog).add_entries(
-            [LogEntry("info", f"Export started: {request.save_path}", self.model.step)]
-        )
-        self.refresh_header()
-        self._refresh_summary()
-        self._refresh_bindings_if_changed()
+        self.announce([LogEntry("info", f"Export started: {request.save_path}", self.model.step)])
         self.run_export(request)
 
-    @work(exclusive=True, group="export", exit_on_error=False)
-    async def run_export(self, request: ExportRequest) -> None:
+    @work(thread=True, exclusive=True, group="export", exit_on_error=False)
+    def run_export(self, request: ExportRequest) -> None:
+        """Runs the export's process in a thread; reports its lines and its end by message."""
         command = self.export_command(self.run_dir, Path(request.save_path), request.dequantize)
         tail: deque[str] = deque(maxlen=20)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
         except OSError as error:
             self.post_message(ExportFinished(request.save_path, -1, [str(error)]))
@@ -511,10 +430,7 @@ class DashboardApp(App[int]):
         self._export_process = process
         assert process.stdout is not None
         buffer = ""
-        while True:
-            chunk = await process.stdout.read(4096)
-            if not chunk:
-                break
+        while chunk := process.stdout.read1(4096):
             buffer += chunk.decode("utf-8", errors="replace")
             # Progress bars redraw with carriage returns: each counts as a line.
             *lines, buffer = re.split(r"[\r\n]", buffer)
@@ -525,40 +441,36 @@ class DashboardApp(App[int]):
         if buffer.strip():
             tail.append(buffer.rstrip())
             self.post_message(ExportProgress(buffer.rstrip()))
-        returncode = await process.wait()
+        returncode = process.wait()
         self._export_process = None
         self.post_message(ExportFinished(request.save_path, returncode, list(tail)))
 
-    def on_export_progress(self, message: ExportProgress) -> None:
+    @on(ExportProgress)
+    def export_progress(self, message: ExportProgress) -> None:
         if not self.can_draw:
             return
         self.export_note = f"export: {message.line[-120:]}"
-        self.dashboard.query_one(EventLog).add_entries(
-            [LogEntry("info", f"export: {message.line}", None)]
-        )
-        self.refresh_header()
+        self.announce([LogEntry("info", f"export: {message.line}", None)])
 
-    def on_export_finished(self, message: ExportFinished) -> None:
+    @on(ExportFinished)
+    def export_finished(self, message: ExportFinished) -> None:
         self.export_running = False
         if not self.can_draw:
             return
-        log = self.dashboard.query_one(EventLog)
         if message.returncode == 0:
             self.export_note = f"Exported the fused model to {message.save_path}"
-            log.add_entries([LogEntry("success", self.export_note, None)])
+            entry = LogEntry("success", self.export_note, None)
             self.notify(self.export_note, title="Export done")
         else:
             last = message.output_tail[-1] if message.output_tail else "no output"
             self.export_note = f"Export failed (exit code {message.returncode}): {last}"
-            log.add_entries([LogEntry("error", self.export_note, None)])
+            entry = LogEntry("error", self.export_note, None)
             self.notify(self.export_note, title="Export failed", severity="error")
-        self.refresh_header()
-        self._refresh_summary()
-        self._refresh_bindings_if_changed()
+        self.announce([entry])
 
     def _kill_export(self) -> None:
         process = self._export_process
-        if process is not None and process.returncode is None:
+        if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
 
@@ -575,6 +487,8 @@ def run_dashboard(run_dir: str | Path, trainer: subprocess.Popen | None = None) 
         # The app waited for the trainer to exit; reap it (it is gone or about to be).
         with contextlib.suppress(subprocess.TimeoutExpired):
             trainer.wait(timeout=1)
+    still_running = app.run_is_live and (trainer is None or trainer.poll() is None)
+    print("\n".join(closing_message(app.model, app.run_dir_label, still_running)), flush=True)
     if isinstance(result, int):
         return result
     return 1 if app.return_code else app.exit_code

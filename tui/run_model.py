@@ -11,7 +11,8 @@ from typing import Any
 
 from ..events import FINAL_STATES, METRIC_NAMES, RUN_END_STATES
 from ..formatting import finite_number, format_duration
-from .formatting import format_number, format_percent
+from .formatting import format_fixed, format_number, format_percent
+from .run_watcher import RunUpdate
 from .series import MetricSeries
 
 # Per-step numbers kept as series: the TRL metrics and the run's vital signs.
@@ -22,6 +23,8 @@ TRAIN_SERIES = (
     "tokens_per_second",
     "pairs_per_second",
     "peak_memory_gb",
+    # Not in the step event: the trainer's elapsed between two steps (see _on_step).
+    "seconds_per_step",
 )
 
 # States in which time passes for the run (elapsed ticks, ETA counts down).
@@ -37,6 +40,31 @@ STATE_EVENT_STATES = {
 }
 
 
+@dataclass
+class PhaseProgress:
+    """How far a long phase before the first step is (`progress` and `reference` events)."""
+
+    phase: str
+    label: str
+    done: float
+    total: float
+    unit: str
+    first_time: float | None
+    first_done: float
+    time: float | None
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left at the rate since the phase began; None before there is a rate."""
+        if self.first_time is None or self.time is None or self.done >= self.total:
+            return None
+        rate_done = self.done - self.first_done
+        seconds = self.time - self.first_time
+        if rate_done <= 0 or seconds <= 0:
+            return None
+        left = (self.total - self.done) * seconds / rate_done
+        return max(0.0, left - max(0.0, now - self.time))
+
+
 @dataclass(frozen=True)
 class LogEntry:
     """One line of the log pane."""
@@ -47,10 +75,24 @@ class LogEntry:
 
 
 class RunModel:
-    """The state of one run directory as seen through its events."""
+    """The state of one run directory as seen through its events.
+
+    A dashboard that launched the trainer calls `await_session(pid, since)`: until that
+    trainer's run_start arrives, a run_end in the stream is an earlier session's (the run is
+    being resumed), so the run reads as starting, not as over."""
 
     def __init__(self) -> None:
+        self.awaiting_pid: int | None = None
+        self.awaiting_since: float | None = None
         self.clear()
+
+    def await_session(self, pid: int | None, since: float) -> None:
+        self.awaiting_pid = pid
+        self.awaiting_since = since
+
+    @property
+    def awaiting(self) -> bool:
+        return self.awaiting_pid is not None or self.awaiting_since is not None
 
     def clear(self) -> None:
         """Forget everything (the stream was rewritten from the start)."""
@@ -71,6 +113,25 @@ class RunModel:
         self.last_event_time: float | None = None
         self.status: dict[str, Any] = {}
         self.died: str | None = None
+        # The last lines of train.log, once the trainer is found gone or the run failed.
+        self.log_tail: list[str] = []
+        # Wall time: one [start, end] per trainer session (end None while it goes on); time
+        # spent paused is counted apart.
+        self.sessions: list[list[float | None]] = []
+        self.paused_seconds = 0.0
+        self.paused_since: float | None = None
+        # Long phases before the first step; `phase` is the one going on.
+        self.phases: dict[str, PhaseProgress] = {}
+        self.phase: str | None = None
+        # `health` events with severity "off": checks that do not run here, and why.
+        self.checks_off: list[dict[str, Any]] = []
+        # `samples` events: per prompt {prompt, reference}, and the events by step.
+        self.sample_prompts: list[dict[str, Any]] = []
+        self.samples: dict[int, dict[str, Any]] = {}
+        # An earlier session's run_end, read while awaiting this dashboard's trainer.
+        self.previous_end: dict[str, Any] | None = None
+        self._previous_event_time: float | None = None
+        self._last_step_clock: tuple[int, float] | None = None
         self.events_seen = 0
         # Bumped whenever chart data changes, so redraws can be skipped when nothing did.
         self.version = 0
@@ -118,6 +179,37 @@ class RunModel:
         return None
 
     @property
+    def findings(self) -> list[dict[str, Any]]:
+        """Health findings: warnings and errors (checks that are off are not findings)."""
+        return self.health
+
+    @property
+    def adapter_step(self) -> int | None:
+        """The step whose adapters adapters.safetensors holds: the end of a run that ended
+        with a save, else the last checkpoint (the trainer saves both together)."""
+        if self.run_end is not None and self.state in ("finished", "stopped"):
+            return int(self.run_end.get("step") or self.step)
+        if self.checkpoints:
+            return self.checkpoints[-1][0]
+        return None
+
+    @property
+    def quantized_base(self) -> bool | None:
+        """Whether the base weights are quantized; None when the stream does not say."""
+        value = self.info.get("quantized_base")
+        if isinstance(value, bool):
+            return value
+        config = self.info.get("config")
+        if isinstance(config, dict) and config.get("quantize"):
+            return True
+        return None
+
+    @property
+    def resumed_from(self) -> int | None:
+        value = self.info.get("resumed_from")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def eval_split(self) -> str | None:
         """The split the charts show: the validation split when there is one."""
         if not self.evals:
@@ -138,21 +230,45 @@ class RunModel:
         return self.last_eval.get(split) if split else None
 
     def elapsed(self, now: float) -> float | None:
-        """Seconds the run has been going. Taken from the trainer's numbers, and moved on by
-        the clock only while the run is running, so a finished run always reads the same."""
-        if self.run_end is not None and finite_number(self.run_end.get("elapsed")) is not None:
-            return finite_number(self.run_end.get("elapsed"))
-        ticking = self.state in RUNNING_STATES
-        if self.last_step is not None and finite_number(self.last_step.get("elapsed")) is not None:
-            base = finite_number(self.last_step.get("elapsed")) or 0.0
-            since = finite_number(self.last_step.get("time"))
-            if ticking and since is not None:
-                return base + max(0.0, now - since)
-            return base
-        if self.start_time is None:
+        """Wall time of the run: each trainer session from its run_start to its last event,
+        the one going on up to `now`, paused time included (`paused` says how much of it).
+        A finished run always reads the same."""
+        if not self.sessions:
+            return self._elapsed_before_run_start(now)
+        total = 0.0
+        for start, end in self.sessions:
+            if start is None:
+                continue
+            if end is None:
+                end = (self.last_event_time or start) if self.is_final else now
+            total += max(0.0, end - start)
+        return total
+
+    def paused(self, now: float) -> float:
+        """Seconds spent paused, the pause going on included."""
+        if self.paused_since is not None and self.state == "paused":
+            return self.paused_seconds + max(0.0, now - self.paused_since)
+        return self.paused_seconds
+
+    def _elapsed_before_run_start(self, now: float) -> float | None:
+        """Only status.json or steps without a run_start: the trainer's own count."""
+        if self.last_step is None or finite_number(self.last_step.get("elapsed")) is None:
             return None
-        end = now if ticking else (self.last_event_time or self.start_time)
-        return max(0.0, end - self.start_time)
+        base = finite_number(self.last_step.get("elapsed")) or 0.0
+        since = finite_number(self.last_step.get("time"))
+        if self.state in RUNNING_STATES and since is not None:
+            return base + max(0.0, now - since)
+        return base
+
+    def phase_progress(self) -> PhaseProgress | None:
+        """The long phase going on before the first step, if any."""
+        if self.phase is None or self.state not in ("starting", "computing_reference"):
+            return None
+        return self.phases.get(self.phase)
+
+    def sample_steps(self) -> list[int]:
+        """Steps that have the policy's answers, in order."""
+        return sorted(step for step, event in self.samples.items() if _has_policy(event))
 
     def eta(self, now: float) -> float | None:
         """Seconds left, or None when unknown or over."""
@@ -171,6 +287,18 @@ class RunModel:
 
     # -- updating ----------------------------------------------------------------------
 
+    def apply_update(self, update: RunUpdate) -> list[LogEntry]:
+        """Take in one poll of the run directory; returns the lines it adds to the log (after
+        a reset, the whole log)."""
+        if update.reset:
+            self.clear()
+        entries = self.apply_all(update.events)
+        self.merge_status(update.status)
+        if update.trainer_gone is not None:
+            self.log_tail = update.log_tail
+            entries += self.mark_trainer_gone(update.trainer_gone, update.log_tail)
+        return entries
+
     def apply_all(self, events: list[dict[str, Any]]) -> list[LogEntry]:
         entries: list[LogEntry] = []
         for event in events:
@@ -186,6 +314,7 @@ class RunModel:
             step = 0
         self.events_seen += 1
         time = finite_number(event.get("time"))
+        self._previous_event_time = self.last_event_time
         if time is not None:
             self.last_event_time = time
         handler = getattr(self, f"_on_{kind}", None)
@@ -214,6 +343,8 @@ class RunModel:
             return
         self.status = status
         state = status.get("state")
+        if self.awaiting and state in FINAL_STATES:
+            return  # the earlier session's status, until this trainer writes its own
         if self.events_seen == 0:
             if isinstance(state, str):
                 self.state = state
@@ -247,30 +378,51 @@ class RunModel:
     # -- one handler per event ---------------------------------------------------------
 
     def _on_run_start(self, event: dict[str, Any], step: int) -> list[LogEntry]:
+        if self.awaiting and self._is_awaited(event):
+            self.awaiting_pid = None
+            self.awaiting_since = None
         resumed_from = event.get("resumed_from")
+        resumed = isinstance(resumed_from, int) and not isinstance(resumed_from, bool)
+        time = finite_number(event.get("time"))
         entries: list[LogEntry] = []
-        if isinstance(resumed_from, int) and not isinstance(resumed_from, bool):
+        if resumed:
             self.truncate_after(resumed_from)
             self.step = resumed_from
-            entries.append(LogEntry("info", f"Resumed from step {resumed_from}", resumed_from))
+            self._close_session(self._previous_event_time)
         elif self.info or any(len(s) for s in self.train.values()):
             # A new run in the same directory, not a resume: start the charts over.
             status = self.status
+            awaiting = (self.awaiting_pid, self.awaiting_since)
             self.clear()
+            self.awaiting_pid, self.awaiting_since = awaiting
             self.status = status
             self.events_seen = 1
+            self.last_event_time = time
+        self._end_pause(time)
         self.info = dict(event)
         self.state = "starting"
         self.run_end = None
         self.died = None
-        self.start_time = finite_number(event.get("time"))
+        self.log_tail = []
+        self.phase = None
+        self.phases = {}
+        self._last_step_clock = None
+        self.start_time = time
+        self.sessions.append([time, None])
         if isinstance(event.get("total_steps"), int):
             self.total_steps = event["total_steps"]
         model = event.get("model") or "?"
         pairs = event.get("train_pairs")
         detail = f"{pairs} training pairs, " if pairs is not None else ""
         total = event.get("total_steps")
-        entries.insert(0, LogEntry("info", f"Run started: {model}, {detail}{total} steps", step))
+        if resumed:
+            entries.append(
+                LogEntry(
+                    "info", f"Run resumed from step {resumed_from}: {model}, {total} steps", step
+                )
+            )
+        else:
+            entries.append(LogEntry("info", f"Run started: {model}, {detail}{total} steps", step))
         truncated = event.get("truncated") or {}
         if isinstance(truncated, dict):
             for split, counts in truncated.items():
@@ -288,28 +440,100 @@ class RunModel:
         self.version += 1
         return entries
 
+    def _is_awaited(self, event: dict[str, Any]) -> bool:
+        """This dashboard's trainer wrote this run_start: its pid, or written since launch."""
+        pid = event.get("pid")
+        if self.awaiting_pid is not None and pid == self.awaiting_pid:
+            return True
+        time = finite_number(event.get("time"))
+        return self.awaiting_since is not None and time is not None and time >= self.awaiting_since
+
+    def _close_session(self, at: float | None) -> None:
+        if self.sessions and self.sessions[-1][1] is None:
+            start = self.sessions[-1][0]
+            self.sessions[-1][1] = at if at is not None else start
+
+    def _end_pause(self, at: float | None) -> None:
+        if self.paused_since is not None:
+            if at is not None:
+                self.paused_seconds += max(0.0, at - self.paused_since)
+            self.paused_since = None
+
+    def _track_phase(
+        self, phase: str, label: str, done: Any, total: Any, unit: str, time: float | None
+    ) -> PhaseProgress | None:
+        done, total = finite_number(done), finite_number(total)
+        if done is None or total is None or total <= 0:
+            return None
+        current = self.phases.get(phase)
+        if current is None or current.label != label or done < current.done:
+            current = PhaseProgress(phase, label, done, total, unit, time, done, time)
+            self.phases[phase] = current
+        current.done, current.total, current.time = done, total, time
+        self.phase = phase
+        return current
+
+    def _on_progress(self, event: dict[str, Any], step: int) -> list[LogEntry]:
+        phase = str(event.get("phase") or "loading")
+        unit = str(event.get("unit") or "")
+        time = finite_number(event.get("time"))
+        progress = self._track_phase(
+            phase, phase, event.get("done"), event.get("total"), unit, time
+        )
+        if progress is not None and phase == "reference" and self.state == "starting":
+            self.state = "computing_reference"
+        if progress is not None and progress.done >= progress.total:
+            total = format_number(progress.total, 0).rstrip("0").rstrip(".")
+            return [LogEntry("info", f"{phase.capitalize()} done: {total} {unit}".rstrip())]
+        return []
+
     def _on_reference(self, event: dict[str, Any], step: int) -> list[LogEntry]:
         self.reference = dict(event)
         done, total = event.get("done"), event.get("total")
+        split = event.get("split") or "train"
+        self._track_phase(
+            "reference",
+            f"reference ({split})",
+            done,
+            total,
+            "pairs",
+            finite_number(event.get("time")),
+        )
         if self.state == "starting":
             self.state = "computing_reference"
         if isinstance(done, int) and isinstance(total, int) and done >= total:
             source = " (from the cache)" if event.get("cached") else ""
-            split = event.get("split") or "train"
             return [LogEntry("info", f"Reference log-probs ready: {split}, {total} pairs{source}")]
         return []
 
     def _on_step(self, event: dict[str, Any], step: int) -> list[LogEntry]:
+        self._track_seconds_per_step(event, step)
         for name, series in self.train.items():
-            series.append(step, event.get(name))
+            if name != "seconds_per_step":
+                series.append(step, event.get(name))
         self.step = step
         self.last_step = dict(event)
+        self.phase = None
         if finite_number(event.get("epoch")) is not None:
             self.epoch = finite_number(event.get("epoch"))
         if self.state not in ("stopping", *FINAL_STATES):
             self.state = "training"
         self.version += 1
         return []
+
+    def _track_seconds_per_step(self, event: dict[str, Any], step: int) -> None:
+        """Seconds a step took: the trainer's elapsed between two steps of one session, over
+        the steps between them (wall time would count a pause as one long step)."""
+        elapsed = finite_number(event.get("elapsed"))
+        previous = self._last_step_clock
+        if elapsed is None:
+            self._last_step_clock = None
+            return
+        self._last_step_clock = (step, elapsed)
+        if previous is not None and step > previous[0] and elapsed > previous[1]:
+            self.train["seconds_per_step"].append(
+                step, (elapsed - previous[1]) / (step - previous[0])
+            )
 
     def _on_eval(self, event: dict[str, Any], step: int) -> list[LogEntry]:
         split = str(event.get("split") or "valid")
@@ -325,9 +549,9 @@ class RunModel:
         return [
             LogEntry(
                 "info",
-                f"Eval ({split}{size}): loss {format_number(finite_number(event.get('loss')))}, "
+                f"Eval ({split}{size}): loss {format_fixed(finite_number(event.get('loss')))}, "
                 f"accuracy {format_percent(finite_number(event.get('rewards/accuracies')))}, "
-                f"margin {format_number(finite_number(event.get('rewards/margins')))}",
+                f"margin {format_fixed(finite_number(event.get('rewards/margins')))}",
                 step,
             )
         ]
@@ -336,13 +560,24 @@ class RunModel:
         path = str(event.get("path") or "")
         self.checkpoints.append((step, path))
         self.version += 1
-        return [LogEntry("success", f"Checkpoint saved: {path}", step)]
+        # Inside the run directory (the usual case) the log names it from there: shorter.
+        run_dir = str(self.info.get("run_dir") or "")
+        shown = path
+        if run_dir and path.startswith(run_dir.rstrip("/") + "/"):
+            shown = path[len(run_dir.rstrip("/")) + 1 :]
+        return [LogEntry("success", f"Checkpoint saved: {shown}", step)]
 
     def _on_state(self, event: dict[str, Any], step: int) -> list[LogEntry]:
         value = event.get("state")
         new_state = STATE_EVENT_STATES.get(str(value))
         if new_state is None or self.is_final:
             return []
+        time = finite_number(event.get("time"))
+        if new_state == "paused":
+            if self.paused_since is None:
+                self.paused_since = time
+        else:
+            self._end_pause(time)
         self.state = new_state
         messages = {
             "paused": "Paused",
@@ -364,13 +599,48 @@ class RunModel:
         return [LogEntry("info", f"Export started: {path}", step)]
 
     def _on_health(self, event: dict[str, Any], step: int) -> list[LogEntry]:
-        self.health.append(dict(event))
-        level = "error" if event.get("severity") == "error" else "warning"
         message = str(event.get("message") or event.get("kind") or "health check")
+        if event.get("severity") == "off":
+            self.checks_off.append(dict(event))
+            self.version += 1
+            return [LogEntry("info", f"Check off: {message}", step)]
+        self.health.append(dict(event))
+        self.version += 1
+        level = "error" if event.get("severity") == "error" else "warning"
         suggestion = event.get("suggestion")
         if suggestion:
             message += f" → {suggestion}"
         return [LogEntry(level, message, step)]
+
+    def _on_samples(self, event: dict[str, Any], step: int) -> list[LogEntry]:
+        prompts = event.get("prompts")
+        if not isinstance(prompts, list):
+            return []
+        prompts = [p for p in prompts if isinstance(p, dict)]
+        # Reference answers: step 0's, or any given later for a prompt that had none.
+        for index, sample in enumerate(prompts):
+            if index >= len(self.sample_prompts):
+                self.sample_prompts.append({"prompt": str(sample.get("prompt") or "")})
+            if (
+                sample.get("reference") is not None
+                and step == 0
+                or (
+                    sample.get("reference") is not None
+                    and "reference" not in self.sample_prompts[index]
+                )
+            ):
+                self.sample_prompts[index]["reference"] = str(sample["reference"])
+        record = dict(event)
+        record["prompts"] = prompts
+        self.samples[step] = record
+        self.version += 1
+        if not _has_policy(record):
+            return []
+        seconds = finite_number(event.get("seconds"))
+        cost = f" in {format_duration(seconds)}" if seconds is not None else ""
+        return [
+            LogEntry("info", f"Answers to {len(prompts)} prompts generated{cost} (a: show)", step)
+        ]
 
     def _on_log(self, event: dict[str, Any], step: int) -> list[LogEntry]:
         level = str(event.get("level") or "info")
@@ -379,13 +649,25 @@ class RunModel:
         return [LogEntry(level, str(event.get("message") or ""), step)]
 
     def _on_run_end(self, event: dict[str, Any], step: int) -> list[LogEntry]:
-        self.run_end = dict(event)
+        time = finite_number(event.get("time"))
+        self._end_pause(time)
+        self._close_session(time)
         status = str(event.get("status") or "completed")
+        if self.awaiting:
+            # An earlier session's end (the stream of a run being resumed): history.
+            self.previous_end = dict(event)
+            self.state = "starting"
+            return [LogEntry("info", f"Earlier session {status} at step {step}", step)]
+        self.run_end = dict(event)
         self.state = RUN_END_STATES.get(status, "finished")
-        elapsed = format_duration(finite_number(event.get("elapsed")))
+        elapsed = format_duration(self.elapsed(time or 0.0))
         if self.state == "failed":
             error = event.get("error") or "unknown error"
             return [LogEntry("error", f"Run failed: {error}", step)]
         if self.state == "stopped":
             return [LogEntry("warning", f"Run stopped at step {step} after {elapsed}", step)]
         return [LogEntry("success", f"Run completed in {elapsed}", step)]
+
+
+def _has_policy(samples_event: dict[str, Any]) -> bool:
+    return any(p.get("policy") is not None for p in samples_event.get("prompts") or [])

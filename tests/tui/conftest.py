@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
+import json
 import os
 import signal
 import subprocess
@@ -14,13 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mlx_dpo.tui.app import DashboardApp
+from mlx_dpo.tui.widgets import MetricChart, MetricTile
 from rich.console import Console
+from textual.widgets._footer import FooterKey
 
-from mlx_dpo.events import LOG_FILE
+from mlx_dpo.events import CONTROL_FILE, LOG_FILE
 
 HERE = Path(__file__).parent
 FAKE_TRAINER = HERE / "fake_trainer.py"
 FROZEN_CLOCK = 1_700_000_000.0 + 10.0 + 41 * 2.0  # two seconds after step 40 of tui_runs
+WIDE = (110, 32)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -88,3 +93,36 @@ def start_fake_trainer(tmp_path: Path) -> Iterator[Callable[..., subprocess.Pope
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+# -- pilot helpers ---------------------------------------------------------------------
+
+
+def make_app(run_dir: Path, **kwargs) -> DashboardApp:
+    kwargs.setdefault("clock", lambda: FROZEN_CLOCK)
+    return DashboardApp(run_dir, poll_interval=0.05, redraw_interval=0.1, **kwargs)
+
+
+def commands(run_dir: Path) -> list[str]:
+    path = run_dir / CONTROL_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line)["command"] for line in path.read_text().splitlines()]
+
+
+def tile(app: DashboardApp, name: str) -> MetricTile:
+    return app.dashboard.query_one(f"#tile-{name}", MetricTile)
+
+
+def chart(app: DashboardApp, name: str) -> MetricChart:
+    return app.dashboard.query_one(f"#chart-{name}", MetricChart)
+
+
+def summary_text(app: DashboardApp) -> str:
+    """The summary's text, each line whole (on screen long lines wrap)."""
+    return app.screen.summary_text()
+
+
+def footer_keys(app: DashboardApp) -> dict[str, bool]:
+    """Footer key -> whether it is enabled (greyed-out keys carry -disabled)."""
+    return {key.key: not key.has_class("-disabled") for key in app.screen.query(FooterKey)}

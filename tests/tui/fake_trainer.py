@@ -4,7 +4,10 @@ It writes run_start, step, checkpoint, state and run_end events and status.json,
 the dashboard's commands from control.jsonl exactly as the real trainer does: pause (wait
 for resume), resume, checkpoint (save after the current step), stop (save, end, exit).
 
-    python fake_trainer.py RUN_DIR [--steps N] [--step-time SECONDS]
+    python fake_trainer.py RUN_DIR [--steps N] [--step-time SECONDS] [--resume]
+
+--resume goes on from the last checkpoint as `mlx-dpo train --resume` does: the stream is cut
+back to it and a run_start with resumed_from is appended.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from mlx_dpo.events import (
     RUN_END_STATES,
     ControlReader,
     EventWriter,
+    read_events,
+    truncate_events_after,
     write_status,
 )
 
@@ -33,10 +38,18 @@ def main() -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--step-time", type=float, default=0.02)
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
 
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    first_step = 1
+    resumed_from = None
+    if args.resume:
+        checkpoints = [e["step"] for e in read_events(run_dir) if e["event"] == "checkpoint"]
+        resumed_from = max(checkpoints)
+        first_step = resumed_from + 1
+        truncate_events_after(run_dir, resumed_from)
     control = ControlReader(run_dir)
     events = EventWriter(run_dir)
     started = time.time()
@@ -86,10 +99,10 @@ def main() -> int:
         save_checkpoint(step)
         return end("stopped", step)
 
-    set_status("starting", 0)
+    set_status("starting", first_step - 1)
     events.write(
         "run_start",
-        0,
+        first_step - 1,
         model=MODEL,
         data=DATA,
         run_dir=str(run_dir),
@@ -104,12 +117,12 @@ def main() -> int:
         loss="sigmoid",
         reference="cached",
         truncated={},
-        resumed_from=None,
+        resumed_from=resumed_from,
         pid=os.getpid(),
         config={},
     )
-    set_status("training", 0)
-    for step in range(1, args.steps + 1):
+    set_status("training", first_step - 1)
+    for step in range(first_step, args.steps + 1):
         for command in control.poll():
             if command == "stop":
                 return stop(step - 1)

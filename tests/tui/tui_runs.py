@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,31 @@ def step_metrics(step: int) -> dict[str, Any]:
     }
 
 
+def noisy_step_metrics(step: int, batch_size: int = 4) -> dict[str, Any]:
+    """What a real run's step events look like: the same trends with per-batch noise (a batch
+    of 4 pairs has accuracy 0, 25, 50, 75 or 100%). Seeded by the step: reproducible."""
+    rng = random.Random(step)
+    smooth = step_metrics(step)
+    chosen = smooth["rewards/chosen"] + rng.gauss(0, 0.35)
+    rejected = smooth["rewards/rejected"] + rng.gauss(0, 0.35)
+    share = smooth["rewards/accuracies"]
+    wins = sum(rng.random() < share for _ in range(batch_size))
+    margin = chosen - rejected
+    return {
+        **smooth,
+        "loss": round(max(0.05, smooth["loss"] + rng.gauss(0, 0.09)), 6),
+        "rewards/chosen": round(chosen, 6),
+        "rewards/rejected": round(rejected, 6),
+        "rewards/margins": round(margin, 6),
+        "rewards/accuracies": wins / batch_size,
+        "logps/chosen": round(smooth["logps/chosen"] + rng.gauss(0, 12), 6),
+        "logps/rejected": round(smooth["logps/rejected"] + rng.gauss(0, 12), 6),
+        "kl": round(smooth["kl"] + rng.gauss(0, 0.15), 6),
+        "grad_norm": round(abs(smooth["grad_norm"] + rng.gauss(0, 0.3)), 6),
+        "pairs_per_second": round(3.5 + rng.gauss(0, 0.2), 4),
+    }
+
+
 def eval_metrics(step: int) -> dict[str, Any]:
     metrics = step_metrics(step)
     return {name: metrics[name] + (0.02 if name == "loss" else -0.01) for name in METRIC_NAMES}
@@ -59,15 +85,19 @@ def write_run(
     pid: int | None = None,
     resumed_from: int | None = None,
     first_step: int = 1,
+    noisy: bool = False,
+    start_time: float = START_TIME,
 ) -> Path:
     """Write a run directory with `steps` step events (and evals/checkpoints), ending as
     `end` ("completed" | "stopped" | "failed") or still going."""
     run_dir = Path(run_dir)
     writer = EventWriter(run_dir)
+    metrics = noisy_step_metrics if noisy else step_metrics
+    offset = start_time - START_TIME
     writer.write(
         "run_start",
         first_step - 1,
-        time=START_TIME,
+        time=start_time,
         model=MODEL,
         data=DATA,
         run_dir=str(run_dir),
@@ -89,33 +119,38 @@ def write_run(
         config={},
     )
     writer.write(
-        "reference", 0, time=START_TIME + 5, split="train", done=200, total=200, cached=False
+        "reference", 0, time=start_time + 5, split="train", done=200, total=200, cached=False
     )
     last_checkpoint = None
     for step in range(first_step, steps + 1):
         writer.write(
             "step",
             step,
-            time=at(step),
+            time=at(step) + offset,
             epoch=round(step * 2 / total_steps, 4),
             elapsed=10.0 + step * SECONDS_PER_STEP,
             eta=(total_steps - step) * SECONDS_PER_STEP,
-            **step_metrics(step),
+            **metrics(step),
         )
         if eval_every and step % eval_every == 0:
             writer.write(
-                "eval", step, time=at(step + 0.5), split="valid", pairs=20, **eval_metrics(step)
+                "eval",
+                step,
+                time=at(step + 0.5) + offset,
+                split="valid",
+                pairs=20,
+                **eval_metrics(step),
             )
         if checkpoint_every and step % checkpoint_every == 0:
             last_checkpoint = str(run_dir / "checkpoints" / f"{step:07d}")
-            writer.write("checkpoint", step, time=at(step + 0.6), path=last_checkpoint)
+            writer.write("checkpoint", step, time=at(step + 0.6) + offset, path=last_checkpoint)
             (run_dir / ADAPTER_FILE).write_bytes(b"adapters")
         if health and step == 25:
             writer.write(
                 "health",
                 step,
-                time=at(step + 0.7),
-                kind="kl_growing",
+                time=at(step + 0.7) + offset,
+                kind="kl_drift",
                 severity="warning",
                 message="KL to the reference grows fast",
                 suggestion="lower the learning rate or raise beta",
@@ -123,7 +158,7 @@ def write_run(
             )
     state = "training"
     if paused:
-        writer.write("state", steps, time=at(steps + 0.8), state="paused")
+        writer.write("state", steps, time=at(steps + 0.8) + offset, state="paused")
         state = "paused"
     if end is not None:
         final_eval = {"split": "valid", "step": steps, **eval_metrics(steps)}
@@ -134,7 +169,7 @@ def write_run(
         writer.write(
             "run_end",
             steps,
-            time=at(steps + 1),
+            time=at(steps + 1) + offset,
             status=end,
             error=error,
             adapter_path=str(run_dir),
@@ -155,6 +190,6 @@ def write_run(
         model=MODEL,
         last_checkpoint=last_checkpoint,
         error=None,
-        updated=at(steps + 1),
+        updated=at(steps + 1) + offset,
     )
     return run_dir

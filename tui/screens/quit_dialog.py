@@ -11,6 +11,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label
 
+from ..commands import view_command
+
 
 class QuitScreen(ModalScreen[str | None]):
     """Dismisses with "stop", "leave", or None (stay)."""
@@ -21,25 +23,38 @@ class QuitScreen(ModalScreen[str | None]):
         Binding("escape", "choose('')", "Cancel"),
     ]
 
-    def __init__(self, run_dir: str, export_running: bool = False) -> None:
+    def __init__(self, run_dir: str, state: str = "training", export_running: bool = False) -> None:
         super().__init__()
         self.run_dir = run_dir
+        self.state = state
         self.export_running = export_running
 
     def compose(self) -> ComposeResult:
+        paused = self.state == "paused"
+        leave = "Leave it paused" if paused else "Leave it running"
         with Vertical(classes="dialog"):
-            yield Label("Training is still running", classes="dialog-title")
-            text = (
-                "Stop the run (the adapters are saved after the current step), or leave it "
-                f"running in the background: [b]mlx-dpo view {escape(self.run_dir)}[/] "
-                "shows it again."
+            yield Label(
+                "The run is paused" if paused else "Training is still running",
+                classes="dialog-title",
             )
+            if paused:
+                text = (
+                    "Stop the run (the adapters are saved now), or leave it paused in the "
+                    "background: the trainer waits, and "
+                    f"[b]{escape(view_command(self.run_dir))}[/] shows it again (r resumes)."
+                )
+            else:
+                text = (
+                    "Stop the run (the adapters are saved after the current step), or leave it "
+                    "running in the background: "
+                    f"[b]{escape(view_command(self.run_dir))}[/] shows it again."
+                )
             if self.export_running:
                 text += "\nThe export in progress is cancelled either way."
             yield Label(text, classes="dialog-text")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Stop the run (s)", variant="error", id="stop")
-                yield Button("Leave it running (l)", variant="primary", id="leave")
+                yield Button(f"{leave} (l)", variant="primary", id="leave")
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:

@@ -1,53 +1,158 @@
-"""A line chart of one or more metrics over training steps, drawn with textual-plot."""
+"""A line chart of one or more metrics over training steps, on textual-plot's axes.
+
+textual-plot draws the axes and ticks; the lines are painted here, because its datasets each
+overwrite the cells they pass through (the last line drawn hid the one under it) and its
+markers and vertical lines sit where the data should be. Painted here:
+- each training series smoothed, its raw series faint behind it;
+- lines of one layer merged cell by cell (both lines' braille dots are kept; the first line
+  listed keeps its colour), so chosen and rejected both show where they cross;
+- eval points as markers in the very cell their line passes through;
+- checkpoints as marks on the x axis, under the data rather than over it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
+import numpy as np
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.reactive import reactive
-from textual_plot import HiResMode, PlotWidget
+from textual_hires_canvas import Canvas
+from textual_plot import PlotWidget
 
+from .. import palette
+from ..panels import ChartData, ChartLine
 from ..series import downsample_minmax
-from ..ticks import TickFormatter
+from ..ticks import TickFormatter, fit_axis
+
+# Braille dot bits by (column, row) inside a cell of 2 x 4 dots.
+BRAILLE_BITS = {
+    (0, 0): 0x01,
+    (0, 1): 0x02,
+    (0, 2): 0x04,
+    (1, 0): 0x08,
+    (1, 1): 0x10,
+    (1, 2): 0x20,
+    (0, 3): 0x40,
+    (1, 3): 0x80,
+}
+EVAL_MARKER = "●"
+CHECKPOINT_MARK = "▲"
+
+Points = list[tuple[float, float]]
 
 
-@dataclass
-class ChartLine:
-    """One line of a chart. Eval lines are few points: they get a marker on each."""
-
-    label: str
-    steps: Sequence[float]
-    values: Sequence[float]
-    color: str
-    markers: bool = False
-
-
-@dataclass
-class ChartData:
-    lines: list[ChartLine] = field(default_factory=list)
-    checkpoints: list[int] = field(default_factory=list)
-    subtitle: str = ""
+def hires_segment(x0: int, y0: int, x1: int, y1: int) -> Iterable[tuple[int, int]]:
+    """The dots of a straight segment (Bresenham)."""
+    dx, dy = abs(x1 - x0), -abs(y1 - y0)
+    step_x, step_y = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
+    error = dx + dy
+    while True:
+        yield x0, y0
+        if x0 == x1 and y0 == y1:
+            return
+        doubled = 2 * error
+        if doubled >= dy:
+            error += dy
+            x0 += step_x
+        if doubled <= dx:
+            error += dx
+            y0 += step_y
 
 
 class StepPlot(PlotWidget, can_focus=False):
-    """A PlotWidget with tight margins (no axis labels: the chart's border names it) that
-    never takes focus: the dashboard's keys belong to the app, not to pan and zoom."""
+    """A PlotWidget with tight margins (the chart's border names it) that never takes focus
+    (the dashboard's keys are not pan and zoom) and paints its own layers over the axes."""
 
     margin_top = reactive(0)
     margin_bottom = reactive(1)
     margin_left = reactive(7)
 
+    def __init__(self) -> None:
+        super().__init__(allow_pan_and_zoom=False)
+        # Each layer: (lines as (points, colour), markers as (points, colour)); later layers
+        # paint over earlier ones.
+        self.paint_layers: list[tuple[list[tuple[Points, str]], list[tuple[Points, str]]]] = []
+        self.checkpoint_steps: list[float] = []
+
+    def _render_plot(self) -> None:
+        # textual-plot's own pass: axes, ticks and labels (no datasets are given to it).
+        super()._render_plot()
+        try:
+            canvas = self.query_one("#plot", Canvas)
+        except NoMatches:
+            return
+        if canvas._canvas_size is None:
+            return
+        for lines, markers in self.paint_layers:
+            self._paint_lines(canvas, lines)
+            self._paint_markers(canvas, markers)
+        self._paint_checkpoints(canvas)
+
+    def _cell_of(self, x: float, y: float) -> tuple[int, int] | None:
+        """The data cell a point's line dot lands in (None outside the plot area)."""
+        region = self._scale_rectangle
+        hx, hy = self.get_hires_pixel_from_coordinate(x, y)
+        if not (math.isfinite(hx) and math.isfinite(hy)):
+            return None
+        column = min(max(math.floor(hx), region.x), region.right - 1)
+        row = math.floor(hy)
+        if row == region.bottom:
+            row -= 1  # the lowest value sits on the last data row, not the axis
+        if not region.y <= row < region.bottom:
+            return None
+        return column, row
+
+    def _paint_lines(self, canvas: Canvas, lines: list[tuple[Points, str]]) -> None:
+        region = self._scale_rectangle
+        cells: dict[tuple[int, int], list] = {}
+        for points, color in lines:
+            dots = [self.get_hires_pixel_from_coordinate(x, y) for x, y in points]
+            dots = [(math.floor(hx * 2), math.floor(hy * 4)) for hx, hy in dots]
+            if len(dots) == 1:
+                dots = dots * 2
+            for (x0, y0), (x1, y1) in pairwise(dots):
+                for hx, hy in hires_segment(x0, y0, x1, y1):
+                    column, row = hx // 2, hy // 4
+                    if row == region.bottom and hy % 4 == 0:
+                        row, hy = row - 1, hy - 1  # the minimum: onto the last data row
+                    if not (region.x <= column < region.right and region.y <= row < region.bottom):
+                        continue
+                    bit = BRAILLE_BITS[(hx % 2, hy % 4)]
+                    cell = cells.get((column, row))
+                    if cell is None:
+                        cells[(column, row)] = [bit, color]
+                    else:
+                        cell[0] |= bit  # keeps the first line's colour and both lines' dots
+        for (column, row), (bits, color) in cells.items():
+            canvas.set_pixel(column, row, chr(0x2800 + bits), style=color)
+
+    def _paint_markers(self, canvas: Canvas, markers: list[tuple[Points, str]]) -> None:
+        for points, color in markers:
+            for x, y in points:
+                cell = self._cell_of(x, y)
+                if cell is not None:
+                    canvas.set_pixel(*cell, char=EVAL_MARKER, style=f"bold {color}")
+
+    def _paint_checkpoints(self, canvas: Canvas) -> None:
+        region = self._scale_rectangle
+        for step in self.checkpoint_steps:
+            hx, _ = self.get_hires_pixel_from_coordinate(step, 0.0)
+            column = min(max(math.floor(hx), region.x), region.right - 1)
+            canvas.set_pixel(column, region.bottom, CHECKPOINT_MARK, style=palette.CHECKPOINT)
+
 
 class MetricChart(Vertical):
-    """A bordered chart; the legend lives in the border title, so the plot keeps its area.
+    """A bordered chart: title on top, the legend in the bottom border, so the plot keeps
+    its area and neither is cut on a small terminal.
 
-    `show` only stores the data; `redraw` draws it, downsampled to the plot's width. The app
-    calls `redraw` from a timer, so a fast stream costs a few redraws a second at most.
+    `show` only stores the data; `redraw` draws it, downsampled to the plot's width. The
+    screen calls `redraw` from a timer, so a fast stream costs a few redraws a second at most.
     """
 
     def __init__(
@@ -68,73 +173,93 @@ class MetricChart(Vertical):
         self.y_ticks = TickFormatter()
 
     def compose(self) -> ComposeResult:
-        plot = StepPlot(allow_pan_and_zoom=False)
+        plot = StepPlot()
         plot.set_x_formatter(self.x_ticks)
         plot.set_y_formatter(self.y_ticks)
         yield plot
 
     @property
-    def plot(self) -> PlotWidget:
-        return self.query_one(PlotWidget)
+    def plot(self) -> StepPlot:
+        return self.query_one(StepPlot)
 
     def show(self, data: ChartData) -> None:
         self.data = data
         self._data_version += 1
-        legend = "  ".join(f"[{line.color}]━[/] {escape(line.label)}" for line in data.lines)
-        self.border_title = (
-            f"{escape(self.chart_title)}  {legend}" if legend else escape(self.chart_title)
-        )
-        self.border_subtitle = escape(data.subtitle)
+        self.border_subtitle = legend_markup(data.lines)
 
     def on_resize(self) -> None:
         self.redraw()
 
     def redraw(self) -> bool:
-        """Draw the stored data if it or the plot's width changed; True when it drew."""
+        """Draw the stored data if it or the plot's size changed; True when it drew."""
         try:
             plot = self.plot
         except NoMatches:
             return False
-        if not plot.size.width:
-            return False  # not laid out yet: on_resize draws at the real size
+        if not plot.size.width or not self.display:
+            return False  # not laid out (or hidden): on_resize draws at the real size
         width = max(plot.size.width - plot.margin_left - 2, 10)
-        height = max(plot.size.height - plot.margin_top - plot.margin_bottom - 2, 2)
-        key = (self._data_version, width, height)
+        rows = max(plot.size.height - plot.margin_top - plot.margin_bottom - 2, 2)
+        key = (self._data_version, width, rows)
         if key == self._drawn_key:
             return False
         self._drawn_key = key
-        # Step labels are up to ~5 characters; a row between y labels keeps them apart.
+        # Step labels are up to ~5 characters: one tick per 8 columns at most.
         self.x_ticks.max_ticks = max(2, width // 8)
-        self.y_ticks.max_ticks = max(2, (height + 1) // 2)
         plot.clear()
-        x_low: float | None = None
-        x_high: float | None = None
-        y_low: float | None = None
-        y_high: float | None = None
+        faint_lines: list[tuple[Points, str]] = []
+        lines: list[tuple[Points, str]] = []
+        eval_lines: list[tuple[Points, str]] = []
+        markers: list[tuple[Points, str]] = []
+        xs_seen: list[float] = []
+        ys_seen: list[float] = []
         for line in self.data.lines:
             if not len(line.steps):
                 continue
-            xs, ys = downsample_minmax(line.steps, line.values, width)
-            plot.plot(xs, ys, line_style=line.color, hires_mode=HiResMode.BRAILLE)
+            # Braille has two dots a column: twice the columns keeps the detail.
+            xs, ys = downsample_minmax(line.steps, line.values, 2 * width)
+            points = list(zip(xs.tolist(), ys.tolist(), strict=True))
             if line.markers:
-                plot.scatter(xs, ys, marker="•", marker_style=line.color)
-            x_low = min(float(xs.min()), x_low) if x_low is not None else float(xs.min())
-            x_high = max(float(xs.max()), x_high) if x_high is not None else float(xs.max())
-            y_low = min(float(ys.min()), y_low) if y_low is not None else float(ys.min())
-            y_high = max(float(ys.max()), y_high) if y_high is not None else float(ys.max())
-        for step in self.data.checkpoints:
-            plot.add_v_line(step, "grey42")
-            x_high = max(float(step), x_high) if x_high is not None else float(step)
-        if x_high is not None:
-            plot.set_xlimits(min(0.0, x_low or 0.0), max(x_high, 1.0))
-        else:
-            plot.set_xlimits(0.0, 1.0)
+                eval_lines.append((points, line.color))
+                markers.append((points, line.color))
+            else:
+                lines.append((points, line.color))
+            xs_seen += [float(xs.min()), float(xs.max())]
+            ys_seen += [float(ys.min()), float(ys.max())]
+            if line.raw is not None and len(line.raw) == len(line.steps):
+                raw_x, raw_y = downsample_minmax(line.steps, line.raw, 2 * width)
+                faint_lines.append(
+                    (list(zip(raw_x.tolist(), raw_y.tolist(), strict=True)), line.color)
+                )
+                # The raw steps widen the axis to their 5-95% range, not to every outlier:
+                # the smoothed line is what the chart is read by.
+                low_raw, high_raw = np.percentile(np.asarray(line.raw, dtype=float), [5, 95])
+                ys_seen += [float(low_raw), float(high_raw)]
+        xs_seen += [float(step) for step in self.data.checkpoints]
+        plot.set_xlimits(min([0.0, *xs_seen]), max([1.0, *xs_seen]))
         if self.y_range is not None:
-            plot.set_ylimits(*self.y_range)
-        elif y_low is not None and y_high is not None:
-            span = y_high - y_low
-            pad = span * 0.08 if span > 1e-9 else max(abs(y_high) * 0.1, 0.05)
-            plot.set_ylimits(y_low - pad, y_high + pad)
+            low, high = self.y_range
+        elif ys_seen:
+            low, high = min(ys_seen), max(ys_seen)
         else:
-            plot.set_ylimits(0.0, 1.0)
+            low, high = 0.0, 1.0
+        fit = fit_axis(low, high, rows, max_ticks=min(6, rows // 2 + 1))
+        plot.set_ylimits(fit.low, fit.high)
+        plot.set_yticks(fit.ticks)
+        plot.paint_layers = [
+            ([(points, palette.faint(color)) for points, color in faint_lines], []),
+            (lines, []),
+            (eval_lines, markers),
+        ]
+        plot.checkpoint_steps = list(self.data.checkpoints)
+        plot.refresh()
         return True
+
+
+def legend_markup(lines: Sequence[ChartLine]) -> str:
+    """The legend: a swatch in each line's colour (a dot for eval markers) and its label."""
+    parts = []
+    for line in lines:
+        swatch = EVAL_MARKER if line.markers else "━"
+        parts.append(f"[{line.color}]{swatch}[/] {escape(line.label)}")
+    return " ".join(parts)

@@ -1,4 +1,5 @@
-"""A tile with the latest value of a metric, a second line of detail, and a sparkline."""
+"""A tile with the latest value of a metric, a second line of detail, and a sparkline; on a
+narrow terminal a single line ("Loss 0.394")."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ class MetricTile(Vertical):
 
     def __init__(self, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="metric-tile")
+        self.title = title
         self.border_title = title
         self.value_text = "–"
         self.detail_text = ""
 
     def compose(self) -> ComposeResult:
+        yield Static(f"[b]{escape(self.title)}[/] –", classes="tile-compact")
         yield Static("–", classes="tile-value")
         yield Static("", classes="tile-detail")
         yield Sparkline([], summary_function=fmean)
@@ -33,6 +36,9 @@ class MetricTile(Vertical):
         if value != self.value_text:
             self.value_text = value
             self.query_one(".tile-value", Static).update(escape(value), layout=False)
+            self.query_one(".tile-compact", Static).update(
+                f"[dim]{escape(self.title)}[/] [b]{escape(value)}[/]", layout=False
+            )
         if detail != self.detail_text:
             self.detail_text = detail
             self.query_one(".tile-detail", Static).update(escape(detail), layout=False)

@@ -8,23 +8,12 @@ from textual.containers import Grid, Vertical
 from textual.widgets import ProgressBar, Static
 
 from ...formatting import format_duration
+from ..formatting import STATE_LABELS, state_label
 from ..run_model import RunModel
 
-STATE_LABELS = {
-    "starting": "starting",
-    "computing_reference": "computing reference",
-    "training": "training",
-    "paused": "paused",
-    "evaluating": "evaluating",
-    "stopping": "stopping",
-    "finished": "finished",
-    "stopped": "stopped",
-    "failed": "failed",
-}
 
-
-def state_label(state: str) -> str:
-    return STATE_LABELS.get(state, state.replace("_", " "))
+def _count(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 class RunHeader(Vertical):
@@ -54,10 +43,12 @@ class RunHeader(Vertical):
         ranks = (
             f"  [b]ranks[/] {world_size}" if isinstance(world_size, int) and world_size > 1 else ""
         )
+        beta = model.info.get("beta")
+        beta_text = f"  [b]β[/] {beta:g}" if isinstance(beta, (int, float)) else ""
         self._set(
             "#run-identity",
-            f"[b]model[/] {escape(model_name)}  [b]data[/] {escape(data_name)}{ranks}  "
-            f"[b]run[/] {escape(run_dir)}",
+            f"[b]model[/] {escape(model_name)}  [b]data[/] {escape(data_name)}{ranks}{beta_text}"
+            f"  [b]run[/] {escape(run_dir)}",
         )
         if self._set("#run-state", f" {state_label(model.state).upper()} ", layout=True):
             state = self.query_one("#run-state", Static)
@@ -65,11 +56,14 @@ class RunHeader(Vertical):
                 state.set_class(known == model.state, f"-{known.replace('_', '-')}")
 
         parts: list[str] = []
-        reference = model.reference
-        if model.state == "computing_reference" and reference:
-            done, total = reference.get("done") or 0, reference.get("total") or 0
-            parts.append(f"reference {done}/{total} pairs")
-            progress: tuple[float, float] = (max(total, 1), done)
+        phase = model.phase_progress()
+        if phase is not None:
+            unit = f" {phase.unit}" if phase.unit else ""
+            parts.append(f"{phase.label} {_count(phase.done)}/{_count(phase.total)}{unit}")
+            eta = phase.eta(now)
+            if eta is not None:
+                parts.append(f"ETA {format_duration(eta)}")
+            progress: tuple[float, float] = (max(phase.total, 1), phase.done)
         else:
             total_steps = model.total_steps
             parts.append(f"step {model.step}/{total_steps if total_steps else '?'}")
@@ -85,8 +79,12 @@ class RunHeader(Vertical):
             epochs = model.info.get("epochs")
             of = f"/{epochs:.1f}" if isinstance(epochs, (int, float)) and epochs else ""
             parts.append(f"epoch {model.epoch:.1f}{of}")
-        parts.append(f"elapsed {format_duration(model.elapsed(now))}")
-        if not model.is_final:
+        elapsed = f"elapsed {format_duration(model.elapsed(now))}"
+        paused = model.paused(now)
+        if paused >= 1:
+            elapsed += f" (paused {format_duration(paused)})"
+        parts.append(elapsed)
+        if not model.is_final and phase is None:
             parts.append(f"ETA {format_duration(model.eta(now))}")
         self._set("#run-counters", " · ".join(parts))
 

@@ -1,5 +1,6 @@
-"""The dashboard driving a trainer process: fake_trainer.py speaks the run-directory protocol
-(events, status, control commands) the way the real trainer does, without MLX."""
+"""Pilot tests of the dashboard driving a trainer process: fake_trainer.py speaks the
+run-directory protocol (events, status, control commands) the way the real trainer does,
+without MLX."""
 
 from __future__ import annotations
 

@@ -1,0 +1,52 @@
+"""`mlx-dpo`: train, view, eval, export, compare, data audit. One module per subcommand
+(each with `add_parser(subparsers)` and `run(args) -> exit status`), the flags they share in
+flags.py, the exit statuses in exit_codes.py.
+
+User mistakes end with a message and exit status 2, never a traceback. A run that fails
+while training exits 1; completed and stopped runs exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mlx_dpo.cli import compare, data, export, train, view
+from mlx_dpo.cli import eval as eval_
+from mlx_dpo.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from mlx_dpo.errors import UserError
+
+# In the order `mlx-dpo --help` lists them.
+SUBCOMMANDS = {
+    "train": train,
+    "view": view,
+    "eval": eval_,
+    "export": export,
+    "compare": compare,
+    "data": data,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx-dpo",
+        description="Direct Preference Optimization with LoRA on MLX.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS.values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return SUBCOMMANDS[args.command].run(args)
+    except UserError as err:
+        print(f"mlx-dpo: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mlx-dpo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

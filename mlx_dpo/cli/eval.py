@@ -1,0 +1,60 @@
+"""`mlx-dpo eval`: preference metrics of a model (and adapter) on a data split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from mlx_dpo.cli.flags import (
+    BASE_MODEL_HELP,
+    add_adapter,
+    add_batch_size,
+    add_beta,
+    add_data,
+    add_json,
+    add_max_length,
+    add_model,
+    add_split,
+    add_trust_remote_code,
+)
+from mlx_dpo.config import TrainConfig
+from mlx_dpo.evaluate import evaluate_command
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    d = TrainConfig()
+    parser = sub.add_parser("eval", help="preference metrics of a model (+ adapter) on data")
+    add_model(parser, BASE_MODEL_HELP)
+    add_adapter(parser, required=False)
+    add_data(parser, required=True)
+    add_split(parser, "default test", default="test")
+    add_beta(parser, f"for rewards; default: the adapter's, else {d.beta}")
+    add_batch_size(parser, allow_auto=False)
+    add_max_length(parser, f"default: the adapter's, else {d.max_length}")
+    add_json(parser)
+    parser.add_argument("--output", help="write per-pair log-probs and rewards (JSON lines)")
+    add_trust_remote_code(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate_command(
+        model=args.model,
+        adapter_path=args.adapter_path,
+        data=args.data,
+        split=args.split,
+        beta=args.beta,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        output=args.output,
+        trust_remote_code=args.trust_remote_code,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['pairs']} pairs ({args.split} split of {args.data})")
+        for key, value in result.items():
+            if key != "pairs":
+                print(f"  {key:22s} {value:.4f}")
+    return 0

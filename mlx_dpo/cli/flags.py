@@ -1,0 +1,196 @@
+"""Flags that several subcommands share, each declared once, and the train flags: one per
+TrainConfig field that a command line can set.
+
+A train flag's default is always None: a flag counts only when given, so it never silently
+overrides a YAML value. The defaults a help text prints are read from TrainConfig, the one
+owner of every default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from mlx_dpo.config import LOSSES, REFERENCE_MODES, SCHEDULES, TrainConfig
+
+# TrainConfig fields that are mappings: they are written in a config file, not on a command line.
+YAML_ONLY_KEYS = ("fields", "health")
+# Every other field is a train flag (tests/test_cli_flags.py checks that each has one).
+TRAIN_FLAG_KEYS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in YAML_ONLY_KEYS
+)
+
+MODEL_HELP = "Hugging Face id or local MLX/HF model folder"
+# --model of the commands that read an adapter (eval, export, compare).
+BASE_MODEL_HELP = (
+    "base model: Hugging Face id or local folder (default: the one the adapter records)"
+)
+DATA_HELP = "folder with train/valid/test .jsonl, or one .jsonl/.json file"
+
+# A parser or one of its argument groups: what add_argument is called on (the base class the
+# standard library gives both; typeshed names it the same).
+Parser = argparse._ActionsContainer
+
+
+def add_model(parser: Parser, help: str = MODEL_HELP) -> None:
+    parser.add_argument("--model", help=help)
+
+
+def add_data(parser: Parser, help: str = DATA_HELP, required: bool = False) -> None:
+    parser.add_argument("--data", required=required, help=help)
+
+
+def add_adapter(parser: Parser, required: bool) -> None:
+    """--adapter-path of the commands that read a trained adapter (eval, export, compare)."""
+    parser.add_argument("--adapter-path", required=required, help="run directory or adapter folder")
+
+
+def add_split(parser: Parser, note: str, default: str | None = None) -> None:
+    parser.add_argument("--split", default=default, help=f"train, valid or test ({note})")
+
+
+def add_trust_remote_code(parser: Parser, default: bool | None = False) -> None:
+    """Running a model's own code is the user's to allow on this command line, each time. The
+    train flag defaults to None (unset, so a YAML config may allow it); the others to False."""
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=default,
+        help="allow a model that ships its own Python code to run (never inherited from an "
+        "adapter or a run directory)",
+    )
+
+
+def add_max_length(parser: Parser, note: str) -> None:
+    parser.add_argument("--max-length", type=int, help=f"tokens per sequence ({note})")
+
+
+def add_beta(parser: Parser, note: str) -> None:
+    parser.add_argument("--beta", type=float, help=f"DPO β ({note})")
+
+
+def add_batch_size(parser: Parser, allow_auto: bool) -> None:
+    """Train takes an integer or `auto` and defaults to None (unset); eval takes an integer
+    and defaults to TrainConfig's batch size."""
+    if allow_auto:
+        parser.add_argument(
+            "--batch-size",
+            type=_batch_size,
+            help=f"pairs per batch (default {TrainConfig().batch_size}), or auto: the largest "
+            "the memory plan fits",
+        )
+    else:
+        default = TrainConfig().batch_size
+        parser.add_argument(
+            "--batch-size", type=int, default=default, help=f"pairs per batch (default {default})"
+        )
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer or 'auto', not {text!r}") from None
+
+
+def add_json(parser: Parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per key of TRAIN_FLAG_KEYS, in groups; the defaults printed are TrainConfig's.
+    Long because it is a table of flags, one statement each."""
+    d = TrainConfig()
+    g = parser.add_argument_group("model and data")
+    add_model(g)
+    add_data(g)
+    g.add_argument(
+        "--adapter-path",
+        help="run directory (adapters, checkpoints, metrics); default adapters/run-<time>",
+    )
+    add_max_length(g, f"default {d.max_length}")
+    g.add_argument(
+        "--quantize", type=int, choices=(4, 8), help="quantize a full-precision base at load"
+    )
+    g.add_argument("--init-adapter", help="start from this LoRA adapter (reference = base + it)")
+    add_trust_remote_code(g, default=None)
+    g = parser.add_argument_group("schedule")
+    g.add_argument("--iters", type=int, help="optimizer steps (default: one epoch)")
+    g.add_argument("--epochs", type=float, help="epochs over the train split")
+    add_batch_size(g, allow_auto=True)
+    g.add_argument(
+        "--grad-accumulation",
+        type=int,
+        help=f"batches per optimizer step (default {d.grad_accumulation})",
+    )
+    g.add_argument(
+        "--learning-rate", type=float, help=f"peak learning rate (default {d.learning_rate})"
+    )
+    g.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {d.lr_schedule}")
+    g.add_argument("--warmup", type=int, help=f"linear warmup steps (default {d.warmup})")
+    g.add_argument(
+        "--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})"
+    )
+    g.add_argument(
+        "--max-grad-norm", type=float, help=f"clip gradients (default {d.max_grad_norm}; 0 = off)"
+    )
+    g.add_argument("--seed", type=int, help=f"data order, LoRA init and dropout (default {d.seed})")
+    g = parser.add_argument_group("objective")
+    add_beta(g, f"default {d.beta}")
+    g.add_argument("--loss", choices=LOSSES, help=f"default {d.loss}")
+    g.add_argument("--label-smoothing", type=float, help="ε for sigmoid (cDPO) and robust")
+    # The simpo loss's own default margin (mlx_dpo/losses.py, LossSettings) when unset.
+    g.add_argument("--simpo-gamma", type=float, help="SimPO target margin γ (default 0.5)")
+    g.add_argument("--sft-weight", type=float, help="weight of an SFT term on chosen (RPO)")
+    g.add_argument(
+        "--reference",
+        choices=REFERENCE_MODES,
+        help="cached: reference log-probs computed once and kept on disk; live: every step "
+        f"(default {d.reference})",
+    )
+    g = parser.add_argument_group("LoRA")
+    g.add_argument("--lora-rank", type=int, help=f"default {d.lora_rank}")
+    g.add_argument(
+        "--lora-scale",
+        type=float,
+        help=f"mlx-lm's scale, not PEFT's alpha (default {d.lora_scale})",
+    )
+    g.add_argument("--lora-dropout", type=float, help=f"default {d.lora_dropout}")
+    g.add_argument("--lora-layers", type=int, help="last N layers (default all)")
+    g.add_argument("--lora-keys", nargs="+", help="module names in a layer, e.g. self_attn.q_proj")
+    g.add_argument(
+        "--grad-checkpoint",
+        action="store_const",
+        const=True,
+        help="recompute layer activations in the backward pass (less memory, slower)",
+    )
+    g.add_argument(
+        "--no-prefix-sharing",
+        dest="prefix_sharing",
+        action="store_const",
+        const=False,
+        help="run each prompt twice (with chosen and rejected) instead of once",
+    )
+    g = parser.add_argument_group("evaluation and checkpoints")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        help=f"steps between evaluations (default {d.eval_every}; 0 = end only)",
+    )
+    g.add_argument(
+        "--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})"
+    )
+    g = parser.add_argument_group("memory")
+    g.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        help="memory the run may use (default: the device's); the plan and the guard use it",
+    )
+
+
+def train_flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The train flags of parsed arguments, by TrainConfig key (None: not given)."""
+    return {key: getattr(args, key) for key in TRAIN_FLAG_KEYS}

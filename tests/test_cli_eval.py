@@ -1,0 +1,94 @@
+"""`mlx-dpo eval` (mlx_dpo/cli/eval.py): the flags reach the evaluation with their defaults,
+the result prints as a table or one JSON object, and a mistake exits 2. The evaluation itself
+runs end to end in test_cli.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import mlx_dpo.cli.eval as eval_command
+from mlx_dpo.cli import main
+from mlx_dpo.config import TrainConfig
+
+RESULT = {"pairs": 8, "loss": 0.6931, "rewards/accuracies": 0.625}
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[dict]:
+    calls = []
+
+    def fake_evaluate(**options):
+        calls.append(options)
+        return dict(RESULT)
+
+    monkeypatch.setattr(eval_command, "evaluate_command", fake_evaluate)
+    return calls
+
+
+def test_defaults_reach_the_evaluation(calls, capsys):
+    assert main(["eval", "--data", "d"]) == 0
+    assert calls == [
+        {
+            "model": None,
+            "adapter_path": None,
+            "data": "d",
+            "split": "test",
+            "beta": None,  # the adapter's, else TrainConfig's
+            "batch_size": TrainConfig().batch_size,
+            "max_length": None,
+            "output": None,
+            "trust_remote_code": False,
+        }
+    ]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "8 pairs (test split of d)",
+        "  loss                   0.6931",
+        "  rewards/accuracies     0.6250",
+    ]
+
+
+def test_flags_reach_the_evaluation_and_json_prints_one_object(calls, capsys):
+    args = ["eval", "--model", "m", "--adapter-path", "a", "--data", "d", "--split", "valid",
+            "--beta", "0.2", "--batch-size", "2", "--max-length", "64", "--output", "o.jsonl",
+            "--trust-remote-code", "--json"]  # fmt: skip
+    assert main(args) == 0
+    assert calls[0] == {
+        "model": "m",
+        "adapter_path": "a",
+        "data": "d",
+        "split": "valid",
+        "beta": 0.2,
+        "batch_size": 2,
+        "max_length": 64,
+        "output": "o.jsonl",
+        "trust_remote_code": True,
+    }
+    assert json.loads(capsys.readouterr().out) == RESULT
+
+
+def test_data_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--model", "m"])
+    assert exit_.value.code == 2
+    assert "the following arguments are required: --data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--split", "dev"], "--split must be train, valid or test, got 'dev'"),
+        (["--beta", "0"], "--beta must be > 0, got 0.0"),
+    ],
+)
+def test_mistakes_exit_2_before_anything_loads(capsys, args, expected):
+    assert main(["eval", "--model", "/no/such/model", "--data", "d", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_without_a_model_or_an_adapter_that_records_one(capsys):
+    assert main(["eval", "--data", "d"]) == 2
+    assert "no model given: pass --model" in capsys.readouterr().err

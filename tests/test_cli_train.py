@@ -1,0 +1,200 @@
+"""`mlx-dpo train` (mlx_dpo/cli/train.py): the configuration from YAML, flags and a resumed
+run; bad input exits 2 with its location and no traceback; a run directory is never
+overwritten; the demo's settings and the order of its steps around the run; --plan."""
+
+from __future__ import annotations
+
+import pytest
+
+import mlx_dpo.cli.train as train_command
+from mlx_dpo import demo
+from mlx_dpo.cli import build_parser, main
+from mlx_dpo.cli.train import train_config
+from mlx_dpo.events import read_events
+from tests.shared import train_args
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b'{"prompt": "a", "chosen": "b"}\n', "train.jsonl:1: field 'rejected': missing"),
+        (b"{not json\n", "train.jsonl:1: not valid JSON"),
+        (b"", "train.jsonl: empty"),
+        (
+            b'{"prompt": "a", "chosen": "b", "rejected": "b"}\n',
+            "train.jsonl:1: fields 'chosen' and 'rejected': identical",
+        ),
+    ],
+)
+def test_bad_data_exits_2_with_location_and_no_traceback(
+    llama_chatml, tmp_path, capsys, content, expected
+):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_bytes(content)
+    code = main(train_args(llama_chatml, tmp_path / "data", tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "yaml_text,expected",
+    [
+        (
+            "lerning_rate: 0.1\n",
+            "config.yaml:1: unknown key 'lerning_rate' (did you mean 'learning_rate'?)",
+        ),
+        ("beta: 0\n", "'beta' must be > 0"),
+        ("model: m\nlora_rank: -1\n", "'lora_rank' must be > 0"),
+        ("label_smoothing: 0.5\n", "'label_smoothing' must be in [0, 0.5)"),
+        (
+            "batch_size: four\n",
+            "config.yaml:1: 'batch_size' must be an integer or 'auto', got 'four'",
+        ),
+        (
+            "loss: hinge\nlabel_smoothing: 0.1\n",
+            "'label_smoothing' applies to the sigmoid and robust",
+        ),
+        ("beta: 0.1\nmodel: a: b\n", "config.yaml:2: not valid YAML"),
+    ],
+)
+def test_bad_config_is_refused(tmp_path, capsys, yaml_text, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml_text)
+    code = main(["train", str(path), "--no-tui"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_flags_win_over_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\ndata: d\nbeta: 0.3\nlearning_rate: 1e-4\n")
+    args = build_parser().parse_args(["train", str(path), "--beta", "0.7"])
+    config, is_demo = train_config(args)
+    assert config.beta == 0.7 and config.learning_rate == 1e-4 and not is_demo
+
+
+@pytest.mark.parametrize("model_arg", ["/no/such/folder", "./missing-model"])
+def test_missing_model_folder(model_arg, preference_data, tmp_path, capsys):
+    code = main(train_args(model_arg, preference_data, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert code == 2 and "no such model folder" in err
+
+
+def test_folder_that_is_not_a_model(preference_data, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(train_args(tmp_path / "empty", preference_data, tmp_path / "run"))
+    assert code == 2 and "not a model folder" in capsys.readouterr().err
+
+
+def test_existing_run_directory_is_not_overwritten(llama_chatml, preference_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / "config.yaml").write_text(f"model: {llama_chatml}\n")  # a run started here
+    code = main(train_args(llama_chatml, preference_data, run_dir))
+    assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_an_attempt_that_never_started_is_run_again(
+    llama_chatml, preference_data, tmp_path, capsys
+):
+    """A bad input (or a kill while loading) left events but no run: --resume has nothing to
+    continue and says so; the same command again starts the run afresh."""
+    run_dir = tmp_path / "run"
+    missing = tmp_path / "nowhere"
+    assert main(train_args(llama_chatml, missing, run_dir)) == 2
+    assert read_events(run_dir)[-1]["status"] == "failed"
+    assert main(train_args(llama_chatml, preference_data, run_dir) + ["--resume"]) == 2
+    assert "without --resume" in capsys.readouterr().err
+    assert main(train_args(llama_chatml, preference_data, run_dir)) == 0
+    events = read_events(run_dir)
+    assert [e["event"] for e in events].count("run_start") == 1
+    assert events[-1]["status"] == "completed"
+
+
+def test_the_default_configuration_is_the_documented_one():
+    config, is_demo = train_config(build_parser().parse_args(["train"]))
+    assert is_demo
+    for key, value in demo.DEMO_SETTINGS.items():
+        assert getattr(config, key) == value, key
+    assert config.data == str(demo.demo_data_dir())
+
+
+def test_the_demo_with_iters_drops_its_epochs():
+    config, is_demo = train_config(build_parser().parse_args(["train", "--iters", "3"]))
+    assert is_demo and config.iters == 3 and config.epochs is None
+
+
+def test_resume_needs_a_run_that_started(tmp_path, capsys):
+    assert main(["train", "--resume", "--no-tui"]) == 2
+    assert "--resume needs --adapter-path" in capsys.readouterr().err
+    assert main(["train", "--resume", "--adapter-path", str(tmp_path), "--no-tui"]) == 2
+    assert "no run has started here (no config.yaml)" in capsys.readouterr().err
+
+
+def test_resume_reads_the_saved_config_but_never_its_trust(tmp_path):
+    (tmp_path / "config.yaml").write_text("model: m\ndata: d\nbeta: 0.3\ntrust_remote_code: true\n")
+    args = ["train", "--resume", "--adapter-path", str(tmp_path), "--beta", "0.4"]
+    config, is_demo = train_config(build_parser().parse_args(args))
+    assert not is_demo and config.model == "m" and config.beta == 0.4
+    assert config.trust_remote_code is False
+    config, _ = train_config(build_parser().parse_args([*args, "--trust-remote-code"]))
+    assert config.trust_remote_code is True
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_the_demo_reports_around_the_run(monkeypatch, tmp_path, code):
+    """prepare (model and config), the test split before, the run, the report after: the
+    report only when the run succeeded."""
+    steps = []
+    monkeypatch.setattr(demo, "prepare_demo", lambda config: steps.append("prepare") or config)
+    monkeypatch.setattr(
+        demo, "test_report", lambda config, adapter_path, examples: steps.append("before") or {}
+    )
+    monkeypatch.setattr(demo, "report_demo", lambda config, before: steps.append("after"))
+
+    def launch(config, use_tui, resume=False):
+        steps.append(("run", use_tui, resume))
+        return code
+
+    monkeypatch.setattr(train_command, "launch", launch)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--no-tui"]) == code
+    expected = ["prepare", "before", ("run", False, False)] + (["after"] if code == 0 else [])
+    assert steps == expected
+
+
+def test_plan_flag_says_it_will_not_fit_and_how_to(llama_chatml, preference_data, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(llama_chatml),
+            "--data",
+            str(preference_data),
+            "--adapter-path",
+            str(run_dir),
+            "--batch-size",
+            "24",
+            "--max-length",
+            "4096",
+            "--memory-limit-gb",
+            "0.02",
+            "--plan",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "will not fit" in out
+    # Smaller batches with accumulation keep the effective batch of 24.
+    suggestion = next(line for line in out.splitlines() if "--grad-accumulation" in line)
+    batch, accumulation = (int(w) for w in suggestion.split()[1:4:2])
+    assert "to fit:" in out and batch * accumulation == 24 and batch < 24
+    for name in ("base weights", "LoRA parameters", "optimizer state", "activations", "logits"):
+        assert name in out
+    assert not (run_dir / "metrics.jsonl").exists()  # nothing was trained

@@ -1,0 +1,24 @@
+"""`mlx-dpo view` (mlx_dpo/cli/view.py): a run directory opens the dashboard on it; anything
+else exits 2 saying why."""
+
+from __future__ import annotations
+
+import mlx_dpo.tui.app as tui_app
+
+from mlx_dpo.cli import main
+from mlx_dpo.events import METRICS_FILE
+
+
+def test_a_folder_without_events_is_not_a_run(tmp_path, capsys):
+    assert main(["view", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: not a run directory (no {METRICS_FILE})" in err
+    assert main(["view", str(tmp_path / "missing")]) == 2
+
+
+def test_a_run_directory_opens_the_dashboard(tmp_path, monkeypatch):
+    (tmp_path / METRICS_FILE).write_text("")
+    opened = []
+    monkeypatch.setattr(tui_app, "run_dashboard", lambda run_dir: opened.append(run_dir) or 7)
+    assert main(["view", str(tmp_path)]) == 7  # the dashboard's own exit status
+    assert opened == [tmp_path]

@@ -104,7 +104,10 @@ def numpy_terms(name, pc, pr, rc, rr, nc, nr, k: Knobs):
 
 def numpy_loss(names, weights, pc, pr, rc, rr, nc, nr, k: Knobs) -> float:
     return float(
-        sum(w * numpy_terms(n, pc, pr, rc, rr, nc, nr, k).mean() for n, w in zip(names, weights))
+        sum(
+            w * numpy_terms(n, pc, pr, rc, rr, nc, nr, k).mean()
+            for n, w in zip(names, weights, strict=True)
+        )
     )
 
 
@@ -376,7 +379,7 @@ def ld_numpy(tokens: np.ndarray, lengths: np.ndarray, alpha: float) -> np.ndarra
     shared = np.minimum(lengths[:n], lengths[n:])
     shared = np.concatenate([shared, shared])
     out = []
-    for row, length, lp in zip(tokens, lengths, shared):
+    for row, length, lp in zip(tokens, lengths, shared, strict=True):
         out.append(row[:lp].sum() + alpha * row[lp:length].sum())
     return np.array(out)
 
@@ -450,7 +453,7 @@ def test_bco_shift_is_the_running_mean_of_batch_rewards():
     k = Knobs(beta=0.5)
     settings = settings_for(["bco_pair"], k)
     state = initial_loss_state(settings)
-    for (pc, pr, rc, rr), shift in zip(BATCHES, running_shift(BATCHES, k.beta)):
+    for (pc, pr, rc, rr), shift in zip(BATCHES, running_shift(BATCHES, k.beta), strict=True):
         result = pair_objective(pair(pc, pr, rc, rr), settings, state)
         state = result.state
         assert state["bco_reward_mean"].item() == pytest.approx(shift, rel=1e-5)

@@ -65,7 +65,7 @@ _LOSSES = (
     ),
     LossInfo(
         "sigmoid_norm",
-        "length-normalised DPO (TRL; the SimPO paper's LN-DPO)",
+        "length-normalised DPO (TRL)",
         "DPO on per-token log-ratios: long answers do not get larger margins for free.",
         needs_reference=True,
     ),

@@ -196,10 +196,11 @@ SORTING: frozenset[str] = frozenset({"aot", "aot_unpaired", "aot_pair"})
 
 
 def loss_names(loss: str | Sequence[str]) -> tuple[str, ...]:
-    """A config's `loss` (one name or a list) as a tuple of lower-case names."""
+    """A config's `loss` (one name or a list) as a tuple of names, exactly as written (the
+    config refuses names that are not the catalog's)."""
     if isinstance(loss, str):
-        return (loss.strip().lower(),)
-    return tuple(str(name).strip().lower() for name in loss)
+        return (loss,)
+    return tuple(str(name) for name in loss)
 
 
 def needs_reference(loss: str | Sequence[str]) -> bool:

@@ -44,6 +44,7 @@ def test_valid_loss_settings(values):
     "values,message",
     [
         ({"loss": "dpo"}, "'loss' must be one of sigmoid, robust"),
+        ({"loss": "Sigmoid"}, "got 'Sigmoid'"),
         ({"loss": []}, "'loss' must name at least one loss"),
         ({"loss": ["sigmoid", "sigmoid"]}, "'loss' names a loss twice"),
         ({"loss": ["sigmoid", "sft"], "loss_weights": [1.0]}, "needs one weight per loss (2"),

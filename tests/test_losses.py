@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlx_dpo import loss_catalog
+from mlx_dpo.config import TrainConfig
 from mlx_dpo.losses import (
     LOSSES,
     LossSettings,
@@ -25,6 +26,7 @@ from mlx_dpo.losses import (
     pair_objective,
     preference_loss,
     response_sums,
+    settings_from_config,
     wpo_token_terms,
 )
 
@@ -203,6 +205,37 @@ def test_value_and_gradient_match_numpy(name, beta, eps):
     numeric_r = finite_difference(lambda x: numpy_loss([name], [1.0], PC, x, RC, RR, NC, NR, k), PR)
     np.testing.assert_allclose(np.array(grad_c), numeric_c, rtol=1e-3, atol=2e-5)
     np.testing.assert_allclose(np.array(grad_r), numeric_r, rtol=1e-3, atol=2e-5)
+
+
+def test_settings_from_config_carry_every_option():
+    config = TrainConfig(
+        loss=["sigmoid", "bco_pair", "sft"],
+        loss_weights=[0.8, 0.2, 1.0],
+        beta=0.3,
+        label_smoothing=0.1,
+        sft_weight=0.5,
+        discopop_tau=0.2,
+        cpo_alpha=0.7,
+        ld_alpha=0.4,
+        use_weighting=True,
+        desirable_weight=1.3,
+        undesirable_weight=0.9,
+    )
+    assert settings_from_config(config) == LossSettings(
+        beta=0.3,
+        label_smoothing=0.1,
+        simpo_gamma=0.5,
+        losses=("sigmoid", "bco_pair", "sft"),
+        loss_weights=(0.8, 0.2, 1.0),
+        sft_weight=0.5,
+        discopop_tau=0.2,
+        cpo_alpha=0.7,
+        ld_alpha=0.4,
+        use_weighting=True,
+        desirable_weight=1.3,
+        undesirable_weight=0.9,
+    )
+    assert settings_from_config(TrainConfig(loss="simpo", simpo_gamma=1.5)).simpo_gamma == 1.5
 
 
 def test_registry_is_the_catalog():

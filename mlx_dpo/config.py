@@ -17,13 +17,14 @@ from typing import Any
 
 import yaml
 
+from mlx_dpo import loss_catalog
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import atomic_write_text
 
-LOSSES = ("sigmoid", "robust", "ipo", "hinge", "simpo")
+LOSSES = loss_catalog.LOSSES
 SCHEDULES = ("constant", "linear", "cosine")
 REFERENCE_MODES = ("cached", "live")
-FIELD_NAMES = ("prompt", "chosen", "rejected", "system")
+FIELD_NAMES = ("prompt", "chosen", "rejected", "system", "completion", "label")
 
 
 @dataclass
@@ -41,10 +42,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     beta: float = 0.1
-    loss: str = "sigmoid"
+    loss: str | list[str] = "sigmoid"  # one loss, or a list whose terms are added
     label_smoothing: float = 0.0
     simpo_gamma: float | None = None
     sft_weight: float = 0.0
+    # Losses beyond DPO's (mlx_dpo/loss_catalog.py): TRL's names and defaults.
+    loss_weights: list[float] | None = None  # one per loss of a list; 1 each by default
+    discopop_tau: float = 0.05
+    cpo_alpha: float = 1.0
+    ld_alpha: float | None = None  # LD-DPO: weight of the tokens past the shorter response
+    use_weighting: bool = False  # WPO: weigh each pair by its probability under the policy
+    desirable_weight: float = 1.0  # KTO's λ_D
+    undesirable_weight: float = 1.0  # KTO's λ_U
     lora_rank: int = 8
     lora_scale: float = 20.0
     lora_dropout: float = 0.0
@@ -112,7 +121,8 @@ def _type_name(expected: Any) -> str:
         arms = [_type_name(a) for a in typing.get_args(expected) if a is not type(None)]
         return " or ".join(arms) + " (or null)"
     if origin is list:
-        return "a list of strings"
+        (item,) = typing.get_args(expected)
+        return "a list of numbers" if item is float else "a list of strings"
     if origin is dict:
         return "a mapping"
     return _TYPE_NAMES.get(expected, str(expected))
@@ -221,7 +231,6 @@ def _range_problems(config: TrainConfig) -> list[str]:
         f"'memory_limit_gb' must be > 0, got {c.memory_limit_gb}",
     )
     need(c.quantize in (None, 4, 8), f"'quantize' must be 4 or 8, got {c.quantize}")
-    need(c.loss in LOSSES, f"'loss' must be one of {', '.join(LOSSES)}, got {c.loss!r}")
     need(
         c.lr_schedule in SCHEDULES,
         f"'lr_schedule' must be one of {', '.join(SCHEDULES)}, got {c.lr_schedule!r}",
@@ -230,16 +239,141 @@ def _range_problems(config: TrainConfig) -> list[str]:
         c.reference in REFERENCE_MODES,
         f"'reference' must be one of {', '.join(REFERENCE_MODES)}, got {c.reference!r}",
     )
-    need(
-        c.label_smoothing == 0 or c.loss in ("sigmoid", "robust"),
-        f"'label_smoothing' applies to the sigmoid and robust losses, not {c.loss!r}",
-    )
-    need(
-        c.simpo_gamma is None or c.loss == "simpo",
-        f"'simpo_gamma' applies to the simpo loss, not {c.loss!r}",
-    )
     for key in c.fields:
         need(key in FIELD_NAMES, f"'fields' maps {', '.join(FIELD_NAMES)}; unknown '{key}'")
+    return problems + loss_problems(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss and its options (mlx_dpo/loss_catalog.py says what each loss is and reads)
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _names_text(names: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(names)
+
+
+def loss_problems(c: TrainConfig) -> list[str]:
+    """What is wrong with the loss, its list and weights, and the options that go with it.
+    An option set for a loss that does not read it is refused (never silently ignored)."""
+    names = loss_catalog.loss_names(c.loss)
+    unknown = [n for n in names if n not in loss_catalog.CATALOG]
+    if unknown:
+        return [f"'loss' must be one of {', '.join(LOSSES)}, got {', '.join(map(repr, unknown))}"]
+    if not names:
+        return ["'loss' must name at least one loss"]
+    problems = _list_problems(c, names)
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    shown = c.loss if isinstance(c.loss, str) else names
+
+    def reads(option: str) -> list[str]:
+        return [n for n in LOSSES if option in loss_catalog.CATALOG[n].options]
+
+    for option in ("label_smoothing", "discopop_tau", "cpo_alpha"):
+        users = reads(option)
+        need(
+            getattr(c, option) == _DEFAULTS[option] or any(n in users for n in names),
+            f"'{option}' applies to the {_names_text(users)} losses, not {shown!r}",
+        )
+    kto = "kto" in names
+    for option in ("desirable_weight", "undesirable_weight"):
+        need(kto or getattr(c, option) == 1.0, f"'{option}' applies to the kto loss only")
+        need(getattr(c, option) > 0, f"'{option}' must be > 0, got {getattr(c, option)}")
+    need(
+        c.simpo_gamma is None or "simpo" in names,
+        f"'simpo_gamma' applies to the simpo loss, not {shown!r}",
+    )
+    need(c.discopop_tau > 0, f"'discopop_tau' must be > 0, got {c.discopop_tau}")
+    need(c.cpo_alpha >= 0, f"'cpo_alpha' must be >= 0, got {c.cpo_alpha}")
+    need(
+        "exo_pair" not in names or c.label_smoothing > 0,
+        "'exo_pair' needs 'label_smoothing' > 0 (the EXO paper uses 1e-3)",
+    )
+    need(
+        not kto or c.batch_size == "auto" or c.batch_size >= 2,
+        "'kto' estimates its KL term from the other completions of a batch: "
+        "'batch_size' must be at least 2",
+    )
+    reference = loss_catalog.needs_reference(names)
+    need(
+        reference or c.reference == _DEFAULTS["reference"],
+        f"'reference' does not apply: {shown!r} uses no reference model",
+    )
+    if c.ld_alpha is not None:
+        need(0 <= c.ld_alpha <= 1, f"'ld_alpha' must be in [0, 1], got {c.ld_alpha}")
+        need(
+            reference and not kto,
+            f"'ld_alpha' (LD-DPO) applies to pair losses with a reference, not {shown!r}",
+        )
+    if c.use_weighting:
+        need(not kto, "'use_weighting' (WPO) weighs pairs; kto has none")
+        sorting = [n for n in names if n in loss_catalog.SORTING]
+        need(
+            not sorting,
+            f"'use_weighting' (WPO) weighs each pair, and {_names_text(sorting)} sorts the "
+            f"batch's pairs",
+        )
+    return problems
+
+
+def _list_problems(c: TrainConfig, names: tuple[str, ...]) -> list[str]:
+    problems = []
+    if len(set(names)) != len(names):
+        problems.append(f"'loss' names a loss twice: {_names_text(names)}")
+    if c.loss_weights is not None:
+        if len(c.loss_weights) != len(names):
+            problems.append(
+                f"'loss_weights' needs one weight per loss ({len(names)}: "
+                f"{_names_text(names)}), got {len(c.loss_weights)}"
+            )
+        if any(not math.isfinite(w) or w < 0 for w in c.loss_weights):
+            problems.append(f"'loss_weights' must be >= 0, got {c.loss_weights}")
+    if "kto" in names and len(names) > 1:
+        problems.append(
+            "'kto' trains on unpaired completions and cannot be combined with other losses"
+        )
+    if names == ("sft",):
+        problems.append(
+            "'sft' alone is supervised fine-tuning, not preference tuning: add it to a "
+            "preference loss, e.g. loss: [sigmoid, sft]"
+        )
+    preference = [n for n in names if n != "sft"]
+    free = [n for n in preference if n in loss_catalog.REFERENCE_FREE]
+    if free and len(free) < len(preference):
+        problems.append(
+            f"'loss' mixes reference-free ({_names_text(free)}) and reference-based losses: a "
+            f"list uses the reference model for all its losses or for none"
+        )
+    elif free and loss_catalog.reward_kind(free) == loss_catalog.REWARD_NONE:
+        problems.append(
+            f"'loss' mixes {_names_text(free)}, whose rewards are measured differently "
+            f"(length-averaged vs summed log-probs)"
+        )
+    return problems
+
+
+# Losses and options the training step runs today. The rest is checked above and computed by
+# mlx_dpo/losses.py, but waits for the restructured trainer to wire it in (issue 20): until
+# then it is refused here rather than accepted and run wrongly. Remove with the wiring.
+TRAINABLE_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo")
+
+
+def awaiting_trainer(c: TrainConfig) -> list[str]:
+    names = loss_catalog.loss_names(c.loss)
+    problems = []
+    if len(names) > 1 or any(n not in TRAINABLE_LOSSES for n in names):
+        problems.append(
+            f"'loss: {c.loss}' is not available in training yet (the training step runs "
+            f"{_names_text(TRAINABLE_LOSSES)}, one at a time)"
+        )
+    for option in ("loss_weights", "ld_alpha", "use_weighting"):
+        if getattr(c, option) != _DEFAULTS[option]:
+            problems.append(f"'{option}' is not available in training yet")
     return problems
 
 
@@ -256,8 +390,11 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
     for key, value in merged.items():
         if _type_of(key) in (float, float | None) and isinstance(value, int):
             merged[key] = float(value)
+        if _type_of(key) == list[float] | None and isinstance(value, list):
+            merged[key] = [float(v) for v in value]
     config = TrainConfig(**merged)
     problems = _range_problems(config)
+    problems = problems or awaiting_trainer(config)
     if problems:
         raise UserError("invalid configuration", problems)
     if config.health:

@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mlx_dpo import loss_catalog
 from mlx_dpo.config import HealthThresholds, TrainConfig
 from mlx_dpo.formatting import finite_number
 
@@ -76,29 +77,23 @@ KIND_TITLES = {
 }
 
 # Losses that have no reference model: their rewards are not log-ratios to a reference.
-REFERENCE_FREE_LOSSES = frozenset({"simpo"})
+REFERENCE_FREE_LOSSES = loss_catalog.REFERENCE_FREE
+# The config keys (besides loss, beta, label_smoothing) that the first-step loss depends on.
+_INITIAL_LOSS_OPTIONS = ("loss_weights", "desirable_weight", "undesirable_weight", "use_weighting")
 
 
 def severity_of(kind: str) -> str:
     return "error" if kind in ERROR_KINDS else "warning"
 
 
-def expected_initial_loss(loss: str, beta: float, label_smoothing: float = 0.0) -> float | None:
+def expected_initial_loss(
+    loss: str | Sequence[str], beta: float, label_smoothing: float = 0.0, **options: Any
+) -> float | None:
     """The loss a policy equal to its reference has (every log-ratio 0), or None when there is
-    no such value to check: a reference-free loss (simpo), an unknown loss, or a setting where
-    the formula is undefined. Sigmoid (with or without label smoothing ε) and robust give
-    ln 2 for any ε; hinge relu(1 - 0) = 1; ipo (0 - 1/(2β))²."""
-    name = loss.strip().lower()
-    if name == "sigmoid":
-        return LN2
-    if name == "robust":
-        # [-(1-ε)logσ(0) + ε·logσ(0)] / (1-2ε) = ln 2, undefined at ε = 0.5.
-        return LN2 if label_smoothing < 0.5 else None
-    if name == "hinge":
-        return 1.0
-    if name == "ipo":
-        return (1.0 / (2.0 * beta)) ** 2 if beta > 0 else None
-    return None
+    no such value to check (a reference-free loss, an NLL term, WPO weights, an unknown loss).
+    `options`: loss_weights, desirable_weight, undesirable_weight, use_weighting.
+    mlx_dpo/loss_catalog.py has each loss's value (sigmoid ln 2, hinge 1, ipo (1/(2β))², ...)."""
+    return loss_catalog.expected_initial_loss(loss, beta, label_smoothing, **options)
 
 
 def _rounded(value: float | None) -> float | None:
@@ -149,13 +144,18 @@ class HealthMonitor:
     def __init__(
         self,
         thresholds: HealthThresholds | None = None,
-        loss: str = TrainConfig.loss,
+        loss: str | Sequence[str] = TrainConfig.loss,
         beta: float = TrainConfig.beta,
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
+        loss_options: dict[str, Any] | None = None,
     ):
         self.thresholds = thresholds or HealthThresholds()
-        self.loss = loss
+        self.loss = loss if isinstance(loss, str) else ", ".join(loss_catalog.loss_names(loss))
+        self.loss_names = loss_catalog.loss_names(loss)
+        self.loss_options = {
+            k: v for k, v in (loss_options or {}).items() if k in _INITIAL_LOSS_OPTIONS
+        }
         self.beta = beta
         self.label_smoothing = label_smoothing
         self.sft_weight = sft_weight
@@ -181,7 +181,8 @@ class HealthMonitor:
         cls, run_start: dict | None, thresholds: HealthThresholds | None = None
     ) -> HealthMonitor:
         """A monitor set up from a `run_start` event: fields `loss`, `beta`, and the config's
-        `label_smoothing` and `sft_weight` (falling back to the config for loss and beta)."""
+        `label_smoothing`, `sft_weight` and the options the first-step loss depends on
+        (falling back to the config for loss and beta)."""
         run_start = run_start or {}
         config = run_start.get("config") or {}
 
@@ -189,26 +190,32 @@ class HealthMonitor:
             value = run_start.get(name, config.get(name))
             return default if value is None else value
 
+        loss = setting("loss", TrainConfig.loss)
         return cls(
             thresholds,
-            loss=str(setting("loss", TrainConfig.loss)),
+            loss=loss if isinstance(loss, list) else str(loss),
             beta=finite_number(setting("beta", TrainConfig.beta)) or 0.0,
             label_smoothing=finite_number(config.get("label_smoothing")) or 0.0,
             sft_weight=finite_number(config.get("sft_weight")) or 0.0,
+            loss_options={k: config[k] for k in _INITIAL_LOSS_OPTIONS if config.get(k) is not None},
         )
 
     # ---- the loss's starting point -------------------------------------------------------
 
     @property
     def reference_free(self) -> bool:
-        return self.loss.strip().lower() in REFERENCE_FREE_LOSSES or self.beta <= 0
+        """No reference model: rewards are β times policy log-probs, not log-ratios."""
+        known = all(n in loss_catalog.CATALOG for n in self.loss_names)
+        return (known and not loss_catalog.needs_reference(self.loss_names)) or self.beta <= 0
 
     def _expected_first_loss(self) -> float | None:
         """The first step's expected loss; None when an SFT term is added (its NLL is not
         known in advance) or the loss has no such value."""
         if self.sft_weight:
             return None
-        return expected_initial_loss(self.loss, self.beta, self.label_smoothing)
+        return expected_initial_loss(
+            self.loss_names, self.beta, self.label_smoothing, **self.loss_options
+        )
 
     # ---- events ---------------------------------------------------------------------------
 
@@ -379,9 +386,9 @@ class HealthMonitor:
         t = self.thresholds
         if self._resumed or entry["step"] > 1:
             return None  # not the first step of the run
-        if expected_initial_loss(self.loss, self.beta, self.label_smoothing) is None:
-            return None  # reference-free or unknown loss
-        expected = self._expected_first_loss()
+        if self.reference_free or any(n not in loss_catalog.CATALOG for n in self.loss_names):
+            return None  # no reference to start from, or a loss we know nothing about
+        expected = self._expected_first_loss()  # None: only the rewards are checked
         loss = entry["loss"]
         chosen, rejected = entry["rewards/chosen"], entry["rewards/rejected"]
         problems = []

@@ -54,7 +54,7 @@ def test_bad_data_exits_2_with_location_and_no_traceback(
         ),
         (
             "loss: hinge\nlabel_smoothing: 0.1\n",
-            "'label_smoothing' applies to the sigmoid and robust",
+            "'label_smoothing' applies to the sigmoid, robust,",
         ),
         ("beta: 0.1\nmodel: a: b\n", "config.yaml:2: not valid YAML"),
     ],

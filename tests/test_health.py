@@ -461,6 +461,53 @@ def test_resumed_and_reference_free_runs_skip_the_reference_check():
     assert run_monitor(mismatch_stream(), loss="simpo") == []
 
 
+@pytest.mark.parametrize(
+    ("loss", "options", "expected"),
+    [
+        (["sigmoid", "bco_pair"], {"loss_weights": [0.8, 0.2]}, 0.8 * LN2 + 0.2 * 2 * LN2),
+        (["sigmoid", "bco_pair", "sft"], {}, None),  # the NLL is not known in advance
+        ("sigmoid", {"use_weighting": True}, None),  # WPO weights depend on the model
+        ("kto", {"desirable_weight": 0.8, "undesirable_weight": 0.8}, 0.4),
+        ("kto", {"desirable_weight": 1.0, "undesirable_weight": 0.5}, None),  # batch's mix
+        ("apo_zero", {}, 1.0),
+        ("orpo", {}, None),
+    ],
+)
+def test_expected_initial_loss_of_lists_and_other_losses(loss, options, expected):
+    got = expected_initial_loss(loss, 0.1, 0.0, **options)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def weighted_first_step_stream(weights: list[float]) -> list[dict]:
+    """A healthy start of a [sigmoid, nca_pair] run: at the reference every per-pair term is
+    its starting value, ln 2 and 2 ln 2."""
+    events = simulate(0, 5, lambda t: -0.5 * t, lambda t: -1.5 * t)
+    events[0]["loss"] = ["sigmoid", "nca_pair"]
+    events[0]["config"] = {"loss_weights": weights}
+    next(e for e in events if e["event"] == "step")["loss"] = (weights[0] + 2 * weights[1]) * LN2
+    return events
+
+
+def test_check_events_reads_a_loss_list_and_its_weights():
+    assert check_events(weighted_first_step_stream([0.5, 1.5])) == []
+    wrong = weighted_first_step_stream([0.5, 1.5])
+    wrong[0]["config"] = {}  # judged with weights 1 and 1: the first loss is off
+    assert kinds(check_events(wrong)) == ["reference_mismatch"]
+
+
+@pytest.mark.parametrize("loss", ["simpo", "orpo", "cpo", ["simpo", "sft"]])
+def test_reference_free_losses_have_no_reference_check(loss):
+    assert run_monitor(mismatch_stream(), loss=loss) == []
+    assert HealthMonitor(loss=loss).reference_free
+
+
+def test_kto_starts_from_its_reference_like_dpo():
+    events = simulate(0, 5, lambda t: -0.5 * t, lambda t: -1.5 * t)
+    next(e for e in events if e["event"] == "step")["loss"] = 0.5  # λ·(1 − σ(0)), λ = 1
+    assert run_monitor(events, loss="kto") == []
+    assert kinds(run_monitor(mismatch_stream(), loss="kto")) == ["reference_mismatch"]
+
+
 # ---- length bias ----------------------------------------------------------------------------
 
 

@@ -140,11 +140,45 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help=f"data order, LoRA init and dropout (default {d.seed})")
     g = parser.add_argument_group("objective")
     add_beta(g, f"default {d.beta}")
-    g.add_argument("--loss", choices=LOSSES, help=f"default {d.loss}")
-    g.add_argument("--label-smoothing", type=float, help="ε for sigmoid (cDPO) and robust")
+    g.add_argument(
+        "--loss",
+        nargs="+",
+        choices=LOSSES,
+        metavar="LOSS",
+        help=f"a loss, or several whose terms are added (default {d.loss}; README lists them)",
+    )
+    g.add_argument(
+        "--loss-weights", nargs="+", type=float, help="one weight per --loss term (default 1 each)"
+    )
+    g.add_argument(
+        "--label-smoothing", type=float, help="ε for sigmoid (cDPO), robust, exo_pair and cpo"
+    )
     # The simpo loss's own default margin (mlx_dpo/losses.py, LossSettings) when unset.
     g.add_argument("--simpo-gamma", type=float, help="SimPO target margin γ (default 0.5)")
     g.add_argument("--sft-weight", type=float, help="weight of an SFT term on chosen (RPO)")
+    g.add_argument(
+        "--discopop-tau", type=float, help=f"discopop's temperature τ (default {d.discopop_tau})"
+    )
+    g.add_argument(
+        "--cpo-alpha", type=float, help=f"weight of cpo's NLL term (default {d.cpo_alpha})"
+    )
+    g.add_argument(
+        "--ld-alpha",
+        type=float,
+        help="LD-DPO: weight of the response tokens past the shorter response (default off)",
+    )
+    g.add_argument(
+        "--use-weighting",
+        action="store_const",
+        const=True,
+        help="WPO: weigh each pair by its probability under the policy",
+    )
+    g.add_argument(
+        "--desirable-weight", type=float, help=f"KTO's λ_D (default {d.desirable_weight})"
+    )
+    g.add_argument(
+        "--undesirable-weight", type=float, help=f"KTO's λ_U (default {d.undesirable_weight})"
+    )
     g.add_argument(
         "--reference",
         choices=REFERENCE_MODES,
@@ -193,4 +227,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def train_flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """The train flags of parsed arguments, by TrainConfig key (None: not given)."""
-    return {key: getattr(args, key) for key in TRAIN_FLAG_KEYS}
+    values = {key: getattr(args, key) for key in TRAIN_FLAG_KEYS}
+    if values["loss"] is not None and len(values["loss"]) == 1:
+        values["loss"] = values["loss"][0]  # one loss is written as a name, as in YAML
+    return values

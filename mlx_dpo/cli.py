@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_dpo.audit import add_data_parser, run_data
+from mlx_dpo.cli_collect import add_collect_parser, add_pairs_parser, run_collect, run_pairs
 from mlx_dpo.compare import add_compare_parser, run_compare
 from mlx_dpo.config import LOSSES, REFERENCE_MODES, SCHEDULES, TrainConfig, build_config, read_yaml
 from mlx_dpo.errors import UserError
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_compare_parser(sub)
     add_data_parser(sub)
+    add_collect_parser(sub)
+    add_pairs_parser(sub)
     return parser
 
 
@@ -371,6 +374,8 @@ COMMANDS = {
     "export": run_export,
     "compare": run_compare,
     "data": run_data,
+    "collect": run_collect,
+    "pairs": run_pairs,
 }
 
 

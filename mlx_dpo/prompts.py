@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,10 +147,17 @@ def load_prompts(
     else:
         prompts, problems = _text_prompts(path)
     if problems:
+        problems.sort(key=lambda problem: _line_number(problem, path))
         raise UserError(f"{path}: {len(problems)} problem(s) in the prompts", problems)
     if not prompts:
         raise UserError(f"{path}: no prompts in this file")
     return prompts
+
+
+def _line_number(problem: str, path: Path) -> int:
+    """The line a problem names ("file:line: ..." or "file[index]: ..."), for file order."""
+    match = re.match(r"[:\[](\d+)", problem[len(str(path)) :])
+    return int(match.group(1)) if match else 0
 
 
 def unique_prompts(prompts: list[Prompt]) -> tuple[list[Prompt], int]:

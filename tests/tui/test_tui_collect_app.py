@@ -269,30 +269,17 @@ def test_snapshot(tmp_path, monkeypatch, snap_compare):
 # With the real worker on a tiny model
 
 
-def mlx_lm_answer(model_path: Path, messages: list[dict], seed: int, **sampling) -> str:
-    """What mlx-lm itself samples for this prompt and seed (an independent computation)."""
-    import mlx.core as mx
-    import mlx_lm
-    from mlx_lm.sample_utils import make_sampler
-
-    model, tokenizer = mlx_lm.load(str(model_path))  # a few ms for a tiny model
-    mx.random.seed(seed)
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    return mlx_lm.generate(
-        model,
-        tokenizer,
-        prompt,
-        max_tokens=sampling["max_tokens"],
-        sampler=make_sampler(temp=sampling["temp"], top_p=sampling["top_p"]),
-    )
-
-
 @pytest.mark.slow
 async def test_real_worker_answers_are_mlx_lms_and_a_killed_worker_loses_nothing(
     tmp_path, llama_chatml
 ):
     import os
     import signal
+
+    import mlx_lm
+
+    from mlx_dpo.sampling import Sampling
+    from tests.collect_models import mlx_lm_sample
 
     sampling = {"temp": 0.9, "top_p": 0.9, "max_tokens": 10}
     command = [
@@ -319,9 +306,10 @@ async def test_real_worker_answers_are_mlx_lms_and_a_killed_worker_loses_nothing
     (record,) = lines_of(out)
     seeds = record["meta"]["seeds"]
     assert seeds == dict(zip("ab", pair_seeds(5, prompts[0].key, 0, same=False), strict=True))
-    messages = prompts[0].messages
+    model, tokenizer = mlx_lm.load(str(llama_chatml))
     assert first == {
-        side: mlx_lm_answer(llama_chatml, messages, seeds[side], **sampling) for side in "ab"
+        side: mlx_lm_sample(model, tokenizer, prompts[0].messages, Sampling(**sampling), seed)
+        for side, seed in seeds.items()
     }
     assert (record["chosen"], record["rejected"]) == (first["a"], first["b"])
     assert record["meta"]["sampling"] == sampling
@@ -335,3 +323,16 @@ async def test_real_worker_answers_are_mlx_lms_and_a_killed_worker_loses_nothing
         await wait_until(pilot, lambda: again.shown is None, timeout=20)
     again.files.close()
     assert [r["meta"]["item"] for r in lines_of(out)] == [p.key for p in prompts]
+
+
+def test_the_collect_screen_loads_no_mlx():
+    import subprocess
+
+    code = (
+        "import sys, mlx_dpo.tui.collect, mlx_dpo.cli_collect\n"
+        "print(sorted(m for m in sys.modules if m == 'mlx' or m.startswith(('mlx.', 'mlx_lm'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

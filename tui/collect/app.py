@@ -229,8 +229,9 @@ class CollectApp(App[int]):
         prefers = preference.get("prefers")
         for side in ("a", "b"):
             status = finish_text(self.shown.finish.get(side), self.shown.tokens.get(side))
-            marker = " · the model prefers this one" if prefers == side else ""
-            self.pane(side).set_status(status + marker, preferred=prefers == side)
+            # First, so a narrow pane still shows it.
+            marker = "model prefers · " if prefers == side else ""
+            self.pane(side).set_status(marker + status, preferred=prefers == side)
 
     # -- the flow ----------------------------------------------------------------------
 
@@ -368,7 +369,7 @@ class CollectApp(App[int]):
 def finish_text(finish_reason: str | None, tokens: int | None = None) -> str:
     count = f"{tokens} tokens · " if tokens is not None else ""
     if finish_reason == "length":
-        return f"{count}cut at the token limit"
+        return f"{count}cut at max tokens"
     if finish_reason == "stop":
         return f"{count}complete"
     return ""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_dpo.errors import UserError
-from mlx_dpo.journal import VerdictFiles, check_out_path
+from mlx_dpo.journal import JsonLines, VerdictFiles, check_out_path, sidecar_path
 from mlx_dpo.prompts import Prompt, load_prompts, unique_prompts
 from mlx_dpo.sampling import (
     DEFAULT_CANDIDATES,
@@ -143,11 +143,11 @@ def run_collect(args: argparse.Namespace) -> int:
         )
     _check_model_flags(args)
     prompts = _prompts(args)
-    if not _is_terminal():
-        raise UserError("collect is interactive: run it in a terminal")
-    from mlx_dpo.tui.collect import run_collect_app
+    with VerdictFiles(out) as files:  # a broken file is reported before anything starts
+        if not _is_terminal():
+            raise UserError("collect is interactive: run it in a terminal")
+        from mlx_dpo.tui.collect import run_collect_app
 
-    with VerdictFiles(out) as files:
         return run_collect_app(
             prompts,
             files,
@@ -174,6 +174,10 @@ def run_pairs(args: argparse.Namespace) -> int:
     _check_model_flags(args)
     template = read_judge_prompt(args.judge_prompt) if args.judge_prompt else JUDGE_PROMPT
     prompts = _prompts(args)
+    # The files are read (and a torn last line repaired) before the models load: a broken
+    # file is reported at once.
+    with JsonLines(sidecar_path(out, "candidates")), VerdictFiles(out):
+        pass
     generator = load_generator(args.model, args.adapter_path, args.trust_remote_code)
     if model_name(args.judge) == model_name(args.model) and not args.adapter_path:
         judge_model, judge_tokenizer = generator.model, generator.tokenizer  # one copy

@@ -61,6 +61,17 @@ def test_a_bad_prompts_file_exits_2_naming_file_and_line(capsys, tmp_path, llama
     assert not out.exists()
 
 
+def test_a_broken_pairs_file_exits_2_naming_file_and_line(capsys, tmp_path, prompts):
+    out = tmp_path / "pairs.jsonl"
+    out.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": \n\n')
+    for command in (
+        ["pairs", prompts, "--model", "nope", "--judge", "nope", "--out", out],
+        ["collect", prompts, "--model", "nope", "--out", out],
+    ):
+        code, _, err = run_cli(capsys, *command)
+        assert code == 2 and f"{out}:2: not valid JSON" in err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -91,6 +91,7 @@ def test_the_protocol_on_a_tiny_model(llama_chatml):
     assert unknown == {"type": "error", "id": 4, "message": "unknown op 'dance'", "fatal": False}
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_load_is_a_fatal_error(tmp_path):
     lines, code = run_worker(["--model", str(tmp_path / "nope")], [])
     assert code == 2

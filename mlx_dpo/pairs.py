@@ -230,7 +230,11 @@ def make_pairs(
 
 
 def _make_candidate(
-    prompt: Prompt, index: int, generator: Generator, settings: PairsSettings, summary
+    prompt: Prompt,
+    index: int,
+    generator: Generator,
+    settings: PairsSettings,
+    summary: PairsSummary,
 ) -> dict[str, Any]:
     seed = candidate_seed(settings.seed, prompt.key, index)
     tic = time.perf_counter()
@@ -252,7 +256,12 @@ def _make_candidate(
 
 
 def _compare(
-    prompt: Prompt, x: dict, y: dict, judge: Judge, settings: PairsSettings, summary
+    prompt: Prompt,
+    x: dict,
+    y: dict,
+    judge: Judge,
+    settings: PairsSettings,
+    summary: PairsSummary,
 ) -> tuple[dict[str, Any], bool]:
     """(record, is_pair) for candidates x and y of a prompt."""
     meta: dict[str, Any] = {

@@ -4,6 +4,7 @@ model (full logits, numpy log-softmax), never through mlx-dpo's own scoring."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -11,6 +12,26 @@ import numpy as np
 
 from mlx_dpo.checkpoints import adapter_config, save_adapters
 from mlx_dpo.model import adapter_weights, apply_lora, load_model, named_lora_modules
+
+# A judging prompt for the tiny judge of balanced_judge: plain text (no chat template)
+# ending with the second answer, so what it says depends on the answers.
+TEMPLATE = "Which is better, A or B? Request: {prompt}\nA: {answer_a}\nB: {answer_b}"
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def comparable(path: Path) -> list[str]:
+    """The file's records without their times and order numbers, in a fixed order."""
+
+    def strip(record: dict) -> dict:
+        record = {k: v for k, v in record.items() if k != "time"}
+        if "meta" in record:
+            record["meta"] = {k: v for k, v in record["meta"].items() if k not in ("time", "seq")}
+        return record
+
+    return sorted(json.dumps(strip(r), sort_keys=True) for r in lines_of(path))
 
 
 def random_adapter(model_path: Path, folder: Path, seed: int = 0) -> Path:

@@ -17,8 +17,7 @@ import pytest
 
 from mlx_dpo.cli import main
 from mlx_dpo.journal import sidecar_path, skipped_path
-from tests.collect_models import balanced_judge
-from tests.test_pairs import TEMPLATE, comparable
+from tests.collect_models import TEMPLATE, balanced_judge, comparable
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ consistent verdicts become pairs, and a run continues from its files exactly."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlx_lm
@@ -17,11 +16,15 @@ from mlx_dpo.logprobs import find_head_split
 from mlx_dpo.pairs import Judge, PairsSettings, candidate_seed, comparison_item, make_pairs
 from mlx_dpo.prompts import load_prompts
 from mlx_dpo.sampling import Sampling
-from tests.collect_models import balanced_judge, full_logps, mlx_lm_sample
+from tests.collect_models import (
+    TEMPLATE,
+    balanced_judge,
+    comparable,
+    full_logps,
+    lines_of,
+    mlx_lm_sample,
+)
 
-# The judge reads plain text (no chat template) ending with the second answer, so what it
-# says depends on the answers (see collect_models.balanced_judge).
-TEMPLATE = "Which is better, A or B? Request: {prompt}\nA: {answer_a}\nB: {answer_b}"
 SAMPLING = Sampling(1.0, 1.0, 6)
 K = 4
 
@@ -57,22 +60,6 @@ def settings(llama_chatml, judge_path, **changes) -> PairsSettings:
     )
     values.update(changes)
     return PairsSettings(**values)
-
-
-def lines_of(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def comparable(path: Path) -> list[str]:
-    """The file's records without their times and order numbers, in a fixed order."""
-
-    def strip(record: dict) -> dict:
-        record = {k: v for k, v in record.items() if k != "time"}
-        if "meta" in record:
-            record["meta"] = {k: v for k, v in record["meta"].items() if k not in ("time", "seq")}
-        return record
-
-    return sorted(json.dumps(strip(r), sort_keys=True) for r in lines_of(path))
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,9 @@ def test_label_kill_continue_and_train(llama_chatml, tmp_path):
         time.sleep(0.3)
         tmux("send-keys", "-t", second, "e")
         wait_until(lambda: "Edit answer A" in screen(second), "the editor")
+        time.sleep(0.5)  # the editor takes the focus once it is mounted
         tmux("send-keys", "-t", second, "End", " Truly.")
+        wait_until(lambda: "Truly." in screen(second), "the typed text", session=second)
         tmux("send-keys", "-t", second, "C-s")
         wait_until(lambda: verdicts(out) == 4, "the edit on disk")
         judge(second, "x", out)

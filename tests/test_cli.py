@@ -28,10 +28,10 @@ def test_the_subcommands_in_the_order_help_lists_them(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "{train,view,eval,export,compare,data}" in out
+    assert "{train,view,eval,export,compare,data,collect,pairs}" in out
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert list(sub.choices) == list(cli.SUBCOMMANDS) == [
-        "train", "view", "eval", "export", "compare", "data",
+        "train", "view", "eval", "export", "compare", "data", "collect", "pairs",
     ]  # fmt: skip
 
 
@@ -129,3 +129,15 @@ def test_no_tui_without_a_terminal(llama_chatml, preference_data, tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "step 4/4 | loss" in result.stdout
+
+
+def test_importing_the_cli_loads_no_mlx():
+    # `mlx-dpo --help` and the user-error paths stay fast: MLX loads with the command using it.
+    code = (
+        "import sys, mlx_dpo.cli\n"
+        "print(sorted(m for m in sys.modules if m == 'mlx' or m.startswith(('mlx.', 'mlx_lm'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

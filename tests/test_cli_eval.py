@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import mlx_dpo.cli.eval as eval_command
+from mlx_dpo import evaluate
 from mlx_dpo.cli import main
 from mlx_dpo.config import TrainConfig
 
@@ -23,7 +23,7 @@ def calls(monkeypatch) -> list[dict]:
         calls.append(options)
         return dict(RESULT)
 
-    monkeypatch.setattr(eval_command, "evaluate_command", fake_evaluate)
+    monkeypatch.setattr(evaluate, "evaluate_command", fake_evaluate)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""`mlx-dpo`: train, view, eval, export, compare, data audit. One module per subcommand
+"""`mlx-dpo`: train, view, eval, export, compare, data audit, collect, pairs. One module per subcommand
 (each with `add_parser(subparsers)` and `run(args) -> exit status`), the flags they share in
 flags.py, the exit statuses in exit_codes.py.
 
@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from mlx_dpo.cli import compare, data, export, train, view
+from mlx_dpo.cli import collect, compare, data, export, pairs, train, view
 from mlx_dpo.cli import eval as eval_
 from mlx_dpo.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from mlx_dpo.errors import UserError
@@ -25,6 +25,8 @@ SUBCOMMANDS = {
     "export": export,
     "compare": compare,
     "data": data,
+    "collect": collect,
+    "pairs": pairs,
 }
 
 

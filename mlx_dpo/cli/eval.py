@@ -19,7 +19,6 @@ from mlx_dpo.cli.flags import (
     add_trust_remote_code,
 )
 from mlx_dpo.config import TrainConfig
-from mlx_dpo.evaluate import evaluate_command
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -39,6 +38,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # MLX loads with the command that uses it, not with `mlx-dpo --help`.
+    from mlx_dpo.evaluate import evaluate_command
+
     result = evaluate_command(
         model=args.model,
         adapter_path=args.adapter_path,

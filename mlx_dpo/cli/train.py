@@ -20,6 +20,7 @@ from typing import Any
 from mlx_dpo import demo
 from mlx_dpo.cli.exit_codes import EXIT_FAILED, EXIT_USER_ERROR
 from mlx_dpo.cli.flags import add_train_flags, train_flag_values
+from mlx_dpo.cli.terminal import terminal_attached
 from mlx_dpo.config import TrainConfig, build_config, read_yaml, save_config
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import CONFIG_FILE, LAUNCH_CONFIG_FILE, LOG_FILE
@@ -99,14 +100,8 @@ def default_run_dir() -> str:
 
 
 def is_terminal() -> bool:
-    """Whether a dashboard can be shown: all three standard streams are a terminal, TERM is
-    not dumb and CI is unset."""
-    streams = (sys.stdin, sys.stdout, sys.stderr)
-    return (
-        all(s is not None and s.isatty() for s in streams)
-        and os.environ.get("TERM", "") != "dumb"
-        and not os.environ.get("CI")
-    )
+    """Whether a dashboard is shown by default: a terminal is attached and CI is unset."""
+    return terminal_attached() and not os.environ.get("CI")
 
 
 def launch(config: TrainConfig, use_tui: bool, resume: bool = False) -> int:

@@ -1,0 +1,109 @@
+"""Answers sampled from a model with mlx-lm's own generation and sampler, reproducible by seed.
+
+The prompt is formatted as training formats it (the chat template with the generation prompt,
+or the plain text without a template), so a pair made from these answers tokenizes the way
+it was generated. Sampling draws from MLX's global random state, seeded right before each
+answer: the same (model, prompt, settings, seed) gives the same answer in any process.
+Answers are drawn one after another, never interleaved, for that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import stream_generate
+from mlx_lm.sample_utils import make_sampler
+
+from mlx_dpo.compare import load_policy
+from mlx_dpo.data import Message, as_token_ids, has_chat_template, plain_text
+from mlx_dpo.errors import UserError
+from mlx_dpo.model import load_model
+from mlx_dpo.sampling import Sampling
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int  # tokens generated (the end-of-turn token not counted)
+    finish_reason: str  # "stop" (the model ended its turn) or "length" (max_tokens reached)
+
+
+@dataclass
+class Generator:
+    """A model ready to answer: with an adapter, its reference is the adapter switched off
+    (or the run's init adapter: `frozen_adapter`), as in training."""
+
+    model: Any
+    tokenizer: Any
+    adapter: str | None = None
+    frozen_adapter: dict | None = None
+    reference_name: str = "base"
+
+
+def load_generator(
+    model: str | None, adapter_path: str | None = None, trust_remote_code: bool = False
+) -> Generator:
+    """The model (+ adapter) in evaluation mode (no LoRA dropout). Without --model, the
+    adapter's recorded base model."""
+    if adapter_path:
+        policy = load_policy(adapter_path, model, trust_remote_code)
+        generator = Generator(
+            policy.model,
+            policy.tokenizer,
+            adapter_path,
+            policy.frozen_adapter,
+            policy.reference_name,
+        )
+    elif model:
+        net, tokenizer, _, _ = load_model(model, trust_remote_code=trust_remote_code)
+        generator = Generator(net, tokenizer)
+    else:
+        raise UserError("--model is needed (or an --adapter-path that records its model)")
+    generator.model.eval()
+    return generator
+
+
+def prompt_tokens(tokenizer: Any, messages: list[Message]) -> list[int]:
+    """The prompt as training saw it (data.tokenize_record): the chat template with the
+    generation prompt, or without a template the plain text."""
+    if has_chat_template(tokenizer):
+        return as_token_ids(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        )
+    return as_token_ids(tokenizer.encode(plain_text(messages)))
+
+
+def stream_answer(
+    model: Any, tokenizer: Any, messages: list[Message], sampling: Sampling, seed: int
+) -> Iterator[tuple[str, Answer | None]]:
+    """(text piece, None) as tokens come, then ("", the whole Answer) at the end."""
+    mx.random.seed(seed)
+    sampler = make_sampler(temp=sampling.temp, top_p=sampling.top_p)
+    pieces: list[str] = []
+    response = None
+    for response in stream_generate(
+        model,
+        tokenizer,
+        prompt_tokens(tokenizer, messages),
+        max_tokens=sampling.max_tokens,
+        sampler=sampler,
+    ):
+        if response.text:
+            pieces.append(response.text)
+            yield response.text, None
+    assert response is not None  # stream_generate yields at least the final response
+    tokens = response.generation_tokens - (response.finish_reason == "stop")
+    yield "", Answer("".join(pieces), tokens, response.finish_reason or "length")
+
+
+def sample_answer(
+    model: Any, tokenizer: Any, messages: list[Message], sampling: Sampling, seed: int
+) -> Answer:
+    """One answer, whole (what `stream_answer` streams)."""
+    for _, answer in stream_answer(model, tokenizer, messages, sampling, seed):
+        if answer is not None:
+            return answer
+    raise AssertionError("stream_answer ended without an answer")

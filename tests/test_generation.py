@@ -1,0 +1,66 @@
+"""Seeded sampling: what mlx-lm itself samples for the same prompt, settings and seed, streamed
+piece by piece, the same in every call."""
+
+from __future__ import annotations
+
+import mlx_lm
+import pytest
+
+from mlx_dpo.compare import generate_answer
+from mlx_dpo.errors import UserError
+from mlx_dpo.generation import load_generator, prompt_tokens, sample_answer, stream_answer
+from mlx_dpo.sampling import Sampling, check_sampling, describe_sampling
+from tests.collect_models import mlx_lm_sample
+
+PROMPT = [{"role": "user", "content": "what color is item 3?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(llama_chatml):
+    return load_generator(str(llama_chatml))
+
+
+@pytest.mark.parametrize("sampling", [Sampling(0.9, 0.9, 12), Sampling(1.0, 1.0, 12)])
+def test_answers_are_mlx_lms_for_the_seed(llama_chatml, tiny, sampling):
+    model, tokenizer = mlx_lm.load(str(llama_chatml))
+    for seed in (1, 2, 3):
+        pieces, final = [], None
+        for piece, answer in stream_answer(tiny.model, tiny.tokenizer, PROMPT, sampling, seed):
+            if answer is None:
+                pieces.append(piece)
+            else:
+                final = answer
+        expected = mlx_lm_sample(model, tokenizer, PROMPT, sampling, seed)
+        assert final.text == "".join(pieces) == expected
+        assert sample_answer(tiny.model, tiny.tokenizer, PROMPT, sampling, seed).text == expected
+    texts = {sample_answer(tiny.model, tiny.tokenizer, PROMPT, sampling, s).text for s in range(6)}
+    assert len(texts) > 1  # the seed matters
+
+
+def test_greedy_is_what_compare_generates(tiny):
+    greedy = sample_answer(tiny.model, tiny.tokenizer, PROMPT, Sampling(0.0, 1.0, 10), seed=0)
+    assert greedy.text == generate_answer(tiny.model, tiny.tokenizer, PROMPT, 10, 0.0, 0)
+
+
+def test_token_count_and_why_it_ended(tiny):
+    cut = sample_answer(tiny.model, tiny.tokenizer, PROMPT, Sampling(1.0, 1.0, 3), seed=4)
+    assert (cut.tokens, cut.finish_reason) == (3, "length")
+    ids = prompt_tokens(tiny.tokenizer, PROMPT)
+    assert ids == list(tiny.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True))
+
+
+def test_sampling_flags_are_checked():
+    assert check_sampling(0.7, 0.9, 5) == Sampling(0.7, 0.9, 5)
+    for args, flag in (((-1, 0.9, 5), "--temp"), ((1, 1.5, 5), "--top-p"), ((1, 1, 0), "--max")):
+        with pytest.raises(UserError, match=flag):
+            check_sampling(*args)
+    assert describe_sampling(Sampling(0.8, 0.95, 256).as_dict()) == (
+        "temp 0.8, top-p 0.95, up to 256 tokens"
+    )
+    assert Sampling(0.0, 1.0, 9).describe() == "greedy, up to 9 tokens"
+    assert Sampling(0.5, 1.0, 9).describe() == "temp 0.5, up to 9 tokens"
+
+
+def test_a_model_is_needed():
+    with pytest.raises(UserError, match="--model is needed"):
+        load_generator(None, None)

@@ -24,8 +24,8 @@ import numpy as np
 
 from mlx_dpo.data import (
     PreferenceRecord,
-    _messages,
-    _raw_records,
+    parse_messages,
+    read_raw_records,
     split_files,
     tokenize_record,
     truncate,
@@ -57,8 +57,8 @@ def _identical_responses(value: Any, fields: dict[str, str]) -> bool:
     chosen, rejected = fields.get("chosen", "chosen"), fields.get("rejected", "rejected")
     if chosen not in value or rejected not in value:
         return False
-    a, problem_a = _messages(value[chosen], chosen, "assistant")
-    b, problem_b = _messages(value[rejected], rejected, "assistant")
+    a, problem_a = parse_messages(value[chosen], chosen, "assistant")
+    b, problem_b = parse_messages(value[rejected], rejected, "assistant")
     return problem_a is None and problem_b is None and a == b
 
 
@@ -89,7 +89,7 @@ def audit_split(
     thresholds: HealthThresholds | None = None,
 ) -> tuple[dict[str, Any], set[str]]:
     """The figures of one data file, and the set of its prompts (for cross-split overlap)."""
-    raw, problems = _raw_records(path)
+    raw, problems = read_raw_records(path)
     unparsed = len(problems)  # lines that are not JSON (or not UTF-8)
     invalid = unparsed
     identical = 0

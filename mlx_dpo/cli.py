@@ -32,7 +32,25 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", help="Hugging Face id or local MLX/HF model folder")
-    g.add_argument("--data", help="folder with train/valid/test .jsonl, or one .jsonl/.json file")
+    g.add_argument(
+        "--data",
+        help="a Hugging Face dataset id (org/name), a folder, or a .jsonl/.json/.parquet file",
+    )
+    g.add_argument(
+        "--data-split", help="the data's own name of the split to train on (default train)"
+    )
+    g.add_argument("--data-config", help="a Hub dataset's config (subset)")
+    g.add_argument("--data-revision", help="a Hub dataset's branch, tag or commit")
+    g.add_argument(
+        "--valid-split", help="the data's own name of the validation split (e.g. test_prefs)"
+    )
+    g.add_argument(
+        "--valid-fraction",
+        type=float,
+        help="share of train carved for validation when the data has none (default 5%%, at "
+        "most 256 pairs, for sets of 200+ pairs; 0 = none)",
+    )
+    g.add_argument("--max-pairs", type=int, help="train on a seeded sample of this many pairs")
     g.add_argument(
         "--adapter-path",
         help="run directory (adapters, checkpoints, metrics); default adapters/run-<time>",
@@ -130,6 +148,12 @@ def _batch_size(text: str) -> int | str:
 TRAIN_FLAG_KEYS = [
     "model",
     "data",
+    "data_split",
+    "data_config",
+    "data_revision",
+    "valid_split",
+    "valid_fraction",
+    "max_pairs",
     "adapter_path",
     "max_length",
     "quantize",
@@ -189,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="model (default: the adapter's base model)")
     evaluate.add_argument("--adapter-path", help="run directory or adapter folder")
     evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--split", default="test", help="train, valid or test (default test)")
+    evaluate.add_argument(
+        "--split", "--data-split", default="test", help="the split to evaluate (default test)"
+    )
+    evaluate.add_argument("--data-config", help="a Hub dataset's config (subset)")
+    evaluate.add_argument("--data-revision", help="a Hub dataset's branch, tag or commit")
     evaluate.add_argument(
         "--beta", type=float, help="β for rewards (default: the adapter's, else 0.1)"
     )
@@ -353,6 +381,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         output=args.output,
         trust_remote_code=args.trust_remote_code,
+        data_config=args.data_config,
+        data_revision=args.data_revision,
     )
     if args.json:
         print(json.dumps(result))

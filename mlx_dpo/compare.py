@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.data import Message, PreferenceRecord, _as_ids, _plain_text, has_chat_template
+from mlx_dpo.data import Message, PreferenceRecord, as_token_ids, has_chat_template, plain_text
 from mlx_dpo.errors import UserError
 
 DEFAULT_MAX_TOKENS = 64
@@ -39,10 +39,10 @@ def prompt_tokens(tokenizer: Any, messages: list[Message]) -> list[int]:
     """The prompt as training saw it (data.tokenize_record): the chat template with the
     generation prompt, or without a template the plain text."""
     if has_chat_template(tokenizer):
-        return _as_ids(
+        return as_token_ids(
             tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         )
-    return _as_ids(tokenizer.encode(_plain_text(messages)))
+    return as_token_ids(tokenizer.encode(plain_text(messages)))
 
 
 def generate_answer(

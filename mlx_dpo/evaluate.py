@@ -33,6 +33,8 @@ def evaluate_command(
     max_length: int | None = None,
     output: str | None = None,
     trust_remote_code: bool = False,
+    data_config: str | None = None,
+    data_revision: str | None = None,
 ) -> dict[str, Any]:
     from mlx_dpo.trainer import evaluate_split, open_session
 
@@ -40,13 +42,13 @@ def evaluate_command(
     model = model or saved.get("base_model") or saved.get("model")
     if not model:
         raise UserError("no model given: pass --model (or an --adapter-path that records it)")
-    if split not in ("train", "valid", "test"):
-        raise UserError(f"--split must be train, valid or test, got {split!r}")
     if beta is not None and beta <= 0:
         raise UserError(f"--beta must be > 0, got {beta}")
     config = TrainConfig(
         model=model,
         data=data,
+        data_config=data_config,
+        data_revision=data_revision,
         beta=beta if beta is not None else float(saved.get("beta", 0.1)),
         loss=saved.get("loss", "sigmoid"),
         label_smoothing=float(saved.get("label_smoothing", 0.0)),

@@ -16,8 +16,15 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                resumed_from (step or null), pid, config (dict),
                memory_plan {total_gb, limit_gb, limit_source, verdict ("fits" | "tight" |
                "will not fit"), components_gb {name: GB}, activations_checkpointed_gb, batch,
-               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.plan_dict)
-    reference  split, done, total (pairs), cached (true when read from the on-disk cache)
+               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.plan_dict),
+               data_shape (the shapes the data was read as, "+"-joined: "standard",
+               "conversational", "implicit-prompt", "conversations+prompt",
+               "ultrafeedback-binarized", "hh-text", "question+system", "fields";
+               mlx_dpo.shapes), data_sources [{path, revision (Hub commit or null),
+               splits {the set's split name: shape}, weight}], valid_source ("split": the
+               data's own; "carved N": N pairs carved from train; null: none)
+    reference  split, done, total (pairs), cached (true when read from the on-disk cache),
+               eta (seconds left, null until known)
     step       epoch, METRIC_NAMES, grad_norm, learning_rate, tokens_per_second,
                pairs_per_second, peak_memory_gb (MLX's peak since the first step), elapsed,
                eta (seconds)

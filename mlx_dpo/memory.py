@@ -626,6 +626,9 @@ def _four_bit_bytes(
 
 
 def data_lengths(pairs: list) -> Lengths:
+    if hasattr(pairs, "lengths"):  # a TokenizedSplit's pairs: its length arrays
+        prompt, chosen, rejected = pairs.lengths().astype(np.int64).T
+        return Lengths(prompt=prompt, chosen=chosen, rejected=rejected)
     return Lengths(
         prompt=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int64),
         chosen=np.array([len(p.chosen_ids) for p in pairs], dtype=np.int64),

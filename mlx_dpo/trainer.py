@@ -9,7 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_dpo import checkpoints, distributed, memory, reference
 from mlx_dpo.batching import Batch, batches_per_epoch, collate, epoch_batches
 from mlx_dpo.config import TrainConfig, save_config
-from mlx_dpo.data import TokenizedSplit, load_splits
+from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import (
     CONFIG_FILE,
@@ -61,8 +61,10 @@ from mlx_dpo.model import (
     snapshot_adapter,
 )
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
+from mlx_dpo.sources import load_data
 
 REPORT_SECONDS = 30.0
+REFERENCE_LINE_SECONDS = 10.0  # console lines of the reference precompute's progress
 
 
 class TrainingFailed(Exception):
@@ -87,6 +89,8 @@ class Session:
     init_adapter_config: dict | None = None
     prefix_sharing: bool = False
     pad_id: int = 0
+    data_notes: list[str] = field(default_factory=list)  # sources.LoadedData.notes
+    data_info: dict = field(default_factory=dict)  # sources.LoadedData.info (run_start)
 
     def collate(self, pairs: list) -> Batch:
         return collate(pairs, self.pad_id, shared_prompt=self.prefix_sharing)
@@ -102,11 +106,12 @@ def open_session(
     if not config.model:
         raise UserError("no model given: pass --model (a Hugging Face id or a local folder)")
     if config.data is None:
-        raise UserError("no data given: pass --data (a folder with train.jsonl, or a .jsonl file)")
+        raise UserError("no data given: pass --data (a file, a folder or a Hugging Face id)")
     model, tokenizer, path, model_config = load_model(
         config.model, config.quantize, config.trust_remote_code
     )
-    data = load_splits(config.data, tokenizer, config.max_length, config.fields, splits)
+    loaded = load_data(config, tokenizer, splits)
+    data = loaded.splits
     if "train" in splits and "train" not in data:
         raise UserError(f"{config.data}: no train split (train.jsonl)")
     mx.random.seed(config.seed)
@@ -153,6 +158,8 @@ def open_session(
         init_adapter_config=init_config,
         prefix_sharing=sharing,
         pad_id=pad_token_id(tokenizer),
+        data_notes=loaded.notes,
+        data_info=loaded.info,
     )
 
 
@@ -546,6 +553,7 @@ def _run(
         pid=os.getpid(),
         config=config.to_dict(),
         memory_plan=memory.plan_dict(memory_plan),
+        **session.data_info,
     )
     say(
         f"model {config.model}: {total_params / 1e6:.1f}M parameters, "
@@ -557,6 +565,8 @@ def _run(
         + (f", {len(valid_split)} valid" if valid_split else "")
         + f"; {steps} steps"
     )
+    for line in session.data_notes:
+        say(line)
     if config.prefix_sharing and not session.prefix_sharing:
         say(
             "prefix sharing off (this architecture's cache fails the check): each row computes "
@@ -637,18 +647,37 @@ def _run(
             if split is None:
                 continue
 
-            def progress(done: int, total: int, cached: bool, name: str = name) -> None:
-                writer.write("reference", 0, split=name, done=done, total=total, cached=cached)
+            last_line = [time.monotonic()]
+
+            def progress(done, total, cached, eta, name=name, last_line=last_line) -> None:
+                writer.write(
+                    "reference", 0, split=name, done=done, total=total, cached=cached, eta=eta
+                )
+                if not cached and time.monotonic() - last_line[0] >= REFERENCE_LINE_SECONDS:
+                    last_line[0] = time.monotonic()
+                    left = "" if eta is None else f", ETA {format_duration(eta)}"
+                    say(f"reference log-probs for {name}: {done}/{total} pairs{left}")
 
             tic = time.perf_counter()
-            cached_reference[name] = reference.reference_logps(
-                reference.cache_key(session.weights_fingerprint, split),
-                split,
-                compute_reference(session, split),
-                config.batch_size,
-                progress,
-                ranks=ranks,
-            )
+            try:
+                cached_reference[name] = reference.reference_logps(
+                    reference.cache_key(session.weights_fingerprint, split),
+                    split,
+                    compute_reference(session, split),
+                    config.batch_size,
+                    progress,
+                    ranks=ranks,
+                    should_stop=lambda: stop.requested,
+                )
+            except reference.Interrupted as err:
+                say(
+                    f"stopped during the reference log-probs for {name} ({err.done}/{err.total} "
+                    "pairs kept: the next start with this model and data continues from there)"
+                )
+                _finish(
+                    writer, set_state, run_dir, 0, "stopped", None, state, None, None, start_time
+                )
+                return "stopped"
             say(
                 f"reference log-probs for {name}: {len(split)} pairs in {time.perf_counter() - tic:.1f}s"
             )

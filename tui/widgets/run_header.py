@@ -68,7 +68,9 @@ class RunHeader(Vertical):
         reference = model.reference
         if model.state == "computing_reference" and reference:
             done, total = reference.get("done") or 0, reference.get("total") or 0
-            parts.append(f"reference {done}/{total} pairs")
+            eta = reference.get("eta")
+            left = f", ETA {format_duration(eta)}" if isinstance(eta, int | float) else ""
+            parts.append(f"reference {done}/{total} pairs{left}")
             progress: tuple[float, float] = (max(total, 1), done)
         else:
             total_steps = model.total_steps

@@ -24,15 +24,15 @@ import numpy as np
 
 from mlx_dpo.data import (
     PreferenceRecord,
+    TemplateRefused,
     parse_messages,
-    read_raw_records,
-    split_files,
     tokenize_record,
     truncate,
     validate_record,
 )
 from mlx_dpo.errors import UserError
 from mlx_dpo.health import HealthMonitor, HealthThresholds
+from mlx_dpo.sources import read_split, resolve_source
 
 SHOWN_PROBLEMS = 5
 
@@ -82,15 +82,17 @@ def _lengths(record: PreferenceRecord, tokenizer: Any) -> tuple[list[int], list[
 
 
 def audit_split(
-    path: Path,
+    files: list,
     fields: dict[str, str],
     tokenizer: Any = None,
     max_length: int | None = None,
     thresholds: HealthThresholds | None = None,
 ) -> tuple[dict[str, Any], set[str]]:
-    """The figures of one data file, and the set of its prompts (for cross-split overlap)."""
-    raw, problems = read_raw_records(path)
-    unparsed = len(problems)  # lines that are not JSON (or not UTF-8)
+    """The figures of one split (its files: sources.DataFile), and the set of its prompts
+    (for cross-split overlap). Rows are read in the data's shape, as training reads them."""
+    shape, raw, problems = read_split(files, fields)
+    fields = shape.fields
+    unparsed = len(problems)  # lines that are not JSON (or not UTF-8), rows the shape refuses
     invalid = unparsed
     identical = 0
     records: list[PreferenceRecord] = []
@@ -112,7 +114,12 @@ def audit_split(
     same_tokens = 0
     cut = {"pairs": 0, "prompt": 0, "response": 0, "identical_after_cut": 0}
     for record in records:
-        prompt, chosen, rejected = _lengths(record, tokenizer)
+        try:
+            prompt, chosen, rejected = _lengths(record, tokenizer)
+        except TemplateRefused as err:
+            invalid += 1
+            problems.append(f"{record.source}: the chat template refuses this conversation ({err})")
+            continue
         if tokenizer is not None and chosen == rejected:
             same_tokens += 1  # training refuses these: nothing to prefer
             continue
@@ -137,7 +144,8 @@ def audit_split(
         chosen_longer / pairs if pairs else 0.0, mean_chosen, mean_rejected, pairs
     )
     result = {
-        "file": str(path),
+        "file": ", ".join(str(f.path) for f in files),
+        "shape": shape.name,
         "records": len(raw) + unparsed,
         "valid_pairs": len(records),
         "invalid_records": invalid,
@@ -180,22 +188,26 @@ def audit(
     max_length: int | None = None,
     fields: dict[str, str] | None = None,
     thresholds: HealthThresholds | None = None,
+    config: str | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Audit a data folder (train/valid/test) or one file. Never raises on bad records (it
     counts them); raises UserError only when there is no data to read. The figures of each
     split are under result["splits"][name]; result["train"] is the train split's (the one
     the trainer's length-bias check uses) and result["warnings"] lists what needs a look."""
-    files = split_files(data_path)
+    source = resolve_source(str(data_path), config, revision)
     splits: dict[str, dict] = {}
     prompts: dict[str, set[str]] = {}
-    for name, path in files.items():
+    for name, files in source.splits.items():
         splits[name], prompts[name] = audit_split(
-            path, fields or {}, tokenizer, max_length, thresholds
+            files, fields or {}, tokenizer, max_length, thresholds
         )
+    # Evaluation splits are compared with the train split (train, or train_prefs and the like).
+    train_name = "train" if "train" in prompts else next((n for n in prompts if "train" in n), None)
     overlap = {
-        name: len(prompts[name] & prompts["train"])
-        for name in ("valid", "test")
-        if name in prompts and "train" in prompts
+        name: len(prompts[name] & prompts[train_name])
+        for name in prompts
+        if train_name and name != train_name and "train" not in name
     }
     result = {
         "data": str(data_path),
@@ -209,7 +221,7 @@ def audit(
             "length_bias_min_pairs": (thresholds or HealthThresholds()).length_bias_min_pairs,
         },
     }
-    result["train"] = splits.get("train")
+    result["train"] = splits.get(train_name) if train_name else None
     result["warnings"] = _warnings(result)
     return result
 
@@ -298,6 +310,11 @@ def format_report(result: dict, model: str | None = None) -> str:
     unit = result["length_unit"]
     t = result["thresholds"]
     lines = [f"data: {result['data']}"]
+    shapes = {name: s["shape"] for name, s in splits.items()}
+    if len(set(shapes.values())) == 1:
+        lines.append(f"shape: {next(iter(shapes.values()))}")
+    else:
+        lines.append("shapes: " + ", ".join(f"{n} {v}" for n, v in shapes.items()))
     if unit == "tokens":
         lines.append(f"lengths in tokens ({model or 'the given tokenizer'}, chat template applied)")
     else:
@@ -536,7 +553,12 @@ def add_data_parser(sub: Any) -> argparse.ArgumentParser:
     parser = data_sub.add_parser(
         "audit", help="length bias, duplicates, chosen==rejected, truncation counts"
     )
-    parser.add_argument("data", help="folder with train/valid/test .jsonl, or one .jsonl/.json")
+    parser.add_argument(
+        "data",
+        help="a Hugging Face dataset id (org/name), a folder, or a .jsonl/.json/.parquet file",
+    )
+    parser.add_argument("--data-config", help="a Hub dataset's config (subset)")
+    parser.add_argument("--data-revision", help="a Hub dataset's branch, tag or commit")
     parser.add_argument("--model", help="count tokens with this model's tokenizer and template")
     parser.add_argument(
         "--max-length", type=int, help="count the pairs this max_length would cut (needs --model)"
@@ -569,7 +591,9 @@ def run_audit(args: argparse.Namespace) -> int:
 
         tokenizer = load_tokenizer(path)
         max_length = max_length or TrainConfig().max_length
-    result = audit(args.data, tokenizer, max_length)
+    result = audit(
+        args.data, tokenizer, max_length, config=args.data_config, revision=args.data_revision
+    )
     if args.plot:
         plot_lengths(result, args.plot)
     if args.json:

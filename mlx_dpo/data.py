@@ -525,6 +525,11 @@ def tokenize_record(
     """(prompt_ids, chosen_ids, rejected_ids, prefix_mismatch) before truncation, one record
     through the tokenizer's own apply_chat_template. The reference the batched path
     (tokenize_records) is checked against; raises TemplateRefused as render_record does."""
+    return _tokenize_one(record, tokenizer)[:4]
+
+
+def _tokenize_one(record: PreferenceRecord, tokenizer: Any) -> tuple[Any, Any, Any, bool, bool]:
+    """tokenize_record, and whether the system text was folded into the first user turn."""
     if has_chat_template(tokenizer):
         prompt = record.prompt
         for attempt in range(2):
@@ -538,14 +543,14 @@ def tokenize_record(
                 if folded is None:
                     raise TemplateRefused(str(err) or type(err).__name__) from None
                 prompt = folded
-        return _split_at_prompt(prompt_ids, full_chosen, full_rejected)
+        return (*_split_at_prompt(prompt_ids, full_chosen, full_rejected), attempt == 1)
     prompt_ids = as_token_ids(tokenizer.encode(plain_text(record.prompt)))
     eos = tokenizer.eos_token_id
     responses = []
     for messages in (record.chosen, record.rejected):
         ids = as_token_ids(tokenizer.encode(plain_text(messages), add_special_tokens=False))
         responses.append(ids + ([eos] if eos is not None else []))
-    return prompt_ids, responses[0], responses[1], False
+    return prompt_ids, responses[0], responses[1], False, False
 
 
 def _split_at_prompt(prompt_ids, full_chosen, full_rejected):
@@ -576,11 +581,20 @@ def truncate(
     return prompt, chosen, rejected, prompt_cut, response_cut
 
 
+def fast_backend(tokenizer: Any) -> Any:
+    """The `tokenizers.Tokenizer` behind a Hugging Face fast tokenizer (or mlx-lm's wrapper
+    of one), or None."""
+    for candidate in (tokenizer, getattr(tokenizer, "_tokenizer", None)):
+        backend = getattr(candidate, "backend_tokenizer", None)
+        if backend is not None:
+            return backend
+    return None
+
+
 def batch_encoder(tokenizer: Any) -> Callable[[list[str], bool], list[list[int]]] | None:
     """The fast tokenizer's batch encode (Rust, all texts of a chunk in one call), or None
     when the tokenizer has no fast backend."""
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
-    backend = getattr(hf, "backend_tokenizer", None)
+    backend = fast_backend(tokenizer)
     encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
     if encode is None:
         return None
@@ -605,7 +619,7 @@ def tokenize_batch(
     if encode is None or not has_chat_template(tokenizer):
         for record in records:
             try:
-                prompt, chosen, rejected, mismatch = tokenize_record(record, tokenizer)
+                prompt, chosen, rejected, mismatch, was_folded = _tokenize_one(record, tokenizer)
             except TemplateRefused as err:
                 problems.append(
                     f"{record.source}: the chat template refuses this conversation ({err})"
@@ -613,6 +627,7 @@ def tokenize_batch(
                 results.append(None)
                 continue
             results.append((_ids(prompt), _ids(chosen), _ids(rejected), mismatch))
+            folded += was_folded
         return results, problems, folded
     texts: list[str] = []
     kept: list[int] = []

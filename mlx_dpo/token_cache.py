@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mlx_dpo.data import TokenizedSplit
+from mlx_dpo.data import TokenizedSplit, fast_backend
 from mlx_dpo.reference import cache_dir
 
 FORMAT_VERSION = "1"
@@ -47,7 +47,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     class; the vocabulary itself for a tokenizer without a fast backend."""
     hf = getattr(tokenizer, "_tokenizer", tokenizer)
     digest = hashlib.sha256()
-    backend = getattr(hf, "backend_tokenizer", None)
+    backend = fast_backend(tokenizer)
     if backend is not None and hasattr(backend, "to_str"):
         digest.update(backend.to_str().encode())
     else:

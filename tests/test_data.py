@@ -39,7 +39,9 @@ def test_response_is_what_the_template_adds(chatml_tokenizer, tmp_path):
     # The end-of-turn token belongs to the response.
     assert tok.convert_tokens_to_ids("<|im_end|>") in pairs[0].chosen_ids
     multi = rows[1]["prompt"]
-    assert pairs[1].prompt_ids.tolist() == tok.apply_chat_template(multi, add_generation_prompt=True)
+    assert pairs[1].prompt_ids.tolist() == tok.apply_chat_template(
+        multi, add_generation_prompt=True
+    )
     assert tok.decode(pairs[1].rejected_ids).startswith("a fruit.")
 
 

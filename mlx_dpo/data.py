@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -591,22 +593,87 @@ def fast_backend(tokenizer: Any) -> Any:
     return None
 
 
-def batch_encoder(tokenizer: Any) -> Callable[[list[str], bool], list[list[int]]] | None:
-    """The fast tokenizer's batch encode (Rust, all texts of a chunk in one call), or None
-    when the tokenizer has no fast backend."""
+@dataclass
+class BatchEncoder:
+    """The fast tokenizer's batch encode, and where a text may be cut without changing its
+    tokens (`segment_end`: the end of the last added token, e.g. <|im_start|>, in a text)."""
+
+    encode: Callable[[list[str]], list[list[int]]]
+    segment_end: Callable[[str], int] | None = None
+
+
+def batch_encoder(tokenizer: Any) -> BatchEncoder | None:
+    """The fast tokenizer's batch encode (Rust, the texts of a chunk in one call, on every
+    core), or None when the tokenizer has no fast backend.
+
+    A fast tokenizer splits its input at added tokens first and encodes the pieces between
+    them independently, so text up to the end of an added token encodes the same alone as
+    followed by anything. The prompt up to its last added token is then encoded once and
+    shared by the prompt and both full conversations, instead of three times. That holds for
+    normalizers that work piece by piece (Unicode forms, lower case) and added tokens that
+    strip no neighbouring spaces; otherwise `segment_end` is None and every text is encoded
+    whole. tokenize_records checks the result against apply_chat_template either way."""
     backend = fast_backend(tokenizer)
-    encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
-    if encode is None:
+    encode_batch = getattr(backend, "encode_batch_fast", None) or getattr(
+        backend, "encode_batch", None
+    )
+    if encode_batch is None:
         return None
 
-    def encode_texts(texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-        return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+    def encode(texts: list[str]) -> list[list[int]]:
+        # Parallel inside this call only: the setting (false by default in the CLI, which
+        # keeps forked processes quiet) is back as it was before anything else runs.
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        try:
+            return [e.ids for e in encode_batch(texts, add_special_tokens=False)]
+        finally:
+            if previous is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
 
-    return encode_texts
+    return BatchEncoder(encode, _segment_end(backend))
+
+
+PIECEWISE_NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Replace")
+
+
+def _piecewise(normalizer: dict | None) -> bool:
+    if normalizer is None:
+        return True
+    if normalizer.get("type") == "Sequence":
+        return all(_piecewise(n) for n in normalizer.get("normalizers", []))
+    return normalizer.get("type") in PIECEWISE_NORMALIZERS
+
+
+def _segment_end(backend: Any) -> Callable[[str], int] | None:
+    try:
+        added = list(backend.get_added_tokens_decoder().values())
+        config = json.loads(backend.to_str())
+    except Exception:
+        return None
+    # Unicode normalisation and the like work within each piece between added tokens; a
+    # prefix space added to the first piece only (Metaspace) or any other normalizer might not.
+    contextual = not _piecewise(config.get("normalizer")) or "Metaspace" in json.dumps(
+        config.get("pre_tokenizer")
+    )
+    if contextual or not added or any(t.lstrip or t.rstrip or t.single_word for t in added):
+        return None
+    contents = sorted({t.content for t in added if t.content}, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(c) for c in contents))
+
+    def segment_end(text: str) -> int:
+        end = 0
+        for match in pattern.finditer(text):
+            end = match.end()
+        return end
+
+    return segment_end
 
 
 def tokenize_batch(
-    records: list[PreferenceRecord], tokenizer: Any, encode: Callable | None = None
+    records: list[PreferenceRecord], tokenizer: Any, encode: BatchEncoder | None = None
 ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None], list[str], int]:
     """Token ids (prompt, chosen, rejected, prefix_mismatch) of a chunk of records before
     truncation, or None for a record the template refused; the problems; how many records
@@ -633,18 +700,24 @@ def tokenize_batch(
     kept: list[int] = []
     for i, record in enumerate(records):
         try:
-            *three, was_folded = render_record(record, tokenizer)
+            prompt, chosen, rejected, was_folded = render_record(record, tokenizer)
         except TemplateRefused as err:
             problems.append(f"{record.source}: the chat template refuses this conversation ({err})")
             continue
         folded += was_folded
-        texts.extend(three)
+        cut = encode.segment_end(prompt) if encode.segment_end else 0
+        head = prompt[:cut]
+        if not (chosen.startswith(head) and rejected.startswith(head)):
+            head, cut = "", 0
+        texts += [head, prompt[cut:], chosen[cut:], rejected[cut:]]
         kept.append(i)
-    ids = encode(texts, False)
+    ids = encode.encode(texts)
     results = [None] * len(records)
     for k, i in enumerate(kept):
-        prompt, chosen, rejected = (_ids(x) for x in ids[3 * k : 3 * k + 3])
-        results[i] = _split_at_prompt(prompt, chosen, rejected)
+        head, prompt, chosen, rejected = ids[4 * k : 4 * k + 4]
+        results[i] = _split_at_prompt(
+            _ids(head + prompt), _ids(head + chosen), _ids(head + rejected)
+        )
     return results, problems, folded
 
 

@@ -15,7 +15,13 @@ from mlx_lm.utils import load
 from mlx_dpo import sources, token_cache
 from mlx_dpo.cli import main
 from mlx_dpo.config import TrainConfig
-from mlx_dpo.data import as_token_ids, tokenize_record, tokenize_records, validate_record
+from mlx_dpo.data import (
+    as_token_ids,
+    batch_encoder,
+    tokenize_record,
+    tokenize_records,
+    validate_record,
+)
 from mlx_dpo.errors import UserError
 from mlx_dpo.layout import split_layout
 from mlx_dpo.sources import load_data, resolve_source
@@ -195,6 +201,8 @@ def test_batched_tokenizing_equals_record_by_record(qwen2_llama3, llama_plain, t
     """On every fixture set and template (ChatML, Llama-3, none): the batched path gives
     exactly what apply_chat_template gives record by record."""
     tokenizers = [tokenizer, load(str(qwen2_llama3))[1], load(str(llama_plain))[1]]
+    # The templated ones encode the prompt's head (up to its last added token) once.
+    assert [batch_encoder(t).segment_end is not None for t in tokenizers] == [True, True, True]
     for repo_id in hub.SETS:
         records = [
             validate_record(f"x:{i}", r, {})[0] for i, r in enumerate(hub.explicit_train(repo_id))

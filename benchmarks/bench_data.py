@@ -232,9 +232,13 @@ def measure(tokenizer_dir: Path, max_length: int) -> dict:
     config = TrainConfig(data=REPO_ID, data_split="train_prefs", max_length=max_length)
     gc.collect()
     before = rss_mb()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
     tic = time.perf_counter()
     loaded = load_data(config, tokenizer, ("train",))
     seconds = time.perf_counter() - tic
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = usage.ru_utime + usage.ru_stime - cpu_before
     split = loaded.splits["train"]
     gc.collect()
     after = rss_mb()
@@ -262,6 +266,9 @@ def measure(tokenizer_dir: Path, max_length: int) -> dict:
     return {
         "pairs": len(split),
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "rss_before_mb": round(before, 1),
         "tokens": int(split.lengths.sum()),
         "raw_token_mb": round(raw_token_bytes / 2**20, 1),
         "held_mb": round(held / 2**20, 1),

@@ -16,6 +16,7 @@ dependencies (pandas, multiprocess, dill, xxhash).
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from mlx_dpo import hub, token_cache
 from mlx_dpo.data import TokenizedSplit, read_raw_records, tokenize_records, validate_record
 from mlx_dpo.errors import UserError
 from mlx_dpo.layout import DATA_SUFFIXES, data_suffix, split_layout
+from mlx_dpo.platform import return_free_memory
 from mlx_dpo.shapes import Shape, detect_shape, shape
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -139,15 +141,25 @@ def read_parquet_rows(file: DataFile, columns: tuple[str, ...] | None) -> list[t
         raise UserError(
             f"{file.path}: not a readable parquet file ({_arrow_message(err)})"
         ) from None
+    # Arrow's allocator keeps freed buffers for reuse; the table is gone, so hand them back.
+    _arrow().default_memory_pool().release_unused()
     return [(f"{file.label}[{i}]", row) for i, row in enumerate(rows)]
 
 
 def _parquet():
+    """pyarrow.parquet, imported on first use: a command that reads no parquet does not pay
+    for loading Arrow."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise UserError("reading .parquet needs pyarrow: pip install pyarrow") from None
     return pq
+
+
+def _arrow():
+    import pyarrow
+
+    return pyarrow
 
 
 def _arrow_message(err: Exception) -> str:
@@ -421,6 +433,9 @@ def load_data(config: Any, tokenizer: Any, roles: tuple[str, ...] = ROLES) -> Lo
         if parts
     }
     valid_source = _select(config, splits, roles, notes)
+    # The records and texts of a large set are garbage now; only the token arrays stay.
+    gc.collect()
+    return_free_memory()
     shapes = sorted({s["splits"][n] for s in sources_info for n in s["splits"]})
     info = {
         "data_shape": "+".join(shapes),

@@ -89,7 +89,7 @@ def measure(spec: str, work: Path) -> dict:
 
     from mlx_dpo import memory
     from mlx_dpo.config import build_config
-    from mlx_dpo.data import TokenizedPair
+    from mlx_dpo.data import TokenizedPair, TokenizedSplit
     from mlx_dpo.grad_checkpoint import checkpoint_blocks
     from mlx_dpo.tiny import TEMPLATES, build_model, default_texts, train_tokenizer
     from mlx_dpo.trainer import (
@@ -146,7 +146,7 @@ def measure(spec: str, work: Path) -> dict:
         TokenizedPair(i, "", ids(s["prompt"]), ids(s["resp"]), ids(s["resp"]))
         for i in range(s["B"])
     ]
-    session.splits["train"].pairs = pairs
+    session.splits["train"] = TokenizedSplit.from_pairs("train", "calibration", pairs)
     plan = memory.plan_memory(
         memory.session_shape(session, config),
         memory.data_lengths(pairs),

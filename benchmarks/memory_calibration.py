@@ -88,7 +88,7 @@ def measure(spec: str, work: Path) -> dict:
     import numpy as np
 
     from mlx_dpo.config import build_config
-    from mlx_dpo.data import TokenizedPair
+    from mlx_dpo.data import TokenizedPair, TokenizedSplit
     from mlx_dpo.grad_checkpoint import checkpoint_blocks
     from mlx_dpo.memory.arithmetic import plan_memory
     from mlx_dpo.memory.session import data_lengths, session_settings, session_shape
@@ -144,7 +144,7 @@ def measure(spec: str, work: Path) -> dict:
         TokenizedPair(i, "", ids(s["prompt"]), ids(s["resp"]), ids(s["resp"]))
         for i in range(s["B"])
     ]
-    session.splits["train"].pairs = pairs
+    session.splits["train"] = TokenizedSplit.from_pairs("train", "calibration", pairs)
     plan = plan_memory(
         session_shape(session, config),
         data_lengths(pairs),

@@ -26,15 +26,15 @@ import numpy as np
 from mlx_dpo.config import HealthThresholds
 from mlx_dpo.data import (
     PreferenceRecord,
+    TemplateRefused,
     parse_messages,
-    read_raw_records,
-    split_files,
     tokenize_record,
     truncate,
     validate_record,
 )
 from mlx_dpo.errors import UserError
 from mlx_dpo.health import HealthMonitor
+from mlx_dpo.sources import read_split, resolve_source
 
 SHOWN_PROBLEMS = 5
 
@@ -97,15 +97,17 @@ def _lengths(record: PreferenceRecord, tokenizer: Any) -> tuple[list[int], list[
 
 
 def audit_split(
-    path: Path,
+    files: list,
     fields: dict[str, str],
     tokenizer: Any = None,
     max_length: int | None = None,
     thresholds: HealthThresholds | None = None,
 ) -> tuple[dict[str, Any], set[str]]:
-    """The figures of one data file, and the set of its prompts (for cross-split overlap)."""
-    raw, problems = read_raw_records(path)
-    unparsed = len(problems)  # lines that are not JSON (or not UTF-8)
+    """The figures of one split (its files: sources.DataFile), and the set of its prompts
+    (for cross-split overlap). Rows are read in the data's shape, as training reads them."""
+    shape, raw, problems = read_split(files, fields)
+    fields = shape.fields
+    unparsed = len(problems)  # lines that are not JSON (or not UTF-8), rows the shape refuses
     invalid = unparsed
     identical = 0
     records: list[PreferenceRecord] = []
@@ -127,7 +129,12 @@ def audit_split(
     same_tokens = 0
     cut = {"pairs": 0, "prompt": 0, "response": 0, "identical_after_cut": 0}
     for record in records:
-        prompt, chosen, rejected = _lengths(record, tokenizer)
+        try:
+            prompt, chosen, rejected = _lengths(record, tokenizer)
+        except TemplateRefused as err:
+            invalid += 1
+            problems.append(f"{record.source}: the chat template refuses this conversation ({err})")
+            continue
         if tokenizer is not None and chosen == rejected:
             same_tokens += 1  # training refuses these: nothing to prefer
             continue
@@ -152,7 +159,8 @@ def audit_split(
         chosen_longer / pairs if pairs else 0.0, mean_chosen, mean_rejected, pairs
     )
     result = {
-        "file": str(path),
+        "file": ", ".join(str(f.path) for f in files),
+        "shape": shape.name,
         "records": len(raw) + unparsed,
         "valid_pairs": len(records),
         "invalid_records": invalid,
@@ -195,22 +203,26 @@ def audit(
     max_length: int | None = None,
     fields: dict[str, str] | None = None,
     thresholds: HealthThresholds | None = None,
+    config: str | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Audit a data folder (train/valid/test) or one file. Never raises on bad records (it
     counts them); raises UserError only when there is no data to read. The figures of each
     split are under result["splits"][name]; result["train"] is the train split's (the one
     the trainer's length-bias check uses) and result["warnings"] lists what needs a look."""
-    files = split_files(data_path)
+    source = resolve_source(str(data_path), config, revision)
     splits: dict[str, dict] = {}
     prompts: dict[str, set[str]] = {}
-    for name, path in files.items():
+    for name, files in source.splits.items():
         splits[name], prompts[name] = audit_split(
-            path, fields or {}, tokenizer, max_length, thresholds
+            files, fields or {}, tokenizer, max_length, thresholds
         )
+    # Evaluation splits are compared with the train split (train, or train_prefs and the like).
+    train_name = "train" if "train" in prompts else next((n for n in prompts if "train" in n), None)
     overlap = {
-        name: len(prompts[name] & prompts["train"])
-        for name in ("valid", "test")
-        if name in prompts and "train" in prompts
+        name: len(prompts[name] & prompts[train_name])
+        for name in prompts
+        if train_name and name != train_name and "train" not in name
     }
     result = {
         "data": str(data_path),
@@ -224,7 +236,7 @@ def audit(
             "length_bias_min_pairs": (thresholds or HealthThresholds()).length_bias_min_pairs,
         },
     }
-    result["train"] = splits.get("train")
+    result["train"] = splits.get(train_name) if train_name else None
     result["warnings"] = _warnings(result)
     return result
 
@@ -312,11 +324,16 @@ def format_report(result: dict, model: str | None = None) -> str:
     """The audit as a person reads it: what counts as length, then one section each for
     records, lengths, length bias, cuts, shared prompts, problems and warnings."""
     splits = result["splits"]
+    shapes = {name: s["shape"] for name, s in splits.items()}
+    if len(set(shapes.values())) == 1:
+        shape = f"shape: {next(iter(shapes.values()))}"
+    else:
+        shape = "shapes: " + ", ".join(f"{n} {v}" for n, v in shapes.items())
     if result["length_unit"] == "tokens":
         unit = f"lengths in tokens ({model or 'the given tokenizer'}, chat template applied)"
     else:
         unit = "lengths in whitespace-separated words (pass --model for exact token counts)"
-    lines = [f"data: {result['data']}", unit]
+    lines = [f"data: {result['data']}", shape, unit]
     lines += ["", "records", *_records_table(splits)]
     lines += ["", f"lengths ({result['length_unit']})", *_lengths_table(splits)]
     lines += ["", *_length_bias_section(splits, result["thresholds"])]

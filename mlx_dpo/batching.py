@@ -7,6 +7,7 @@ step number to continue exactly where the interrupted one was.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,15 @@ def pair_length(pair: TokenizedPair) -> int:
     return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
 
+def pair_lengths(pairs: Sequence[TokenizedPair]) -> np.ndarray:
+    """pair_length of every pair: from a split's length arrays when `pairs` is a
+    TokenizedSplit's view (no pair objects built), else pair by pair."""
+    if hasattr(pairs, "lengths"):
+        lengths = pairs.lengths()
+        return lengths[:, 0] + np.maximum(lengths[:, 1], lengths[:, 2])
+    return np.array([pair_length(p) for p in pairs], dtype=np.int64)
+
+
 def collate(pairs: list[TokenizedPair], pad_id: int = 0, shared_prompt: bool = False) -> Batch:
     if shared_prompt:
         return _collate_shared(pairs, pad_id)
@@ -92,8 +102,8 @@ def collate(pairs: list[TokenizedPair], pad_id: int = 0, shared_prompt: bool = F
     positions = np.zeros((len(rows), window), dtype=np.int32)
     mask = np.zeros((len(rows), window), dtype=np.float32)
     for row, (prompt, response) in enumerate(rows):
-        sequence = prompt + response
-        tokens[row, : len(sequence)] = sequence
+        tokens[row, : len(prompt)] = prompt
+        tokens[row, len(prompt) : len(prompt) + len(response)] = response
         # Target position t predicts tokens[t + 1]: the first response token is predicted at
         # len(prompt) - 1.
         start = len(prompt) - 1
@@ -133,7 +143,7 @@ def _collate_shared(pairs: list[TokenizedPair], pad_id: int) -> Batch:
 
 
 def epoch_batches(
-    pairs: list[TokenizedPair],
+    pairs: Sequence[TokenizedPair],
     batch_size: int,
     seed: int,
     epoch: int,
@@ -150,10 +160,11 @@ def epoch_batches(
     global_batch = batch_size * world_size
     if bucket:
         window = global_batch * BUCKET_WINDOW
+        lengths = pair_lengths(pairs)
         chunks = []
         for start in range(0, len(order), window):
             chunk = order[start : start + window]
-            chunks.append(chunk[np.argsort([pair_length(pairs[i]) for i in chunk], kind="stable")])
+            chunks.append(chunk[np.argsort(lengths[chunk], kind="stable")])
         order = np.concatenate(chunks) if chunks else order
     batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
     if world_size > 1 and batches and len(batches[-1]) < world_size:

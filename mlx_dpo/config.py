@@ -30,7 +30,17 @@ FIELD_NAMES = ("prompt", "chosen", "rejected", "system", "completion", "label")
 @dataclass
 class TrainConfig:
     model: str | None = None
-    data: str | None = None
+    # A file, a folder or a Hugging Face dataset id; or a list of sets mixed by weight, each
+    # {path, split, config, revision, weight, fields, valid_split} (mlx_dpo.sources).
+    data: str | list[dict[str, Any]] | None = None
+    data_split: str | None = None  # the set's own name of the split to train on (default train)
+    data_config: str | None = None  # a Hub set's config (subset)
+    data_revision: str | None = None  # a Hub set's branch, tag or commit
+    valid_split: str | None = None  # the set's own name of the validation split
+    # Share of train carved for validation when the data has none; None: 5% (at most 256
+    # pairs) for sets of 200 pairs or more; 0: never.
+    valid_fraction: float | None = None
+    max_pairs: int | None = None  # a seeded sample of this many train pairs
     adapter_path: str | None = None
     iters: int | None = None
     epochs: float | None = None
@@ -122,7 +132,9 @@ def _type_name(expected: Any) -> str:
         return " or ".join(arms) + " (or null)"
     if origin is list:
         (item,) = typing.get_args(expected)
-        return "a list of numbers" if item is float else "a list of strings"
+        if item is float:
+            return "a list of numbers"
+        return "a list of mappings" if typing.get_origin(item) is dict else "a list of strings"
     if origin is dict:
         return "a mapping"
     return _TYPE_NAMES.get(expected, str(expected))
@@ -226,6 +238,11 @@ def _range_problems(config: TrainConfig) -> list[str]:
     need(c.epochs is None or c.epochs > 0, f"'epochs' must be > 0, got {c.epochs}")
     need(c.iters is None or c.epochs is None, "give 'iters' or 'epochs', not both")
     need(c.lora_layers is None or c.lora_layers > 0, "'lora_layers' must be > 0")
+    need(
+        c.valid_fraction is None or 0 <= c.valid_fraction < 1,
+        f"'valid_fraction' must be in [0, 1), got {c.valid_fraction}",
+    )
+    need(c.max_pairs is None or c.max_pairs > 0, f"'max_pairs' must be > 0, got {c.max_pairs}")
     need(
         c.memory_limit_gb is None or c.memory_limit_gb > 0,
         f"'memory_limit_gb' must be > 0, got {c.memory_limit_gb}",

@@ -161,7 +161,11 @@ def _warm_up(path: Path, records, say: Callable[[str], None]) -> None:
     # Whole conversations (prompt and answer), chosen and rejected alike: the prompt tokens
     # teach the language too. Every ChatML text starts with the same token, so two texts
     # make one "pair" whose shared prompt is that token, and collate stacks them.
-    texts = [p.prompt_ids + r for p in split.pairs for r in (p.chosen_ids, p.rejected_ids)]
+    texts = [
+        np.concatenate([p.prompt_ids, r])
+        for p in split.pairs
+        for r in (p.chosen_ids, p.rejected_ids)
+    ]
     assert len({t[0] for t in texts}) == 1
     head = find_head_split(model)
     rows = WARMUP["batch_size"]

@@ -37,6 +37,8 @@ def evaluate_command(
     max_length: int | None = None,
     output: str | None = None,
     trust_remote_code: bool = False,
+    data_config: str | None = None,
+    data_revision: str | None = None,
 ) -> dict[str, Any]:
     """The split's metrics (evaluation.evaluate_split); with `output`, one JSON line a pair
     (log-probs and rewards) written there atomically."""
@@ -44,13 +46,13 @@ def evaluate_command(
     model = model or saved.get("base_model") or saved.get("model")
     if not model:
         raise UserError("no model given: pass --model (or an --adapter-path that records it)")
-    if split not in ("train", "valid", "test"):
-        raise UserError(f"--split must be train, valid or test, got {split!r}")
     if beta is not None and beta <= 0:
         raise UserError(f"--beta must be > 0, got {beta}")
     config = TrainConfig(
         model=model,
         data=data,
+        data_config=data_config,
+        data_revision=data_revision,
         beta=beta if beta is not None else float(saved.get("beta", TrainConfig.beta)),
         loss=saved.get("loss", TrainConfig.loss),
         label_smoothing=float(saved.get("label_smoothing", TrainConfig.label_smoothing)),

@@ -18,8 +18,15 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                export's --dequantize only then),
                memory_plan {total_gb, limit_gb, limit_source, verdict ("fits" | "tight" |
                "will not fit"), components_gb {name: GB}, activations_checkpointed_gb, batch,
-               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.arithmetic.plan_dict)
-    reference  split, done, total (pairs), cached (true when read from the on-disk cache)
+               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.arithmetic.plan_dict),
+               data_shape (the shapes the data was read as, "+"-joined: "standard",
+               "conversational", "implicit-prompt", "conversations+prompt",
+               "ultrafeedback-binarized", "hh-text", "question+system", "fields";
+               mlx_dpo.shapes), data_sources [{path, revision (Hub commit or null),
+               splits {the set's split name: shape}, weight}], valid_source ("split": the
+               data's own; "carved N": N pairs carved from train; null: none)
+    reference  split, done, total (pairs), cached (true when read from the on-disk cache),
+               eta (seconds left, null until known)
     progress   phase ("loading" | "tokenizing" | "reference"), done, total, unit ("files",
                "pairs", ...): how far a long phase before the first step is; written at its
                start (done 0), every few seconds, and at its end (done == total). The

@@ -6,6 +6,7 @@ Nothing here imports MLX at module level: `preload_blas` must run before the fir
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -127,3 +128,12 @@ def restore_cache_limit() -> None:
     if _default_cache_limit is not None:
         set_cache_limit(_default_cache_limit)
         _default_cache_limit = None
+
+
+def return_free_memory() -> None:
+    """Hand the heap memory Python has freed back to the system (glibc's malloc_trim), so a
+    large data load leaves only what it keeps resident; nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -3,7 +3,8 @@
 The reference is the frozen base (plus a frozen init adapter, if any) with every LoRA branch
 switched off. Its log-probs depend only on the weights and the token ids, so they are
 computed once per (weights, tokenized data) and kept under the cache folder: a β sweep or a
-resumed run reads them instead of running a second forward pass every step.
+resumed run reads them instead of running a second forward pass every step. The precompute is
+chunked and checkpointed (reference_logps), so a kill or Ctrl-C during it loses little.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from mlx_dpo.distributed import Ranks
 
 CACHE_ENV = "MLX_DPO_CACHE"
 CACHE_VERSION = "1"
+# A precompute saves what it has done at most this often (seconds): a kill loses no more.
+CHECKPOINT_SECONDS = 30.0
 
 
 def cache_dir() -> Path:
@@ -72,17 +77,58 @@ def store(key: str, chosen: np.ndarray, rejected: np.ndarray, meta: dict) -> Pat
     return path
 
 
+class Interrupted(Exception):
+    """The precompute stopped on request (Ctrl-C, SIGTERM, a stop command) after saving what
+    it had: the next start with the same weights and data continues from there."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"stopped after {done} of {total} pairs")
+        self.done, self.total = done, total
+
+
+def _partial_path(key: str, ranks: Ranks) -> Path:
+    return cache_dir() / "reference" / f"{key}.partial-{ranks.rank}of{ranks.size}.npz"
+
+
+def _load_partial(path: Path, total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            chosen, rejected, done = stored["chosen"], stored["rejected"], stored["done"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if not chosen.shape == rejected.shape == done.shape == (total,):
+        return None
+    return chosen.astype(np.float32), rejected.astype(np.float32), done.astype(bool)
+
+
+def _save_partial(path: Path, chosen: np.ndarray, rejected: np.ndarray, done: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            np.savez(handle, chosen=chosen, rejected=rejected, done=done)
+        os.replace(tmp, path)
+    except OSError:  # no room for the checkpoint: the precompute goes on without one
+        tmp.unlink(missing_ok=True)
+
+
 def reference_logps(
     key: str,
     split: TokenizedSplit,
     compute: Callable[[list[int]], tuple[np.ndarray, np.ndarray]],
     batch_size: int,
-    progress: Callable[[int, int, bool], None] | None = None,
+    progress: Callable[[int, int, bool, float | None], None] | None = None,
     use_cache: bool = True,
     ranks: Ranks | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair reference log-probs (chosen, rejected) for a split, from the cache or computed
-    in batches with `compute(pair_positions)`. `progress(done, total, cached)` reports.
+    in batches with `compute(pair_positions)`. `progress(done, total, cached, eta_seconds)`
+    reports after each batch.
+
+    Chunked and checkpointed: what is done is saved beside the cache entry at most every
+    CHECKPOINT_SECONDS, so a killed precompute resumes from its last chunk; `should_stop()`
+    is asked between batches and, when true, the work is saved and Interrupted raised.
     In a distributed run each rank computes a shard and the results are summed, unless every
     rank already has them cached."""
     ranks = ranks or Ranks(None, 0, 1)
@@ -90,29 +136,47 @@ def reference_logps(
     cached = load_cached(key, total) if use_cache else None
     if ranks.all(cached is not None):
         if progress:
-            progress(total, total, True)
+            progress(total, total, True, 0.0)
         return cached
-    chosen = np.zeros(total, dtype=np.float32)
-    rejected = np.zeros(total, dtype=np.float32)
     # Length-sorted batches pad little; results go back to their pairs' positions.
-    order = sorted(
-        range(total),
-        key=lambda i: (
-            len(split.pairs[i].prompt_ids)
-            + max(len(split.pairs[i].chosen_ids), len(split.pairs[i].rejected_ids))
-        ),
-    )
-    order = order[ranks.rank :: ranks.size]
-    done = 0
+    order = np.argsort(split.pair_lengths(), kind="stable")[ranks.rank :: ranks.size]
+    partial_path = _partial_path(key, ranks)
+    partial = _load_partial(partial_path, total) if use_cache else None
+    if partial is None:
+        chosen = np.zeros(total, dtype=np.float32)
+        rejected = np.zeros(total, dtype=np.float32)
+        done_mask = np.zeros(total, dtype=bool)
+    else:
+        chosen, rejected, done_mask = partial
+    resumed = int(done_mask[order].sum())
+    done = resumed
+    tic = last_save = time.monotonic()
     for start in range(0, len(order), batch_size):
         positions = order[start : start + batch_size]
-        batch_chosen, batch_rejected = compute(positions)
+        stop = should_stop is not None and should_stop()
+        if ranks.size > 1:
+            stop = ranks.any(stop)
+        if stop:
+            if use_cache:
+                _save_partial(partial_path, chosen, rejected, done_mask)
+            raise Interrupted(min(done * ranks.size, total), total)
+        if done_mask[positions].all():
+            continue
+        batch_chosen, batch_rejected = compute(positions.tolist())
         chosen[positions] = batch_chosen
         rejected[positions] = batch_rejected
-        done += len(positions) * ranks.size
+        done_mask[positions] = True
+        done += len(positions)
+        now = time.monotonic()
+        if use_cache and now - last_save >= CHECKPOINT_SECONDS:
+            _save_partial(partial_path, chosen, rejected, done_mask)
+            last_save = now
         if progress:
-            progress(min(done, total), total, False)
+            rate = (done - resumed) / max(now - tic, 1e-9)
+            eta = (len(order) - done) / rate if rate > 0 else None
+            progress(min(done * ranks.size, total), total, False, eta)
     chosen, rejected = ranks.sum(chosen), ranks.sum(rejected)
     if use_cache:
         store(key, chosen, rejected, {"split": split.name, "pairs": total})
+        partial_path.unlink(missing_ok=True)
     return chosen, rejected

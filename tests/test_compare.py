@@ -75,7 +75,7 @@ def test_prompts_are_formatted_as_training_formats_them(fixture, request, tmp_pa
     split = load_splits(data, tokenizer, max_length=1024)["train"]
     records = read_records(data)
     for record, pair in zip(records, split.pairs, strict=True):
-        assert prompt_tokens(tokenizer, record.prompt) == pair.prompt_ids
+        assert prompt_tokens(tokenizer, record.prompt) == pair.prompt_ids.tolist()
 
 
 def test_closer_to_and_the_summary_line():

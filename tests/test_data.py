@@ -34,12 +34,14 @@ def test_response_is_what_the_template_adds(chatml_tokenizer, tmp_path):
     system = [{"role": "system", "content": "short"}, {"role": "user", "content": "what is red?"}]
     prompt = tok.apply_chat_template(system, add_generation_prompt=True)
     full = tok.apply_chat_template(system + [{"role": "assistant", "content": "a color."}])
-    assert pairs[0].prompt_ids == prompt
-    assert pairs[0].chosen_ids == full[len(prompt) :]
+    assert pairs[0].prompt_ids.tolist() == prompt
+    assert pairs[0].chosen_ids.tolist() == full[len(prompt) :]
     # The end-of-turn token belongs to the response.
     assert tok.convert_tokens_to_ids("<|im_end|>") in pairs[0].chosen_ids
     multi = rows[1]["prompt"]
-    assert pairs[1].prompt_ids == tok.apply_chat_template(multi, add_generation_prompt=True)
+    assert pairs[1].prompt_ids.tolist() == tok.apply_chat_template(
+        multi, add_generation_prompt=True
+    )
     assert tok.decode(pairs[1].rejected_ids).startswith("a fruit.")
 
 

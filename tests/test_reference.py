@@ -1,6 +1,8 @@
 """Reference log-probs cached on disk (mlx_dpo/reference.py): keyed by the weights and every
 token id, computed in length-sorted batches with each result back at its pair, read back
-instead of computed, and never trusted when the file is corrupt or the wrong size."""
+instead of computed, never trusted when the file is corrupt or the wrong size; the precompute
+is chunked and checkpointed, so a stop request or a kill during it resumes from the last chunk
+with the same numbers."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ def split_of(lengths=LENGTHS, shift: int = 0) -> TokenizedSplit:
         TokenizedPair(i, f"t:{i}", [1 + shift] * p, [2] * c, [3] * r)
         for i, (p, c, r) in enumerate(lengths)
     ]
-    return TokenizedSplit("train", "train.jsonl", pairs)
+    return TokenizedSplit.from_pairs("train", "train.jsonl", pairs)
 
 
 class Computer:
@@ -53,7 +55,7 @@ def test_the_key_changes_with_the_weights_and_every_token():
 def test_computed_in_length_sorted_batches_each_result_at_its_pair():
     compute, seen = Computer(), []
     chosen, rejected = reference_logps(
-        "k1", split_of(), compute, 2, lambda d, t, c: seen.append((d, t, c))
+        "k1", split_of(), compute, 2, lambda d, t, c, eta: seen.append((d, t, c))
     )
     # Longest pair (prompt + longer response): 9, 2, 17, 6, 8 -> order 1, 3, 4, 0, 2.
     assert compute.calls == [[1, 3], [4, 0], [2]]
@@ -66,7 +68,7 @@ def test_read_back_from_the_cache_instead_of_computed():
     reference_logps("k2", split_of(), Computer(), 2)
     again, seen = Computer(), []
     chosen, _ = reference_logps("k2", split_of(), again, 2, lambda *a: seen.append(a))
-    assert again.calls == [] and seen == [(5, 5, True)]
+    assert again.calls == [] and [event[:3] for event in seen] == [(5, 5, True)]
     np.testing.assert_array_equal(chosen, [0, -10, -20, -30, -40])
     # use_cache=False neither reads nor writes it.
     fresh = Computer()
@@ -87,3 +89,117 @@ def test_a_bad_cache_file_is_recomputed(damage):
     chosen, _ = reference_logps("k4", split_of(), compute, 8)
     assert compute.calls and chosen[2] == -20
     assert reference.load_cached("k4", 5)[0][2] == -20  # and stored again, whole
+
+
+def numbered_split(n: int) -> TokenizedSplit:
+    pairs = [
+        TokenizedPair(i, f"f:{i}", [1] * (i % 5 + 1), [2] * 3, [3] * (i % 3 + 1)) for i in range(n)
+    ]
+    return TokenizedSplit.from_pairs("train", "f", pairs)
+
+
+def compute_fn(calls: list[int]):
+    """Log-probs as a plain function of the pair position (what the model would give)."""
+
+    def compute(positions):
+        calls.extend(positions)
+        p = np.asarray(positions, dtype=np.float32)
+        return -p - 0.5, -2 * p - 1.0
+
+    return compute
+
+
+def test_a_stop_request_saves_and_the_next_start_continues(monkeypatch):
+    monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
+    split = numbered_split(40)
+    calls: list[int] = []
+    asked = iter(range(100))
+    with pytest.raises(reference.Interrupted) as caught:
+        reference.reference_logps(
+            "k1", split, compute_fn(calls), 4, should_stop=lambda: next(asked) >= 3
+        )
+    assert (caught.value.done, caught.value.total) == (12, 40)
+    assert len(calls) == 12
+    progress = []
+    chosen, rejected = reference.reference_logps(
+        "k1", split, compute_fn(calls), 4, lambda *a: progress.append(a)
+    )
+    assert len(calls) == 40 and sorted(calls) == list(range(40))  # nothing computed twice
+    assert np.array_equal(chosen, -np.arange(40, dtype=np.float32) - 0.5)
+    assert np.array_equal(rejected, -2 * np.arange(40, dtype=np.float32) - 1.0)
+    done, total, cached, eta = progress[-1]
+    assert (done, total, cached) == (40, 40, False) and eta == 0
+    assert not list((reference.cache_dir() / "reference").glob("k1.partial*"))
+    # Complete now: read from the cache, nothing computed.
+    reference.reference_logps("k1", split, compute_fn(calls), 4)
+    assert len(calls) == 40
+
+
+def test_a_kill_resumes_from_the_last_checkpoint(monkeypatch):
+    """A crash mid-way (the process dies: nothing runs after it) keeps the chunks saved."""
+    monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
+    split = numbered_split(20)
+    calls: list[int] = []
+    compute = compute_fn(calls)
+
+    def dies_on_the_third_batch(positions):
+        if len(calls) >= 8:
+            raise SystemExit("killed")
+        return compute(positions)
+
+    with pytest.raises(SystemExit):
+        reference.reference_logps("k2", split, dies_on_the_third_batch, 4)
+    assert len(calls) == 8
+    chosen, _ = reference.reference_logps("k2", split, compute, 4)
+    assert len(calls) == 20
+    assert np.array_equal(chosen, -np.arange(20, dtype=np.float32) - 0.5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues(
+    llama_chatml, preference_data, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    from mlx_dpo import trainer
+    from mlx_dpo.config import build_config
+    from mlx_dpo.events import read_events
+
+    monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
+    computed: list[int] = []
+    real = trainer.compute_reference
+
+    def counting(session, split):
+        compute = real(session, split)
+
+        def wrapped(positions):
+            computed.extend(positions)
+            if len(computed) == 8:  # Ctrl-C arrives while the second batch is computed
+                os.kill(os.getpid(), signal.SIGINT)
+            return compute(positions)
+
+        return wrapped
+
+    monkeypatch.setattr(trainer, "compute_reference", counting)
+    run_dir = tmp_path / "run"
+    config = build_config(
+        {},
+        dict(model=str(llama_chatml), data=str(preference_data), adapter_path=str(run_dir),
+             iters=2, eval_every=0, batch_size=4),
+    )  # fmt: skip
+    lines: list[str] = []
+    status = trainer.train(config, trainer.RunOptions(run_dir, on_line=lines.append))
+    assert status == "stopped"
+    assert len(computed) == 8
+    assert any(
+        "stopped during the reference log-probs for train (8/24 pairs kept" in x for x in lines
+    )
+    assert read_events(run_dir)[-1]["status"] == "stopped"
+    status = trainer.train(
+        config, trainer.RunOptions(run_dir, resume=True, on_line=lines.append, handle_signals=False)
+    )
+    assert status == "completed"
+    assert len(computed) == 8 + 16 + 8  # then the other 16 of train, then all of valid
+    events = [e for e in read_events(run_dir) if e["event"] == "reference" and not e["cached"]]
+    assert events[-1]["eta"] == 0

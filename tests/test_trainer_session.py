@@ -24,7 +24,7 @@ def test_no_model_or_no_data_is_a_user_error(preference_data):
 
 def test_a_run_needs_a_train_split(llama_chatml, tmp_path):
     write_jsonl(tmp_path / "data" / "test.jsonl", preference_rows(4))
-    with pytest.raises(UserError, match="no train split"):
+    with pytest.raises(UserError, match="no split 'train'"):
         open_session(config_for(llama_chatml, tmp_path / "data"))
     # Evaluating the test split alone is fine.
     session = open_session(config_for(llama_chatml, tmp_path / "data"), splits=("test",))

@@ -60,8 +60,8 @@ def test_completion_tokens_are_the_pairs_response_tokens(request, tmp_path, toke
     examples = load_unpaired_splits(tmp_path / "rated", tokenizer, 1024)["train"].examples
     expected = load_splits(tmp_path / "pairs", tokenizer, 1024)["train"].pairs
     for example, pair in zip(examples, expected, strict=True):
-        assert example.prompt_ids == pair.prompt_ids
-        assert example.completion_ids == pair.chosen_ids
+        assert list(example.prompt_ids) == list(pair.prompt_ids)
+        assert list(example.completion_ids) == list(pair.chosen_ids)
     assert [e.desirable for e in examples] == [True, False]
     if tokenizer_name == "chatml_tokenizer":  # the system message is part of the prompt
         system = [
@@ -83,8 +83,9 @@ def test_pairs_read_as_a_desirable_and_an_undesirable_completion(chatml_tokenize
         pairs, zip(split.examples[::2], split.examples[1::2], strict=True), strict=True
     ):
         assert good.desirable and not bad.desirable
-        assert good.prompt_ids == bad.prompt_ids == pair.prompt_ids
-        assert (good.completion_ids, bad.completion_ids) == (pair.chosen_ids, pair.rejected_ids)
+        assert list(good.prompt_ids) == list(bad.prompt_ids) == list(pair.prompt_ids)
+        assert list(good.completion_ids) == list(pair.chosen_ids)
+        assert list(bad.completion_ids) == list(pair.rejected_ids)
         assert good.source == bad.source == pair.source
 
 

@@ -7,8 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from mlx_dpo.audit import audit, format_report, model_tokenizer, plot_lengths, summary
-from mlx_dpo.cli.flags import DATA_HELP, add_json, add_max_length, add_model
+from mlx_dpo.cli.flags import DATA_HELP, add_data_source, add_json, add_max_length, add_model
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.errors import UserError
 
@@ -21,6 +20,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "audit", help="length bias, duplicates, chosen==rejected, truncation counts"
     )
     parser.add_argument("data", help=DATA_HELP)
+    add_data_source(parser)
     add_model(parser, "count tokens with this model's tokenizer and template")
     add_max_length(
         parser,
@@ -42,12 +42,17 @@ def run_audit(args: argparse.Namespace) -> int:
         raise UserError(f"--max-length must be >= 8, got {args.max_length}")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UserError(f"--plot {args.plot}: the histogram is written as PNG (name it .png)")
+    # The audit reads data sets (pyarrow, the hub client): loaded when it runs.
+    from mlx_dpo.audit import audit, format_report, model_tokenizer, plot_lengths, summary
+
     tokenizer = None
     max_length = args.max_length
     if args.model:
         tokenizer = model_tokenizer(args.model)
         max_length = max_length or TrainConfig().max_length
-    result = audit(args.data, tokenizer, max_length)
+    result = audit(
+        args.data, tokenizer, max_length, config=args.data_config, revision=args.data_revision
+    )
     if args.plot:
         plot_lengths(result, args.plot)
     if args.json:

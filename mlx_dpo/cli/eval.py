@@ -12,6 +12,7 @@ from mlx_dpo.cli.flags import (
     add_batch_size,
     add_beta,
     add_data,
+    add_data_source,
     add_json,
     add_max_length,
     add_model,
@@ -27,6 +28,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_model(parser, BASE_MODEL_HELP)
     add_adapter(parser, required=False)
     add_data(parser, required=True)
+    add_data_source(parser)
     add_split(parser, "default test", default="test")
     add_beta(parser, f"for rewards; default: the adapter's, else {d.beta}")
     add_batch_size(parser, allow_auto=False)
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         output=args.output,
         trust_remote_code=args.trust_remote_code,
+        data_config=args.data_config,
+        data_revision=args.data_revision,
     )
     if args.json:
         print(json.dumps(result))

@@ -26,7 +26,7 @@ MODEL_HELP = "Hugging Face id or local MLX/HF model folder"
 BASE_MODEL_HELP = (
     "base model: Hugging Face id or local folder (default: the one the adapter records)"
 )
-DATA_HELP = "folder with train/valid/test .jsonl, or one .jsonl/.json file"
+DATA_HELP = "a Hugging Face dataset id (org/name), a folder, or a .jsonl/.json/.parquet file"
 
 # A parser or one of its argument groups: what add_argument is called on (the base class the
 # standard library gives both; typeshed names it the same).
@@ -41,13 +41,24 @@ def add_data(parser: Parser, help: str = DATA_HELP, required: bool = False) -> N
     parser.add_argument("--data", required=required, help=help)
 
 
+def add_data_source(parser: Parser) -> None:
+    """Which version of a Hub data set: its config (subset) and revision."""
+    parser.add_argument("--data-config", help="a Hub dataset's config (subset)")
+    parser.add_argument("--data-revision", help="a Hub dataset's branch, tag or commit")
+
+
 def add_adapter(parser: Parser, required: bool) -> None:
     """--adapter-path of the commands that read a trained adapter (eval, export, compare)."""
     parser.add_argument("--adapter-path", required=required, help="run directory or adapter folder")
 
 
 def add_split(parser: Parser, note: str, default: str | None = None) -> None:
-    parser.add_argument("--split", default=default, help=f"train, valid or test ({note})")
+    parser.add_argument(
+        "--split",
+        "--data-split",
+        default=default,
+        help=f"the split to read, by the data's own name: train, valid, test, test_prefs... ({note})",
+    )
 
 
 def add_trust_remote_code(parser: Parser, default: bool | None = False) -> None:
@@ -107,6 +118,21 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and data")
     add_model(g)
     add_data(g)
+    g.add_argument(
+        "--data-split",
+        help="the data's own name of the split to train on (default train)",
+    )
+    add_data_source(g)
+    g.add_argument(
+        "--valid-split", help="the data's own name of the validation split (e.g. test_prefs)"
+    )
+    g.add_argument(
+        "--valid-fraction",
+        type=float,
+        help="share of train carved for validation when the data has none (default 5%%, at "
+        "most 256 pairs, for sets of 200+ pairs; 0 = none)",
+    )
+    g.add_argument("--max-pairs", type=int, help="train on a seeded sample of this many pairs")
     g.add_argument(
         "--adapter-path",
         help="run directory (adapters, checkpoints, metrics); default adapters/run-<time>",

@@ -9,7 +9,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_dpo.config import TrainConfig
-from mlx_dpo.data import TokenizedPair
+from mlx_dpo.data import PairsView, TokenizedPair
 from mlx_dpo.memory.arithmetic import Lengths, ModelShape, Settings
 from mlx_dpo.model import ADAPTER_LEAVES
 from mlx_dpo.trainer.session import Session
@@ -88,7 +88,10 @@ def _four_bit_bytes(
     return base_bytes - saved
 
 
-def data_lengths(pairs: list[TokenizedPair]) -> Lengths:
+def data_lengths(pairs: list[TokenizedPair] | PairsView) -> Lengths:
+    if isinstance(pairs, PairsView):  # a TokenizedSplit's pairs: its length arrays
+        prompt, chosen, rejected = pairs.lengths().astype(np.int64).T
+        return Lengths(prompt=prompt, chosen=chosen, rejected=rejected)
     return Lengths(
         prompt=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int64),
         chosen=np.array([len(p.chosen_ids) for p in pairs], dtype=np.int64),

@@ -22,6 +22,7 @@ from mlx_dpo.batching import batches_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
 from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import CONFIG_FILE, LOSS, METRIC_NAMES, EventWriter, read_events
+from mlx_dpo.formatting import format_duration
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
 from mlx_dpo.health import HealthMonitor, summarize
 from mlx_dpo.memory.arithmetic import MemoryPlan, plan_dict, summary_lines
@@ -32,6 +33,7 @@ from mlx_dpo.memory.guard import (
     start_run_memory,
     will_not_fit_message,
 )
+from mlx_dpo.memory.session import data_lengths
 from mlx_dpo.model import adapter_weights, count_parameters
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
 from mlx_dpo.trainer.batch_logps import compute_reference
@@ -172,7 +174,14 @@ class Run:
         """Set up, run the steps, save, report the end; the final status."""
         self.announce(resume_from)
         self.start_health(resume_from)
-        self.cached_reference = self.reference_logps()
+        try:
+            self.cached_reference = self.reference_logps()
+        except reference.Interrupted as stopped:
+            self.say(
+                f"stopped during the reference log-probs ({stopped.done}/{stopped.total} pairs "
+                "kept: the next start with this model and data continues from there)"
+            )
+            return self.finish("stopped", None)
         self.start_optimizer(resume_from)
         self.control = RunControl(self.run_dir, self.stop)
         start_run_memory(self.memory_plan)
@@ -289,6 +298,7 @@ class Run:
             pid=os.getpid(),
             config=config.to_dict(),
             memory_plan=plan_dict(self.memory_plan),
+            **session.data_info,
         )
         self.say(
             f"model {config.model}: {total_params / 1e6:.1f}M parameters, "
@@ -300,6 +310,8 @@ class Run:
             + (f", {len(valid_split)} valid" if valid_split else "")
             + f"; {self.steps} steps"
         )
+        for line in session.data_notes:
+            self.say(line)
         if config.prefix_sharing and not session.prefix_sharing:
             self.say(
                 "prefix sharing off (this architecture's cache fails the check): each row "
@@ -323,14 +335,12 @@ class Run:
                 monitor.observe(event)
         self.health = HealthReport(monitor, self.reporter)
         if resume_from is None:
-            pairs = self.train_split.pairs
-            chosen_lengths = np.array([len(p.chosen_ids) for p in pairs])
-            rejected_lengths = np.array([len(p.rejected_ids) for p in pairs])
+            lengths = data_lengths(self.train_split.pairs)
             for finding in monitor.length_bias(
-                float((chosen_lengths > rejected_lengths).mean()),
-                float(chosen_lengths.mean()),
-                float(rejected_lengths.mean()),
-                len(pairs),
+                float((lengths.chosen > lengths.rejected).mean()),
+                float(lengths.chosen.mean()),
+                float(lengths.rejected.mean()),
+                lengths.pairs,
             ):
                 self.health.report(finding)
         for name, split in self.session.splits.items():
@@ -339,7 +349,8 @@ class Run:
 
     def reference_logps(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The reference log-probs of train and valid, once, from the on-disk cache when
-        possible; none with a live reference (the step computes them)."""
+        possible; none with a live reference (the step computes them). A stop request during
+        the pass raises reference.Interrupted once the pairs done so far are kept."""
         cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.config.reference != "cached":
             return cached
@@ -347,20 +358,15 @@ class Run:
         for name, split in (("train", self.train_split), ("valid", self.valid_split)):
             if split is None:
                 continue
-
-            def progress(done: int, total: int, from_cache: bool, name: str = name) -> None:
-                self.events.write(
-                    "reference", 0, split=name, done=done, total=total, cached=from_cache
-                )
-
             tic = time.perf_counter()
             cached[name] = reference.reference_logps(
                 reference.cache_key(self.session.weights_fingerprint, split),
                 split,
                 compute_reference(self.session, split),
                 self.config.batch_size,
-                progress,
+                ReferenceProgress(name, self.events, self.say),
                 ranks=self.ranks,
+                should_stop=lambda: self.stop.requested,
             )
             seconds = time.perf_counter() - tic
             self.say(f"reference log-probs for {name}: {len(split)} pairs in {seconds:.1f}s")
@@ -518,6 +524,26 @@ class Run:
 
     def _last_checkpoint(self) -> str | None:
         return self.status.status.last_checkpoint
+
+
+class ReferenceProgress:
+    """The precompute's progress: a `reference` event each batch, a console line every
+    LINE_SECONDS while computing."""
+
+    LINE_SECONDS = 10.0
+
+    def __init__(self, split: str, events: EventWriter, say: Callable[[str], None]):
+        self.split, self.events, self.say = split, events, say
+        self.last_line = time.monotonic()
+
+    def __call__(self, done: int, total: int, from_cache: bool, eta: float | None) -> None:
+        self.events.write(
+            "reference", 0, split=self.split, done=done, total=total, cached=from_cache, eta=eta
+        )
+        if not from_cache and time.monotonic() - self.last_line >= self.LINE_SECONDS:
+            self.last_line = time.monotonic()
+            left = "" if eta is None else f", ETA {format_duration(eta)}"
+            self.say(f"reference log-probs for {self.split}: {done}/{total} pairs{left}")
 
 
 def _adapter_config(config: TrainConfig, session: Session) -> dict:

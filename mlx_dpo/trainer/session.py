@@ -7,7 +7,7 @@ while it opens, before anything is trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import mlx.nn as nn
 from mlx_dpo import reference
 from mlx_dpo.batching import Batch, collate
 from mlx_dpo.config import TrainConfig
-from mlx_dpo.data import TokenizedSplit, load_splits
+from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.errors import UserError
 from mlx_dpo.logprobs import HeadSplit, find_head_split, supports_prefix_sharing
 from mlx_dpo.model import (
@@ -29,6 +29,7 @@ from mlx_dpo.model import (
     num_layers,
     snapshot_adapter,
 )
+from mlx_dpo.sources import load_data
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Session:
     init_adapter_config: dict | None = None
     prefix_sharing: bool = False
     pad_id: int = 0
+    data_notes: list[str] = field(default_factory=list)  # sources.LoadedData.notes
+    data_info: dict = field(default_factory=dict)  # sources.LoadedData.info (run_start)
 
     def collate(self, pairs: list) -> Batch:
         return collate(pairs, self.pad_id, shared_prompt=self.prefix_sharing)
@@ -64,11 +67,12 @@ def open_session(
     if not config.model:
         raise UserError("no model given: pass --model (a Hugging Face id or a local folder)")
     if config.data is None:
-        raise UserError("no data given: pass --data (a folder with train.jsonl, or a .jsonl file)")
+        raise UserError("no data given: pass --data (a file, a folder or a Hugging Face id)")
     model, tokenizer, path, model_config = load_model(
         config.model, config.quantize, config.trust_remote_code
     )
-    data = load_splits(config.data, tokenizer, config.max_length, config.fields, splits)
+    loaded = load_data(config, tokenizer, splits)
+    data = loaded.splits
     if "train" in splits and "train" not in data:
         raise UserError(f"{config.data}: no train split (train.jsonl)")
     mx.random.seed(config.seed)
@@ -115,6 +119,8 @@ def open_session(
         init_adapter_config=init_config,
         prefix_sharing=sharing,
         pad_id=pad_token_id(tokenizer),
+        data_notes=loaded.notes,
+        data_info=loaded.info,
     )
 
 

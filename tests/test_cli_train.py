@@ -198,3 +198,27 @@ def test_plan_flag_says_it_will_not_fit_and_how_to(llama_chatml, preference_data
     for name in ("base weights", "LoRA parameters", "optimizer state", "activations", "logits"):
         assert name in out
     assert not (run_dir / "metrics.jsonl").exists()  # nothing was trained
+
+
+def test_a_tilde_in_the_adapter_path_is_the_home_folder(
+    llama_chatml, preference_data, tmp_path, monkeypatch, capsys
+):
+    """`--adapter-path ~/runs/x` (quoted, or from a YAML) made a literal ./~ folder, and the
+    hint printed a `~` the shell would expand elsewhere."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(train_args(llama_chatml, preference_data, "~/runs/x")) == 0
+    run_dir = tmp_path / "home" / "runs" / "x"
+    assert (run_dir / "adapters.safetensors").is_file()
+    assert not (tmp_path / "~").exists()
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    assert hint.endswith(f"--adapter-path {run_dir}") and "~" not in hint
+
+
+@pytest.mark.parametrize("flag", ["--adapter-path", "--init-adapter", "--model", "--data"])
+def test_an_empty_path_is_refused(llama_chatml, preference_data, tmp_path, capsys, flag):
+    args = train_args(llama_chatml, preference_data, tmp_path / "run")
+    args = [*args, flag, ""]
+    assert main(args) == 2
+    assert f"{flag}: an empty path" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

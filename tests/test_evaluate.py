@@ -148,3 +148,12 @@ def test_a_run_trained_with_a_fields_mapping_evaluates_with_it(llama_chatml, tmp
     assert status == "completed"
     result = evaluate_command(None, str(tmp_path / "run"), str(data))
     assert result["pairs"] == 4 and result["rewards/margins"] != 0
+
+
+def test_a_live_run_can_be_evaluated(adapter, preference_data):
+    """eval reads a run's adapters without its lock: a run being trained can be evaluated."""
+    from mlx_dpo.rundir import RunLock
+
+    with RunLock(adapter).acquire():
+        result = evaluate_command(None, str(adapter), str(preference_data), split="valid")
+    assert result["pairs"] == 8

@@ -238,3 +238,12 @@ def test_only_the_marked_temporaries_of_dead_exports_are_removed(tmp_path):
         f"removed {old}, left by an export that was cut short",
         f"removed {tmp_path / 'fused.tmp-b2'}, left by an export that was cut short",
     ]
+
+
+def test_a_live_run_can_be_exported(export_runs, tmp_path):
+    """export reads the run without its lock (the dashboard exports while the trainer runs)."""
+    from mlx_dpo.rundir import RunLock
+
+    with RunLock(export_runs["llama-fp"]).acquire():
+        result = export_model(export_runs["llama-fp"], tmp_path / "fused", on_line=lambda _: None)
+    assert result["fused_layers"] > 0 and (tmp_path / "fused" / "config.json").is_file()

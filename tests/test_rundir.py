@@ -4,6 +4,7 @@ changes only the settings that do not change what the run trains toward."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -158,8 +159,9 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     killed = hold_lock(run_dir, then="os.kill(os.getpid(), signal.SIGKILL)")
     killed.wait()
     assert (run_dir / LOCK_FILE).read_text().strip() == str(killed.pid)  # left behind
-    lock = rundir.RunLock(run_dir).acquire()
+    lock, notes = rundir.claim_run_dir(run_dir, TrainConfig(), resume=False)
     assert lock.taken_over == killed.pid
+    assert notes == [f"took over the run's lock from pid {killed.pid}, which is no longer running"]
     lock.release()
 
 
@@ -239,25 +241,21 @@ def test_the_trainer_the_dashboard_launches_holds_the_lock(
 
 def test_settings_that_change_the_run_are_refused_and_the_others_allowed():
     saved = TrainConfig(model="m", data="d", lora_rank=4, iters=8)
-    changed = TrainConfig(model="m", data="d", lora_rank=8, beta=0.2, seed=3, batch_size=2,
-                          grad_accumulation=2, max_length=512, loss="ipo",
-                          fields={"prompt": "q"}, iters=12, eval_every=5, save_every=5,
-                          memory_limit_gb=8.0, reference="live", pause_timeout_minutes=1.0)  # fmt: skip
-    refused, allowed = rundir.resume_changes(saved, changed)
-    assert [line.split(":")[0] for line in refused] == [
-        "batch_size", "grad_accumulation", "beta", "loss", "lora_rank", "max_length", "seed",
-        "fields",
-    ]  # fmt: skip
-    assert "lora_rank: 4 → 8" in refused
-    assert [line.split(":")[0] for line in allowed] == [
-        "iters", "reference", "eval_every", "save_every", "memory_limit_gb",
-        "pause_timeout_minutes",
-    ]  # fmt: skip
+    refused = dict(model="other", data="d2", learning_rate=1e-4, lr_schedule="cosine",
+                   batch_size=2, grad_accumulation=2, beta=0.2, loss="ipo", lora_rank=8,
+                   lora_scale=10.0, lora_layers=2, lora_keys=["self_attn.q_proj"],
+                   max_length=512, seed=3, fields={"prompt": "q"})  # fmt: skip
+    allowed = dict(iters=None, epochs=2.0, reference="live", grad_checkpoint=True,
+                   prefix_sharing=False, eval_every=5, save_every=5, health={"patience": 3},
+                   memory_limit_gb=8.0, pause_timeout_minutes=1.0)  # fmt: skip
+    changed = dataclasses.replace(saved, **refused, **allowed)
+    refused_lines, allowed_lines = rundir.resume_changes(saved, changed)
+    assert sorted(line.split(":")[0] for line in refused_lines) == sorted(refused)
+    assert sorted(line.split(":")[0] for line in allowed_lines) == sorted(allowed)
+    assert "lora_rank: 4 → 8" in refused_lines and "iters: 8 → unset" in allowed_lines
     assert rundir.resume_changes(saved, saved) == ([], [])
     # A setting nobody listed as safe to change is the run's own.
-    assert all(key in TrainConfig.__dataclass_fields__ for key in rundir.RESUMABLE_CHANGES)
-    other = TrainConfig(model="other", data="d", lora_rank=4, iters=8)
-    assert rundir.resume_changes(saved, other)[0] == ["model: 'm' → 'other'"]
+    assert set(rundir.RESUMABLE_CHANGES) < set(TrainConfig.__dataclass_fields__)
 
 
 def test_check_resumed_config_lists_every_refused_change(tmp_path):

@@ -334,3 +334,48 @@ def test_restore_checkpoint_is_strict(tmp_path):
         "lora_b: shape (3, 2) in the checkpoint, (5, 2) in the model (a different LoRA rank?)",
     ]
     assert np.array(model.lora_a).sum() == 0  # nothing was loaded
+
+
+def test_a_moved_data_folder_resumes_once_config_yaml_names_it(
+    llama_chatml, preference_data, tmp_path
+):
+    """The data's path is part of the run; its content is what is checked: after a move,
+    editing the path in config.yaml is enough."""
+    import shutil
+
+    from mlx_dpo.config import load_config_file, save_config
+
+    run_dir = trained_run(llama_chatml, preference_data, tmp_path / "run")
+    moved = tmp_path / "moved-data"
+    shutil.move(preference_data, moved)
+    config = load_config_file(run_dir / "config.yaml")
+    config.data = str(moved)
+    save_config(config, run_dir / "config.yaml")
+    config.iters = 3
+    status, events = run(config, resume=True)
+    assert status == "completed" and [e["step"] for e in steps(events)] == [1, 2, 3]
+
+
+def test_resume_refuses_a_model_whose_chat_template_changed(
+    llama_chatml, preference_data, tmp_path
+):
+    """Same model folder, same weights, another chat template: the tokens differ."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(llama_chatml, model)
+    config = config_for(model, preference_data, tmp_path / "run", iters=2, save_every=2)
+    trained_run(model, preference_data, tmp_path / "run")
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = tokenizer_config["chat_template"].replace(
+        "<|im_start|>", "<|im_start|> "
+    )
+    (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(UserError) as err:
+        run(config, resume=True)
+    assert err.value.problems == [
+        "the train split's tokens (its data, the tokenizer, the chat template, max_length or "
+        "fields)",
+        "the validation split's tokens (its data, the tokenizer, the chat template, max_length "
+        "or fields)",
+    ]

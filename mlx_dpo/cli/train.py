@@ -49,16 +49,16 @@ def run(args: argparse.Namespace) -> int:
             config.model = str(demo.ensure_demo_model(print))
         return plan_command(config)
     run_dir = Path(config.adapter_path)
+    # Before anything loads or the dashboard opens: the folder is ours to write, no trainer is
+    # running on it, and a resume changes nothing the run trains toward (the trainer checks
+    # again under its lock).
+    rundir.prepare_for_training(run_dir, config.init_adapter)
     # config.yaml is written once the model and data are loaded: before that (a bad input, or a
     # kill while loading) nothing of a run is here, and starting again is the way on.
     if not args.resume and (run_dir / CONFIG_FILE).exists():
         raise UserError(
             f"{run_dir}: already holds a run; use --resume to continue it or another --adapter-path"
         )
-    # Before anything loads or the dashboard opens: the folder is ours to write, no trainer is
-    # running on it, and a resume changes nothing the run trains toward (the trainer checks
-    # again under its lock).
-    rundir.prepare_for_training(run_dir, config.init_adapter)
     if args.resume:
         rundir.check_resumed_config(run_dir, config)
     use_tui = not args.no_tui and is_terminal()

@@ -568,10 +568,11 @@ def make_round_pairs(
     counts = count_pairs(round_.pairs)
     if counts.pairs == 0:
         skipped = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.skipped.items()))
+        total = sum(counts.skipped.values())
         raise UserError(
-            f"{round_.pairs}: the judge kept no pair in {round_.label} ({skipped or 'nothing'}"
-            f" judged); --judge {settings.judge} cannot tell these answers apart: use an "
-            "instruction-tuned judge, more --candidates or a higher --temp"
+            f"{round_.pairs}: the judge kept no pair in {round_.label} (of {total} "
+            f"comparisons: {skipped or 'none'}); --judge {settings.judge} cannot tell these "
+            "answers apart: use an instruction-tuned judge, more --candidates or a higher --temp"
         )
     record.mark("pairs_made", round_.number)
     return None

@@ -344,8 +344,8 @@ def test_a_judge_that_keeps_no_pair_is_a_user_error(tmp_path):
     phases = NoPairs(pairs=0)
     with pytest.raises(
         UserError,
-        match=r"round-1/pairs.jsonl: the judge kept no pair in round 1/2 \(1 inconsistent "
-        r"judged\); --judge org/judge cannot tell",
+        match=r"round-1/pairs.jsonl: the judge kept no pair in round 1/2 \(of 1 comparisons: "
+        r"1 inconsistent\); --judge org/judge cannot tell",
     ):
         run_rounds(fake_config(tmp_path), fake_settings(tmp_path), phases, print)
     assert phases.calls == [("pairs", 1)]

@@ -45,6 +45,7 @@ from mlx_dpo.config import TrainConfig, save_config
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import (
     CONFIG_FILE,
+    FINAL_STATES,
     LAUNCH_CONFIG_FILE,
     LOSS,
     REWARDS_ACCURACIES,
@@ -56,7 +57,9 @@ from mlx_dpo.events import (
 from mlx_dpo.prompts import derive_seed
 from mlx_dpo.sampling import DEFAULT_CANDIDATES, Sampling
 
-# `mlx-dpo pairs` interrupted by Ctrl-C ends with this status (mlx_dpo/cli/exit_codes.py).
+# Exit statuses of the phases' commands (mlx_dpo/cli/exit_codes.py): a user error, and Ctrl-C
+# outside a run.
+EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 ROUNDS_FILE = "rounds.json"
 ROUND_FILE = "round.json"
@@ -398,6 +401,19 @@ def write_round_file(round_: Round, settings: RoundsSettings) -> None:
     )
 
 
+def _alive(pid: object) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
+
+
 def eval_summary(result: dict[str, Any] | None) -> str:
     """`eval loss 0.6512, accuracy 75%, margin 0.081` (the parts that are numbers)."""
     if not result:
@@ -496,10 +512,17 @@ def run_round(
     """One round from wherever it stands; None once it is finished, else the exit status to
     end with (the round stopped, failed or was interrupted)."""
     run_dir = round_.run_dir
-    if read_status(run_dir).get("state") == "finished":
+    status = read_status(run_dir)
+    if status.get("state") == "finished":
         record.mark("finished", round_.number)  # a kill may have come before the record
         say(f"{round_.label}: finished ({run_dir})")
         return None
+    if status.get("state") not in FINAL_STATES and _alive(status.get("pid")):
+        raise UserError(
+            f"{run_dir}: {round_.label}'s training is still running (pid {status['pid']}, "
+            f"left running by its dashboard?); watch it with mlx-dpo view {run_dir} and run "
+            "this command again once it has ended"
+        )
     started = (run_dir / CONFIG_FILE).exists()
     if not started and not record.has("pairs_made", round_.number):
         code = make_round_pairs(config, settings, round_, record, phases, say)
@@ -534,7 +557,10 @@ def run_round(
             f"once it has ended, {again}"
         )
         return 0
-    say(f"{round_.label}: the training ended with exit status {code}; {again}")
+    if code == EXIT_USER_ERROR:
+        say(f"{round_.label}: the training was refused (the error above); fix it, then {again}")
+    else:
+        say(f"{round_.label}: the training ended with exit status {code}; {again}")
     return code or 1
 
 

@@ -322,6 +322,18 @@ def test_made_pairs_are_not_made_again(tmp_path):
     assert phases.calls == [("pairs", 1), ("train", 1, False), ("train", 1, False)]
 
 
+def test_a_round_still_training_is_not_started_twice(tmp_path):
+    """A trainer left running by its dashboard: the rounds wait for it, they do not resume
+    the run beside it."""
+    config = fake_config(tmp_path)
+    phases = FilePhases(state={1: "training"})
+    assert run_rounds(config, fake_settings(tmp_path), phases, print) == 0
+    write_status(tmp_path / "parent/round-1", state="training", pid=os.getpid())
+    with pytest.raises(UserError, match=r"round 1/2's training is still running \(pid"):
+        run_rounds(config, fake_settings(tmp_path), phases, print)
+    assert phases.calls == [("pairs", 1), ("train", 1, False)]
+
+
 def test_a_failed_phase_ends_the_rounds_with_its_status(tmp_path):
     config = fake_config(tmp_path)
     phases = FilePhases(codes={("pairs", 1): 2})

@@ -1,10 +1,11 @@
-"""The layering declared in pyproject.toml ([tool.importlinter], checked by
+"""docs/architecture.md names every module, and the layering declared in pyproject.toml ([tool.importlinter], checked by
 scripts/lint_imports.sh in .ci/run) covers the whole engine: a new module of mlx_dpo is listed
 in the contract that keeps Textual, the dashboard and the CLI out of the engine."""
 
 from __future__ import annotations
 
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,14 @@ def test_the_dashboard_is_kept_from_mlx_and_the_cli():
     contracts = config["tool"]["importlinter"]["contracts"]
     dashboard = next(c for c in contracts if c["source_modules"] == ["mlx_dpo.tui"])
     assert {"mlx", "mlx_lm", "mlx_dpo.cli"} <= set(dashboard["forbidden_modules"])
+
+
+def test_the_architecture_doc_names_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [
+        str(path.relative_to(ROOT))
+        for folder in ("mlx_dpo", "tui")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name != "__init__.py" and not re.search(rf"[`/]{re.escape(path.name)}`", doc)
+    ]
+    assert missing == []

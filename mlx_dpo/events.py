@@ -3,7 +3,7 @@
 This module is the contract between the trainer and anything that watches it (the dashboard,
 `mlx-dpo view`, scripts). It is plain Python, with no MLX and no Textual, so both sides import it.
 
-Layout (DESIGN.md "Run directory"):
+Layout (docs/architecture.md, "Run directory"):
     metrics.jsonl   one JSON object a line, append-only: {"event", "step", "time", ...}
     status.json     the latest state, replaced atomically
     control.jsonl   commands to the trainer: {"command": "pause"|"resume"|"checkpoint"|"stop"}

@@ -4,7 +4,7 @@ Round k samples answers from round k−1's policy (round 1: the base model, or t
 --init-adapter), a local judge model compares them in both orders (`mlx-dpo pairs`,
 mlx_dpo/pairs.py), and an ordinary run trains on the pairs kept, starting from round k−1's
 adapter with round k−1's policy, frozen, as the reference: --init-adapter's semantics
-(mlx_dpo/trainer/session.py). That is the iterative recipe of Xu et al. 2023 ("Some things
+(mlx_dpo/session.py). That is the iterative recipe of Xu et al. 2023 ("Some things
 are more CRINGE than others"), Yuan et al. 2024 (self-rewarding language models) and Xiong et
 al. 2024 (iterative preference learning from human feedback): each round's reference is the
 previous round's model, so each round's KL leash is to where the last one ended, not to the

@@ -39,8 +39,8 @@ from mlx_dpo.rounds import (
     sampling_seed,
 )
 from mlx_dpo.sampling import Sampling
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.batch_logps import batch_arrays
-from mlx_dpo.trainer.session import open_session
 from tests.collect_models import TEMPLATE, balanced_judge, lines_of, mlx_lm_sample
 from tests.interop import logps_of
 

@@ -130,7 +130,7 @@ def plan_command(config: TrainConfig, say: Callable[[str], None] = print) -> int
     and the longest batch), print the plan, train nothing."""
     from mlx_dpo.memory.arithmetic import format_plan
     from mlx_dpo.memory.guard import plan_for_session, resolve_auto_batch
-    from mlx_dpo.trainer.session import open_session
+    from mlx_dpo.session import open_session
 
     session = open_session(config, splits=("train", "valid"))
     if config.batch_size == "auto":

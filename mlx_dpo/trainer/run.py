@@ -37,6 +37,7 @@ from mlx_dpo.memory.session import data_lengths
 from mlx_dpo.model import adapter_weights, count_parameters
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
 from mlx_dpo.rounds import round_fields
+from mlx_dpo.session import Session, open_session
 from mlx_dpo.trainer.batch_logps import compute_reference
 from mlx_dpo.trainer.control import PAUSE_POLL_SECONDS, RunControl, StopRequest, stop_on_signals
 from mlx_dpo.trainer.evaluation import evaluate_split
@@ -60,7 +61,6 @@ from mlx_dpo.trainer.schedule import (
     learning_rate_at,
     total_steps,
 )
-from mlx_dpo.trainer.session import Session, open_session
 from mlx_dpo.trainer.step import MicroBatches, TrainingStep
 
 

@@ -402,7 +402,9 @@ def write_round_file(round_: Round, settings: RoundsSettings) -> None:
 
 
 def _alive(pid: object) -> bool:
-    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    """Whether a process with this id runs (signal 0 checks without sending anything). A
+    killed trainer whose parent died too may stay a zombie until something reaps it: where
+    /proc says so (Linux), it is not running."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
@@ -411,7 +413,11 @@ def _alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True  # someone else's
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): launchd reaps orphans at once
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def eval_summary(result: dict[str, Any] | None) -> str:

@@ -332,6 +332,18 @@ def test_a_round_still_training_is_not_started_twice(tmp_path):
     with pytest.raises(UserError, match=r"round 1/2's training is still running \(pid"):
         run_rounds(config, fake_settings(tmp_path), phases, print)
     assert phases.calls == [("pairs", 1), ("train", 1, False)]
+    # A trainer killed with its parent may stay a zombie until reaped: it is not running.
+    zombie = subprocess.Popen(["true"])
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    deadline = time.monotonic() + 10
+    while stat.exists() and ") Z" not in stat.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)  # exited and not reaped (poll() would reap it)
+    assert not stat.exists() or ") Z" in stat.read_text()
+    write_status(tmp_path / "parent/round-1", state="training", pid=zombie.pid)
+    phases.state = {}
+    assert run_rounds(config, fake_settings(tmp_path), phases, print) == 0
+    assert phases.calls[2] == ("train", 1, True)
+    zombie.wait()
 
 
 def test_a_failed_phase_ends_the_rounds_with_its_status(tmp_path):

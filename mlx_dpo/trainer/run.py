@@ -36,6 +36,7 @@ from mlx_dpo.memory.guard import (
 from mlx_dpo.memory.session import data_lengths
 from mlx_dpo.model import adapter_weights, count_parameters
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
+from mlx_dpo.rounds import round_fields
 from mlx_dpo.session import Session, open_session
 from mlx_dpo.trainer.batch_logps import compute_reference
 from mlx_dpo.trainer.control import PAUSE_POLL_SECONDS, RunControl, StopRequest, stop_on_signals
@@ -299,6 +300,8 @@ class Run:
             config=config.to_dict(),
             memory_plan=plan_dict(self.memory_plan),
             **session.data_info,
+            # A round of `train --rounds`: round, rounds and the earlier rounds' results.
+            **round_fields(self.run_dir),
         )
         self.say(
             f"model {config.model}: {total_params / 1e6:.1f}M parameters, "

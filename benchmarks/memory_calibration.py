@@ -92,9 +92,9 @@ def measure(spec: str, work: Path) -> dict:
     from mlx_dpo.grad_checkpoint import checkpoint_blocks
     from mlx_dpo.memory.arithmetic import plan_memory
     from mlx_dpo.memory.session import data_lengths, session_settings, session_shape
+    from mlx_dpo.session import open_session
     from mlx_dpo.tiny import TEMPLATES, build_model, default_texts, train_tokenizer
     from mlx_dpo.trainer.batch_logps import batch_arrays, response_token_counts
-    from mlx_dpo.trainer.session import open_session
     from mlx_dpo.trainer.step import compiled_step
 
     s = parse(spec)

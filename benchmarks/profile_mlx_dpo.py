@@ -63,8 +63,8 @@ def main() -> None:
     from mlx_dpo.batching import collate, epoch_batches
     from mlx_dpo.config import CONFIG_KEYS, build_config
     from mlx_dpo.logprobs import chunked_token_logps
+    from mlx_dpo.session import open_session, pad_token_id
     from mlx_dpo.trainer.batch_logps import batch_arrays, response_token_counts
-    from mlx_dpo.trainer.session import open_session, pad_token_id
     from mlx_dpo.trainer.step import make_loss_fn
 
     spec, _ = load_workload(args.workload)

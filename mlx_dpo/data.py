@@ -1,4 +1,4 @@
-"""Preference data: read, validate, tokenize (DESIGN.md "Data and tokenization").
+"""Preference data: read, validate, tokenize (docs/architecture.md, "Tokenization").
 
 Every record is checked before anything trains; all problems are reported together with
 the file, line and field. Tokenization follows the chat template exactly: the response is

@@ -245,8 +245,8 @@ def report_demo(config: TrainConfig, before: dict) -> None:
 
 def test_report(config: TrainConfig, adapter_path: str | None, examples: int = 10) -> dict:
     """Test-split numbers and a few greedy answers, before (adapter_path None) or after."""
+    from mlx_dpo.session import open_session
     from mlx_dpo.trainer.evaluation import evaluate_split
-    from mlx_dpo.trainer.session import open_session
 
     session = open_session(config, splits=("test",), adapter_path=adapter_path)
     session.model.eval()

@@ -13,8 +13,8 @@ from typing import Any
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import ADAPTER_CONFIG_FILE, atomic_write_text, finite_or_none
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.evaluation import evaluate_split
-from mlx_dpo.trainer.session import open_session
 
 
 def _adapter_settings(adapter_path: str | None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 This module is the contract between the trainer and anything that watches it (the dashboard,
 `mlx-dpo view`, scripts). It is plain Python, with no MLX and no Textual, so both sides import it.
 
-Layout (DESIGN.md "Run directory"):
+Layout (docs/architecture.md, "Run directory"):
     metrics.jsonl   one JSON object a line, append-only: {"event", "step", "time", ...}
     status.json     the latest state, replaced atomically
     control.jsonl   commands to the trainer: {"command": "pause"|"resume"|"checkpoint"|"stop"}
@@ -24,7 +24,10 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                "ultrafeedback-binarized", "hh-text", "question+system", "fields";
                mlx_dpo.shapes), data_sources [{path, revision (Hub commit or null),
                splits {the set's split name: shape}, weight}], valid_source ("split": the
-               data's own; "carved N": N pairs carved from train; null: none)
+               data's own; "carved N": N pairs carved from train; null: none);
+               in a round of `train --rounds` (mlx_dpo/rounds.py, its round.json): round,
+               rounds, earlier_rounds [{round, status, step, train_pairs, valid_pairs,
+               final_eval, best_eval}]
     reference  split, done, total (pairs), cached (true when read from the on-disk cache),
                eta (seconds left, null until known)
     progress   phase ("loading" | "tokenizing" | "reference"), done, total, unit ("files",

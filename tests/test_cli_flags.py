@@ -40,7 +40,16 @@ def test_every_config_field_is_a_flag_or_yaml_only():
 
 def test_the_train_command_has_every_train_flag():
     keys = set(flag_keys(subcommand("train")))
-    assert keys == set(flags.TRAIN_FLAG_KEYS) | {"config", "resume", "no_tui", "plan"}
+    others = {"config", "resume", "no_tui", "plan", *flags.ROUNDS_FLAG_KEYS}
+    assert keys == set(flags.TRAIN_FLAG_KEYS) | others
+    # The rounds' flags are not TrainConfig fields (each round's run is an ordinary run).
+    assert not set(flags.ROUNDS_FLAG_KEYS) & set(CONFIG_KEYS)
+
+
+def test_rounds_flags_count_only_when_given():
+    parser = argparse.ArgumentParser()
+    flags.add_rounds_flags(parser)
+    assert all(value is None for value in vars(parser.parse_args([])).values())
 
 
 def test_no_train_flag_counts_unless_given():
@@ -121,6 +130,12 @@ def test_trust_remote_code_is_one_flag(name):
         ("beta", ["train", "eval"]),
         ("max_length", ["train", "eval"]),
         ("json", ["eval", "compare"]),
+        ("temp", ["collect", "pairs", "train"]),
+        ("top_p", ["collect", "pairs", "train"]),
+        ("max_tokens", ["collect", "pairs", "train"]),
+        ("judge", ["pairs", "train"]),
+        ("judge_prompt", ["pairs", "train"]),
+        ("candidates", ["pairs", "train"]),
     ],
 )
 def test_shared_flags_have_one_type(dest, names):

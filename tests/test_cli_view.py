@@ -33,3 +33,15 @@ def test_the_run_directory_is_expanded_and_absolute(tmp_path, monkeypatch):
     monkeypatch.setattr(tui_app, "run_dashboard", lambda run_dir: opened.append(run_dir) or 0)
     assert main(["view", "~/run"]) == 0
     assert opened == [tmp_path / "run"]
+
+
+def test_a_rounds_folder_opens_its_latest_round(tmp_path, monkeypatch):
+    (tmp_path / "rounds.json").write_text("{}")
+    opened = []
+    monkeypatch.setattr(tui_app, "run_dashboard", lambda run_dir: opened.append(run_dir) or 0)
+    for number in (1, 2):
+        (tmp_path / f"round-{number}").mkdir()
+        (tmp_path / f"round-{number}" / METRICS_FILE).write_text("")
+    (tmp_path / "round-3").mkdir()  # making its pairs: no run yet
+    assert main(["view", str(tmp_path)]) == 0
+    assert opened == [tmp_path / "round-2"]

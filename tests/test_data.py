@@ -1,4 +1,4 @@
-"""Reading, validating and tokenizing preference data exactly as DESIGN.md says."""
+"""Reading, validating and tokenizing preference data exactly as docs/architecture.md says."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from mlx.utils import tree_flatten, tree_map
 
 from mlx_dpo.config import build_config
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.batch_logps import batch_arrays, response_token_counts
-from mlx_dpo.trainer.session import open_session
 from mlx_dpo.trainer.step import compiled_step, make_loss_fn
 
 

@@ -1,6 +1,6 @@
 """Every loss's value and gradient against an independent plain-numpy implementation written
 from TRL's trainers and the papers (float64; gradients by central finite differences of the
-numpy loss), never against our own code; and the numbers DESIGN.md fixes."""
+numpy loss), never against our own code; and the numbers docs/architecture.md fixes."""
 
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ def test_registry_is_the_catalog():
 
 
 # ---------------------------------------------------------------------------------------------
-# The numbers DESIGN.md fixes, and the start of a run
+# The numbers docs/architecture.md fixes, and the start of a run
 
 
 def test_sigmoid_reference_number():

@@ -12,7 +12,7 @@ import pytest
 from mlx_dpo.config import build_config
 from mlx_dpo.memory.arithmetic import Settings
 from mlx_dpo.memory.session import data_lengths, session_lengths, session_settings, session_shape
-from mlx_dpo.trainer.session import open_session
+from mlx_dpo.session import open_session
 from tests.training import config_for, run_with_lines
 
 

@@ -14,8 +14,8 @@ from mlx.utils import tree_map
 from mlx_dpo.batching import collate
 from mlx_dpo.config import build_config
 from mlx_dpo.errors import UserError
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.batch_logps import batch_arrays, reference_rows_logps, rows_logps
-from mlx_dpo.trainer.session import open_session
 from tests.conftest import preference_rows, write_jsonl
 from tests.interop import build_quantizable, logps_of, quantize_folder, step_events, train_run
 

@@ -7,6 +7,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from mlx_dpo.batching import collate
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
     compute_reference,
@@ -14,7 +15,6 @@ from mlx_dpo.trainer.batch_logps import (
     response_token_counts,
     rows_logps,
 )
-from mlx_dpo.trainer.session import open_session
 from tests.interop import logps_of
 from tests.training import config_for
 

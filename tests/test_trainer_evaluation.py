@@ -12,9 +12,9 @@ import pytest
 from mlx.utils import tree_map
 
 from mlx_dpo.batching import collate
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.batch_logps import batch_arrays, rows_logps
 from mlx_dpo.trainer.evaluation import evaluate_split
-from mlx_dpo.trainer.session import open_session
 from tests.interop import logps_of
 from tests.training import config_for
 

@@ -19,9 +19,9 @@ import pytest
 
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import METRIC_NAMES, read_events, read_status, send_command
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.evaluation import evaluate_split
 from mlx_dpo.trainer.run import RunOptions, train
-from mlx_dpo.trainer.session import open_session
 from tests.training import adapters, config_for, run, steps
 
 

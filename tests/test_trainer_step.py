@@ -16,6 +16,7 @@ from mlx_dpo.batching import batches_per_epoch, collate, epoch_batches
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.events import METRIC_NAMES
 from mlx_dpo.losses import LossSettings
+from mlx_dpo.session import open_session
 from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
     reference_rows_logps,
@@ -23,7 +24,6 @@ from mlx_dpo.trainer.batch_logps import (
     rows_logps,
 )
 from mlx_dpo.trainer.schedule import build_optimizer
-from mlx_dpo.trainer.session import open_session
 from mlx_dpo.trainer.step import (
     MicroBatches,
     TrainingStep,

@@ -99,9 +99,13 @@ class DashboardApp(App[int]):
         clock: Callable[[], float] = time.time,
         redraw_interval: float = 0.3,
         export_command: ExportCommand = build_export_command,
+        close_when_finished: bool = False,
     ) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
+        # A round of `train --rounds` that is not the last: its end is not the user's to
+        # read, the next round's pairs follow (mlx_dpo/cli/rounds.py).
+        self.close_when_finished = close_when_finished
         # Shown as given (relative stays relative), so printed commands work from here.
         self.run_dir_label = str(run_dir)
         self.trainer = trainer
@@ -178,6 +182,9 @@ class DashboardApp(App[int]):
         self.announce(entries, reset=reset)
         if self.stopping_to_quit and (self.model.is_final or self.trainer_exited):
             self.exit(self.exit_code)
+            return
+        if self.close_when_finished and self.model.state == "finished":
+            self.exit(0)
             return
         if not self.model.is_final:
             self._close_summary()
@@ -475,13 +482,16 @@ class DashboardApp(App[int]):
                 process.terminate()
 
 
-def run_dashboard(run_dir: str | Path, trainer: subprocess.Popen | None = None) -> int:
-    """Run the dashboard on `run_dir` until the user quits.
+def run_dashboard(
+    run_dir: str | Path, trainer: subprocess.Popen | None = None, close_when_finished: bool = False
+) -> int:
+    """Run the dashboard on `run_dir` until the user quits (or, with `close_when_finished`,
+    until the run has finished).
 
     Returns 0, or 1 when the run failed. With `trainer` (the trainer process this CLI started),
     "stop" on quitting waits for it to end before returning; "leave running" returns at once.
     """
-    app = DashboardApp(run_dir, trainer=trainer)
+    app = DashboardApp(run_dir, trainer=trainer, close_when_finished=close_when_finished)
     result = app.run()
     if trainer is not None and app.stopping_to_quit:
         # The app waited for the trainer to exit; reap it (it is gone or about to be).

@@ -210,6 +210,20 @@ class RunModel:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
+    def round(self) -> tuple[int, int] | None:
+        """(k, N) when the run is round k of N of `train --rounds`; None otherwise."""
+        number, rounds = self.info.get("round"), self.info.get("rounds")
+        if isinstance(number, int) and isinstance(rounds, int) and 0 < number <= rounds:
+            return number, rounds
+        return None
+
+    @property
+    def earlier_rounds(self) -> list[dict[str, Any]]:
+        """The results of the rounds before this one (run_start's earlier_rounds)."""
+        rounds = self.info.get("earlier_rounds")
+        return [r for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
+
+    @property
     def eval_split(self) -> str | None:
         """The split the charts show: the validation split when there is one."""
         if not self.evals:
@@ -423,6 +437,9 @@ class RunModel:
             )
         else:
             entries.append(LogEntry("info", f"Run started: {model}, {detail}{total} steps", step))
+        if self.round is not None and not resumed:
+            number, rounds = self.round
+            entries.insert(0, LogEntry("info", f"Round {number}/{rounds} begins", step))
         truncated = event.get("truncated") or {}
         if isinstance(truncated, dict):
             for split, counts in truncated.items():

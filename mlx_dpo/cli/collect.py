@@ -10,18 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.cli.flags import add_trust_remote_code
+from mlx_dpo.cli.flags import PROMPTS_HELP, add_sampling, add_trust_remote_code
 from mlx_dpo.cli.terminal import terminal_attached
 from mlx_dpo.errors import UserError
 from mlx_dpo.export import read_adapter_config
 from mlx_dpo.journal import VerdictFiles, check_out_path
 from mlx_dpo.prompts import Prompt, load_prompts, unique_prompts
-from mlx_dpo.sampling import DEFAULT_MAX_TOKENS, DEFAULT_TEMP, DEFAULT_TOP_P, check_sampling
-
-PROMPTS_HELP = (
-    "a text file (one prompt a line), a .jsonl of records with 'prompt' (a string or "
-    "messages), or a data folder as --data takes it"
-)
+from mlx_dpo.sampling import check_sampling
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,18 +24,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the pairs file to write (.jsonl)")
     parser.add_argument("--model", help="model to answer (default: the adapter's base model)")
     parser.add_argument("--split", help="with a data folder: train (default), valid or test")
-    parser.add_argument(
-        "--temp", type=float, default=DEFAULT_TEMP, help=f"sampling temperature ({DEFAULT_TEMP})"
-    )
-    parser.add_argument(
-        "--top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus sampling ({DEFAULT_TOP_P})"
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        default=DEFAULT_MAX_TOKENS,
-        help=f"per answer ({DEFAULT_MAX_TOKENS})",
-    )
+    add_sampling(parser)
     parser.add_argument("--seed", type=int, default=0, help="base sampling seed (0)")
     add_trust_remote_code(parser)
 

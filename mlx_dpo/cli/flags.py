@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from mlx_dpo.config import LOSSES, REFERENCE_MODES, SCHEDULES, TrainConfig
+from mlx_dpo.sampling import DEFAULT_CANDIDATES, DEFAULT_MAX_TOKENS, DEFAULT_TEMP, DEFAULT_TOP_P
 
 # TrainConfig fields that are mappings: they are written in a config file, not on a command line.
 YAML_ONLY_KEYS = ("fields", "health")
@@ -27,6 +28,10 @@ BASE_MODEL_HELP = (
     "base model: Hugging Face id or local folder (default: the one the adapter records)"
 )
 DATA_HELP = "a Hugging Face dataset id (org/name), a folder, or a .jsonl/.json/.parquet file"
+PROMPTS_HELP = (
+    "a text file (one prompt a line), a .jsonl of records with 'prompt' (a string or "
+    "messages), or a data folder as --data takes it"
+)
 
 # A parser or one of its argument groups: what add_argument is called on (the base class the
 # standard library gives both; typeshed names it the same).
@@ -105,6 +110,77 @@ def _batch_size(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"an integer or 'auto', not {text!r}") from None
+
+
+def add_sampling(parser: Parser, unset: bool = False) -> None:
+    """How answers are sampled (collect, pairs, train --rounds). `unset`: the flags default to
+    None, so that a command can tell whether they were given (train takes them only with
+    --rounds); the defaults printed are mlx_dpo/sampling.py's either way."""
+    parser.add_argument(
+        "--temp",
+        type=float,
+        default=None if unset else DEFAULT_TEMP,
+        help=f"sampling temperature ({DEFAULT_TEMP})",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None if unset else DEFAULT_TOP_P,
+        help=f"nucleus sampling ({DEFAULT_TOP_P})",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None if unset else DEFAULT_MAX_TOKENS,
+        help=f"per answer ({DEFAULT_MAX_TOKENS})",
+    )
+
+
+def add_judge(parser: Parser, required: bool, unset: bool = False) -> None:
+    """The local judge model of `pairs` and `train --rounds`, its prompt and the candidates it
+    compares (`unset` as in add_sampling)."""
+    parser.add_argument("--judge", required=required, help="the judge model (any mlx-lm model)")
+    parser.add_argument(
+        "--judge-prompt",
+        help="a file with the judging prompt ({prompt}, {answer_a}, {answer_b}; "
+        "default: mlx_dpo/judge.py JUDGE_PROMPT)",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=None if unset else DEFAULT_CANDIDATES,
+        help=f"answers sampled per prompt; every two are compared ({DEFAULT_CANDIDATES})",
+    )
+
+
+# The train command's flags of iterative DPO: not TrainConfig fields (they drive the rounds
+# above the runs, mlx_dpo/rounds.py; each round's run is an ordinary run), and each only with
+# --rounds.
+ROUNDS_FLAG_KEYS = (
+    "rounds",
+    "prompts",
+    "judge",
+    "judge_prompt",
+    "candidates",
+    "temp",
+    "top_p",
+    "max_tokens",
+)
+
+
+def add_rounds_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "rounds (iterative DPO: sample from the policy, judge, train; docs/collect.md)"
+    )
+    g.add_argument(
+        "--rounds",
+        type=int,
+        help="train N rounds under --adapter-path PARENT (PARENT/round-1, ...); round k "
+        "trains on pairs sampled from round k-1's policy and judged by --judge",
+    )
+    g.add_argument("--prompts", help=f"with --rounds: the prompts to answer; {PROMPTS_HELP}")
+    add_judge(g, required=False, unset=True)
+    add_sampling(g, unset=True)
 
 
 def add_json(parser: Parser) -> None:

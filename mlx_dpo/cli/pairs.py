@@ -10,10 +10,10 @@ import sys
 from typing import Any
 
 from mlx_dpo.cli.collect import add_sampling_flags, check_model_flags, model_name, read_prompts
-from mlx_dpo.cli.flags import add_json
+from mlx_dpo.cli.flags import add_json, add_judge
 from mlx_dpo.errors import UserError
 from mlx_dpo.journal import JsonLines, VerdictFiles, check_out_path, sidecar_path
-from mlx_dpo.sampling import DEFAULT_CANDIDATES, check_sampling
+from mlx_dpo.sampling import check_sampling
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -22,18 +22,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_sampling_flags(parser)
     parser.add_argument("--adapter-path", help="sample from this trained run's policy")
-    parser.add_argument("--judge", required=True, help="the judge model (any mlx-lm model)")
-    parser.add_argument(
-        "--judge-prompt",
-        help="a file with the judging prompt ({prompt}, {answer_a}, {answer_b}; "
-        "default: mlx_dpo/judge.py JUDGE_PROMPT)",
-    )
-    parser.add_argument(
-        "--candidates",
-        type=int,
-        default=DEFAULT_CANDIDATES,
-        help=f"answers sampled per prompt; every two are compared ({DEFAULT_CANDIDATES})",
-    )
+    add_judge(parser, required=True)
     add_json(parser)
     return parser
 

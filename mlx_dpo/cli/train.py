@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from mlx_dpo import demo, paths, rundir
+from mlx_dpo.cli import rounds
 from mlx_dpo.cli.exit_codes import EXIT_FAILED, EXIT_USER_ERROR
-from mlx_dpo.cli.flags import add_train_flags, train_flag_values
+from mlx_dpo.cli.flags import add_rounds_flags, add_train_flags, train_flag_values
 from mlx_dpo.cli.terminal import terminal_attached
 from mlx_dpo.config import TrainConfig, build_config, read_yaml, save_config
 from mlx_dpo.errors import UserError
@@ -32,6 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "config", nargs="?", help="YAML config (keys = flag names with underscores)"
     )
     add_train_flags(parser)
+    add_rounds_flags(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run in --adapter-path")
     parser.add_argument("--no-tui", action="store_true", help="plain progress lines, no dashboard")
     parser.add_argument(
@@ -43,6 +45,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if rounds.wanted(args):  # iterative DPO: cli/rounds.py
+        return rounds.run(args, use_tui=not args.no_tui and is_terminal())
     config, is_demo = train_config(args)
     if args.plan:
         if is_demo:
@@ -132,7 +136,7 @@ def plan_command(config: TrainConfig, say: Callable[[str], None] = print) -> int
     and the longest batch), print the plan, train nothing."""
     from mlx_dpo.memory.arithmetic import format_plan
     from mlx_dpo.memory.guard import plan_for_session, resolve_auto_batch
-    from mlx_dpo.trainer.session import open_session
+    from mlx_dpo.session import open_session
 
     session = open_session(config, splits=("train", "valid"))
     if config.batch_size == "auto":

@@ -18,7 +18,7 @@ from mlx_dpo.memory.arithmetic import (
 )
 from mlx_dpo.memory.session import session_lengths, session_settings, session_shape
 from mlx_dpo.platform import device_memory_limit, is_metal, set_cache_limit
-from mlx_dpo.trainer.session import Session
+from mlx_dpo.session import Session
 
 
 def memory_limit(limit_gb: float | None) -> tuple[int, str]:

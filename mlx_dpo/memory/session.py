@@ -12,7 +12,7 @@ from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import PairsView, TokenizedPair
 from mlx_dpo.memory.arithmetic import Lengths, ModelShape, Settings
 from mlx_dpo.model import ADAPTER_LEAVES
-from mlx_dpo.trainer.session import Session
+from mlx_dpo.session import Session
 
 # mlx-lm quantizes layers whose input size is a multiple of its group size.
 QUANTIZATION_GROUP = 64

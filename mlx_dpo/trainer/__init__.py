@@ -1,7 +1,8 @@
 """The training engine, one concern a module (import from the modules; this file re-exports
-nothing):
+nothing). A run works on a Session (mlx_dpo/session.py: the model, its LoRA layers, the
+tokenizer and the tokenized splits), which the memory plan, eval and compare also open.
 
-    session.py      Session (model + LoRA + tokenizer + tokenized splits), open_session
+
     batch_logps.py  a batch's model inputs; policy and reference log-probs of its rows
     evaluation.py   evaluate_split: preference metrics of a whole split (and per pair)
     step.py         the loss of a batch, compiled_step (the one compiled step), and

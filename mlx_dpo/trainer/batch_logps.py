@@ -12,7 +12,7 @@ from mlx_dpo.batching import Batch
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.logprobs import response_logps, shared_prompt_logps
 from mlx_dpo.model import reference_mode
-from mlx_dpo.trainer.session import Session
+from mlx_dpo.session import Session
 
 
 def batch_arrays(batch: Batch) -> tuple[mx.array, ...]:

@@ -13,8 +13,8 @@ from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.events import LOSS
 from mlx_dpo.losses import PairLogps, pair_metrics, pair_rewards, preference_loss
+from mlx_dpo.session import Session
 from mlx_dpo.trainer.batch_logps import batch_arrays, reference_rows_logps, rows_logps
-from mlx_dpo.trainer.session import Session
 from mlx_dpo.trainer.step import loss_settings
 
 

@@ -28,7 +28,7 @@ from mlx_dpo.distributed import Ranks
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import CONFIG_FILE, METRICS_FILE, read_events, truncate_events_after
 from mlx_dpo.model import adapter_weights
-from mlx_dpo.trainer.session import Session
+from mlx_dpo.session import Session
 
 
 def prepare_run_dir(

@@ -36,6 +36,8 @@ from mlx_dpo.memory.guard import (
 from mlx_dpo.memory.session import data_lengths
 from mlx_dpo.model import adapter_weights, count_parameters
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
+from mlx_dpo.rounds import round_fields
+from mlx_dpo.session import Session, open_session
 from mlx_dpo.trainer.batch_logps import compute_reference
 from mlx_dpo.trainer.control import PAUSE_POLL_SECONDS, RunControl, StopRequest, stop_on_signals
 from mlx_dpo.trainer.evaluation import EvaluationStopped, evaluate_split
@@ -67,7 +69,6 @@ from mlx_dpo.trainer.schedule import (
     learning_rate_at,
     total_steps,
 )
-from mlx_dpo.trainer.session import Session, open_session
 from mlx_dpo.trainer.step import MicroBatches, TrainingStep
 
 
@@ -327,6 +328,8 @@ class Run:
             config=config.to_dict(),
             memory_plan=plan_dict(self.memory_plan),
             **session.data_info,
+            # A round of `train --rounds`: round, rounds and the earlier rounds' results.
+            **round_fields(self.run_dir),
         )
         self.say(
             f"model {config.model}: {total_params / 1e6:.1f}M parameters, "

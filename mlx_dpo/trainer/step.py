@@ -26,13 +26,13 @@ from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.events import METRIC_NAMES
 from mlx_dpo.losses import LossSettings, PairLogps, pair_metrics, preference_loss
+from mlx_dpo.session import Session
 from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
     reference_rows_logps,
     response_token_counts,
     rows_logps,
 )
-from mlx_dpo.trainer.session import Session
 
 # Dropout noise of micro-batch k is drawn from seed * DROPOUT_SEED_STRIDE + k: a function of the
 # step, so a resumed run draws the same.

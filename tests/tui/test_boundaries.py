@@ -1,4 +1,4 @@
-"""The layering rule of DESIGN.md: the dashboard never imports MLX, the engine never imports
+"""The layering rule of docs/architecture.md: the dashboard never imports MLX, the engine never imports
 Textual. Checked on the source (every import statement) and on a real import."""
 
 from __future__ import annotations

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 from mlx_dpo.tui.run_model import RunModel
-from tui_runs import START_TIME, at, eval_metrics, step_metrics, write_run
+from tui_runs import (
+    START_TIME,
+    at,
+    earlier_round,
+    eval_metrics,
+    make_round,
+    step_metrics,
+    write_run,
+)
 
 from mlx_dpo.events import EventWriter, read_events, read_status
 
@@ -242,3 +250,18 @@ def test_adapter_step_and_quantized_base():
     assert model.quantized_base is False
     model.apply({"event": "run_start", "step": 0, "config": {"quantize": 4}})
     assert model.quantized_base is True
+
+
+def test_a_round_of_train_rounds_knows_its_round(tmp_path):
+    earlier = [earlier_round(1, 0.61, 0.7)]
+    model = RunModel()
+    write_run(tmp_path, steps=5)
+    make_round(tmp_path, 2, 3, earlier)
+    entries = model.apply_all(read_events(tmp_path))
+    assert model.round == (2, 3)
+    assert model.earlier_rounds == earlier
+    assert entries[0].message == "Round 2/3 begins"  # the boundary, in the log
+    plain = RunModel()
+    write_run(tmp_path / "plain", steps=5)
+    plain.apply_all(read_events(tmp_path / "plain"))
+    assert plain.round is None and plain.earlier_rounds == []

@@ -8,7 +8,7 @@ from mlx_dpo.tui.screens.health import findings_markup
 from mlx_dpo.tui.screens.summary import summary_lines
 from mlx_dpo.tui.widgets.health_banner import banner_text
 from rich.text import Text
-from tui_runs import write_run
+from tui_runs import earlier_round, make_round, write_run
 
 from mlx_dpo.events import read_events
 
@@ -68,3 +68,26 @@ def test_banner_counts_findings_and_names_the_key():
     assert banner_text(findings, []) == (
         "⚠ 2 findings — h to list · latest (step 87): chosen log-probability collapsing"
     )
+
+
+def test_a_round_lists_each_rounds_held_out_eval(tmp_path):
+    earlier = [earlier_round(1, 0.61, 0.7), earlier_round(2, 0.52, 0.8)]
+    model = model_of(make_round(write_run(tmp_path, steps=100, end="completed"), 3, 3, earlier))
+    text = plain(summary_lines(model, "run"))
+    at = text.index("Round 3 of 3 (held-out: each round's validation pairs)")
+    final = model.run_end["final_eval"]
+    assert text[at + 1].startswith("  round 1  loss 0.610  accuracy 70.0%")
+    assert text[at + 2].startswith("  round 2  loss 0.520  accuracy 80.0%")
+    assert text[at + 3].startswith(f"  round 3  loss {final['loss']:.3f}")
+    assert text[at + 3].endswith("← this run")
+
+
+def test_a_stopped_round_says_the_rounds_continue_with_their_command(tmp_path):
+    model = model_of(make_round(write_run(tmp_path, steps=40, end="stopped"), 1, 2))
+    lines = summary_lines(model, "rounds/round-1")
+    assert ("command", "mlx-dpo train --resume --adapter-path rounds/round-1") in lines
+    text = plain(lines)
+    assert any("the same mlx-dpo train --rounds command again" in line for line in text)
+    # A stopped round has no final evaluation: its line shows the last one.
+    last = model.latest_eval()
+    assert f"  round 1  loss {last['loss']:.3f}" in next(s for s in text if "← this run" in s)

@@ -193,3 +193,23 @@ def write_run(
         updated=at(steps + 1) + offset,
     )
     return run_dir
+
+
+def make_round(run_dir: Path, number: int, rounds: int, earlier: list[dict] | None = None) -> Path:
+    """Make a written run round `number` of `rounds` of `train --rounds`: its run_start gains
+    what the trainer copies from round.json (mlx_dpo/rounds.py round_fields)."""
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    first, *rest = path.read_text().splitlines()
+    start = json.loads(first)
+    start.update(round=number, rounds=rounds, earlier_rounds=earlier or [])
+    path.write_text("\n".join([json.dumps(start), *rest]) + "\n")
+    return Path(run_dir)
+
+
+def earlier_round(number: int, loss: float, accuracy: float) -> dict[str, Any]:
+    """An earlier round's result as rounds.round_result gives it."""
+    final_eval = {**eval_metrics(20), "loss": loss, "rewards/accuracies": accuracy, "pairs": 20}
+    return {"round": number, "status": "completed", "step": 20, "train_pairs": 180,
+            "valid_pairs": 20, "final_eval": final_eval, "best_eval": final_eval}  # fmt: skip

@@ -281,6 +281,33 @@ class CollectApp(App[int]):
             self.worker.send({"op": "cancel", "id": self.active})
             self.active = None
 
+    # ---- the keys of the collect screen (it binds them as app.<action>) -------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # None greys the key out in the footer (False would hide it).
+        return True if self.action_available(action) else None
+
+    def action_verdict(self, verdict: str) -> None:
+        self.give_verdict(verdict)
+
+    def action_edit(self) -> None:
+        self.edit_answer()
+
+    def action_regenerate(self) -> None:
+        self.regenerate()
+
+    def action_undo(self) -> None:
+        self.undo()
+
+    def action_switch_side(self) -> None:
+        self.select_side("b" if self.edit_side == "a" else "a")
+
+    def action_select_side(self, side: str) -> None:
+        self.select_side(side)
+
+    def action_quit_collect(self) -> None:
+        self.quit_collect()
+
     def action_available(self, action: str) -> bool:
         shown_complete = self.shown is not None and self.shown.complete and self.active is None
         if action in VERDICT_ACTIONS:

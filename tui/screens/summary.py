@@ -37,6 +37,19 @@ def _eval_line(values: dict[str, Any] | None) -> str | None:
     return "  ".join(parts)
 
 
+def _round_lines(model: RunModel, final_eval: dict[str, Any] | None) -> list[str]:
+    """Round k of N: each round's evaluation on its held-out pairs, earlier rounds first."""
+    number, rounds = model.round or (0, 0)
+    lines = [f"[b]Round {number} of {rounds}[/] (held-out: each round's validation pairs)"]
+    results = [*model.earlier_rounds, {"round": number, "final_eval": final_eval}]
+    for result in results:
+        values = result.get("final_eval") or result.get("best_eval")
+        shown = _eval_line(values) or "no evaluation (no validation split)"
+        mark = "  ← this run" if result is results[-1] else ""
+        lines.append(f"  round {result.get('round', '?')}  {escape(shown)}{mark}")
+    return lines
+
+
 # A summary line: ("text", markup) wraps like prose; ("command", plain) is a shell command,
 # printed whole on its own line so it copies and pastes.
 SummaryLine = tuple[str, str]
@@ -105,6 +118,10 @@ def summary_lines(model: RunModel, run_dir: str, export_note: str = "") -> list[
         text(f"[b]Best eval[/]   {escape(_eval_line(best_eval) or '')}")
     if final_eval or best_eval:
         text()
+    if model.round is not None:
+        for line in _round_lines(model, final_eval):
+            text(line)
+        text()
 
     checkpoint = model.last_checkpoint
     if model.state == "failed":
@@ -128,6 +145,11 @@ def summary_lines(model: RunModel, run_dir: str, export_note: str = "") -> list[
             text()
             text("Carry on from where it stopped:")
             command(resume_command(run_dir))
+            if model.round is not None:
+                text(
+                    "or run the same [b]mlx-dpo train --rounds[/] command again: it continues "
+                    "this round, then the rounds after it"
+                )
         text()
         text("Chat with the tuned model:")
         command(chat_command(model.model_name or "MODEL", adapter_path))

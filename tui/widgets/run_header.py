@@ -56,6 +56,8 @@ class RunHeader(Vertical):
                 state.set_class(known == model.state, f"-{known.replace('_', '-')}")
 
         parts: list[str] = []
+        if model.round is not None:
+            parts.append("round {}/{}".format(*model.round))
         phase = model.phase_progress()
         if phase is not None:
             unit = f" {phase.unit}" if phase.unit else ""

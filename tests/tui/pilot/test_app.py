@@ -197,6 +197,31 @@ async def test_quit_and_stop_sends_stop_and_waits_for_the_end(tmp_path):
     assert app.return_value == 0
 
 
+async def test_a_round_before_the_last_closes_once_finished(tmp_path):
+    """train --rounds: the dashboard of a round that is not the last closes by itself when
+    the round has finished (the next round's pairs follow); a stopped round stays."""
+    write_run(tmp_path / "stopped", steps=20)
+    app = make_app(tmp_path / "stopped", close_when_finished=True)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        writer = EventWriter(tmp_path / "stopped")
+        writer.write("run_end", 20, status="stopped", adapter_path="x", elapsed=50.0)
+        writer.close()
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen))
+        assert app.is_running
+        await pilot.press("q")
+    write_run(tmp_path / "finishing", steps=20)
+    app = make_app(tmp_path / "finishing", close_when_finished=True)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.is_running
+        writer = EventWriter(tmp_path / "finishing")
+        writer.write("run_end", 20, status="completed", adapter_path="x", elapsed=50.0)
+        writer.close()
+        await wait_until(pilot, lambda: not app.is_running)
+    assert app.return_value == 0
+
+
 async def test_empty_run_directory_waits_and_quits_without_asking(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=WIDE) as pilot:

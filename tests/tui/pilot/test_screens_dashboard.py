@@ -18,7 +18,7 @@ from conftest import (
 )
 from mlx_dpo.tui.formatting import format_fixed, format_percent
 from mlx_dpo.tui.widgets import EventLog, HealthBanner, MetricTile
-from tui_runs import MODEL, at, eval_metrics, step_metrics, write_run
+from tui_runs import MODEL, at, eval_metrics, make_round, step_metrics, write_run
 
 from mlx_dpo.events import (
     EventWriter,
@@ -97,6 +97,16 @@ async def test_header_shows_the_ranks_of_a_distributed_run(tmp_path):
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         assert "ranks 2" in screen_text(app)
+
+
+async def test_header_shows_the_round_of_train_rounds(tmp_path):
+    make_round(write_run(tmp_path / "run", steps=5, total_steps=10), 2, 3)
+    app = make_app(tmp_path / "run")
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert "round 2/3 · step 5/10" in screen_text(app)
+        log = [entry.message for entry in app.dashboard.query_one(EventLog).entries]
+        assert log[0] == "Round 2/3 begins"
 
 
 async def test_follows_a_growing_stream(tmp_path):

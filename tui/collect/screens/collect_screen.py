@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -12,30 +12,24 @@ from textual.widgets import Footer, Static
 
 from ..widgets import AnswerPane, CollectHeader, PromptPanel
 
-if TYPE_CHECKING:
-    from ..app import CollectApp
-
 
 class CollectScreen(Screen):
-    """Its keys are bound here, not on the app, so the editor on top takes its own keys."""
+    """Its keys are bound here, not on the app, so the editor on top takes its own keys; they
+    run the app's actions (the app holds the session and says which are available)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("a", "verdict('a')", "A better"),
-        Binding("b", "verdict('b')", "B better"),
-        Binding("t", "verdict('tie')", "tie"),
-        Binding("x", "verdict('both_bad')", "both bad"),
-        Binding("e", "edit", "edit"),
-        Binding("r", "regenerate", "regenerate"),
-        Binding("u", "undo", "undo"),
-        Binding("tab", "switch_side", "edit A/B", show=False),
-        Binding("left", "select_side('a')", show=False),
-        Binding("right", "select_side('b')", show=False),
-        Binding("q", "quit_collect", "quit"),
+        Binding("a", "app.verdict('a')", "A better"),
+        Binding("b", "app.verdict('b')", "B better"),
+        Binding("t", "app.verdict('tie')", "tie"),
+        Binding("x", "app.verdict('both_bad')", "both bad"),
+        Binding("e", "app.edit", "edit"),
+        Binding("r", "app.regenerate", "regenerate"),
+        Binding("u", "app.undo", "undo"),
+        Binding("tab", "app.switch_side", "edit A/B", show=False),
+        Binding("left", "app.select_side('a')", show=False),
+        Binding("right", "app.select_side('b')", show=False),
+        Binding("q", "app.quit_collect", "quit"),
     ]
-
-    @property
-    def collect(self) -> CollectApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield CollectHeader(id="header")
@@ -45,28 +39,3 @@ class CollectScreen(Screen):
             yield AnswerPane("b", id="answer-b")
         yield Static(id="note")
         yield Footer()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # None greys the key out in the footer (False would hide it).
-        return True if self.collect.action_available(action) else None
-
-    def action_verdict(self, verdict: str) -> None:
-        self.collect.give_verdict(verdict)
-
-    def action_edit(self) -> None:
-        self.collect.edit_answer()
-
-    def action_regenerate(self) -> None:
-        self.collect.regenerate()
-
-    def action_undo(self) -> None:
-        self.collect.undo()
-
-    def action_switch_side(self) -> None:
-        self.collect.select_side("b" if self.collect.edit_side == "a" else "a")
-
-    def action_select_side(self, side: str) -> None:
-        self.collect.select_side(side)
-
-    def action_quit_collect(self) -> None:
-        self.collect.quit_collect()

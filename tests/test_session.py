@@ -1,4 +1,4 @@
-"""Opening a session (mlx_dpo/trainer/session.py): user errors before anything loads, LoRA as
+"""Opening a session (mlx_dpo/session.py): user errors before anything loads, LoRA as
 configured, the splits asked for, prefix sharing where asked and supported, the pad id."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.errors import UserError
-from mlx_dpo.trainer.session import open_session, pad_token_id
+from mlx_dpo.session import open_session, pad_token_id
 from tests.conftest import preference_rows, write_jsonl
 from tests.training import config_for
 

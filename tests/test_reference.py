@@ -61,7 +61,8 @@ def test_computed_in_length_sorted_batches_each_result_at_its_pair():
     assert compute.calls == [[1, 3], [4, 0], [2]]
     np.testing.assert_array_equal(chosen, [0, -10, -20, -30, -40])
     np.testing.assert_array_equal(rejected, [-1, -11, -21, -31, -41])
-    assert seen == [(2, 5, False), (4, 5, False), (5, 5, False)]
+    # The start (nothing done yet), then each batch.
+    assert seen == [(0, 5, False), (2, 5, False), (4, 5, False), (5, 5, False)]
 
 
 def test_read_back_from_the_cache_instead_of_computed():

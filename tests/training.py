@@ -50,6 +50,11 @@ def run_with_lines(config: TrainConfig) -> tuple[str, list[dict], list[str]]:
     return status, read_events(config.adapter_path), lines
 
 
+def run_start(events: list[dict]) -> dict:
+    """The (first) run_start of a stream: the progress of loading comes before it."""
+    return next(e for e in events if e["event"] == "run_start")
+
+
 def steps(events: list[dict]) -> list[dict]:
     return [e for e in events if e["event"] == "step"]
 

@@ -25,6 +25,8 @@ def config_for(model: Path, data: Path, run_dir: Path | None = None, **overrides
         eval_every=0,
         save_every=0,
         lora_rank=4,
+        # The answers written at the start and each evaluation: tiny models rarely stop early.
+        sample_max_tokens=8,
     )
     values.update(overrides)
     return build_config({}, values)

@@ -164,8 +164,8 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     import signal
 
     from mlx_dpo.config import build_config
-    from mlx_dpo.trainer import run as trainer
     from mlx_dpo.events import read_events
+    from mlx_dpo.trainer import run as trainer
 
     monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
     computed: list[int] = []

@@ -301,3 +301,33 @@ def test_paused_time_is_left_out_of_elapsed(llama_chatml, preference_data, tmp_p
     assert end["elapsed"] - by_step[4]["elapsed"] == pytest.approx(
         end["time"] - by_step[4]["time"], abs=0.05
     )
+
+
+def test_a_stop_while_paused_stops_the_run(llama_chatml, preference_data, tmp_path):
+    """The dashboard's stop (or Ctrl-C, SIGTERM) on a paused run: it stops and saves, rather
+    than staying paused for ever; the pause ends at the stop."""
+    run_dir = tmp_path / "run"
+    config = config_for(llama_chatml, preference_data, run_dir, iters=6)
+
+    def pause_then_stop(line: str) -> None:
+        if line.startswith("step 2/"):
+            send_command(run_dir, "pause")
+            threading.Timer(0.5, send_command, (run_dir, "stop")).start()
+
+    done: list[str] = []
+    runner = threading.Thread(
+        target=lambda: done.append(
+            train(config, RunOptions(run_dir, on_line=pause_then_stop, handle_signals=False))
+        ),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(60)
+    assert done == ["stopped"]
+    events = read_events(run_dir)
+    states = [(e["state"], e["step"]) for e in events if e["event"] == "state"]
+    assert states == [("paused", 2), ("stopping", 2)]
+    assert events[-1]["event"] == "run_end" and events[-1]["last_checkpoint"].endswith(
+        "step-0000002"
+    )
+    assert read_status(run_dir)["state"] == "stopped"

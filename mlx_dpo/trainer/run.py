@@ -221,12 +221,14 @@ class Run:
         """Optimizer steps until the last one or a stop, then the final evaluation. Commands
         and stop requests are taken between steps."""
         while self.step < self.steps:
-            if self.take_commands():
-                time.sleep(PAUSE_POLL_SECONDS)
-                continue
+            paused = self.take_commands()
+            # A stop (command, signal) is taken while paused too: a paused run stops and saves.
             if self.ranks.any(self.stop.requested):
                 self.stop.request()
                 break
+            if paused:
+                time.sleep(PAUSE_POLL_SECONDS)
+                continue
             self.train_step()
             if self._due(self.config.eval_every):
                 self.evaluate()

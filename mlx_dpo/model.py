@@ -19,7 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, atomic_write_json
+from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, Progress, atomic_write_json
 
 ADAPTER_LEAVES = ("lora_a", "lora_b")
 
@@ -67,16 +67,21 @@ def config_value(path: Path, key: str) -> Any:
 
 
 def load_model(
-    model: str, quantize: int | None = None, trust_remote_code: bool = False
+    model: str,
+    quantize: int | None = None,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[nn.Module, Any, Path, dict]:
-    """(model, tokenizer, local path, model config). Quantizes at load time if asked."""
+    """(model, tokenizer, local path, model config). Quantizes at load time if asked.
+    `progress` hears the "loading" phase: the weights read into memory, in MB."""
     from mlx_lm.utils import load_model as mlx_load_model
     from mlx_lm.utils import load_tokenizer
 
     path = resolve_model_path(model)
     check_model_folder(path)
     try:
-        net, config = mlx_load_model(path, trust_remote_code=trust_remote_code)
+        # Lazily: the weights are read below, a chunk at a time, so the reading can be told.
+        net, config = mlx_load_model(path, lazy=True, trust_remote_code=trust_remote_code)
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise UserError(
@@ -85,6 +90,7 @@ def load_model(
                 "--trust-remote-code (only do so for a model you trust)"
             ) from None
         raise UserError(f"{path}: cannot load this model: {err}") from None
+    read_weights(net, progress)
     try:
         tokenizer = load_tokenizer(
             path,
@@ -107,6 +113,47 @@ def load_model(
 
         net, config = quantize_model(net, config, group_size=64, bits=quantize)
     return net, tokenizer, path, config
+
+
+# Read at most this many bytes between two progress reports while loading.
+LOAD_CHUNK_BYTES = 256 * 2**20
+
+
+def read_weights(model: nn.Module, progress: Progress | None = None) -> None:
+    """Evaluate a lazily loaded model's parameters (reading them from disk), a chunk of
+    about LOAD_CHUNK_BYTES (or a fiftieth of the model) at a time, telling `progress` the MB
+    read: at the start, after each chunk, and at the end (done == total)."""
+    arrays = [value for _, value in tree_flatten(model.parameters())]
+    total = sum(a.nbytes for a in arrays)
+    chunk_bytes = max(1, min(LOAD_CHUNK_BYTES, total // 50))
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress("loading", round(done / 1e6, 1), round(total / 1e6, 1), "MB")
+
+    report(0)
+    done, chunk, pending = 0, [], 0
+    for array in arrays:
+        chunk.append(array)
+        pending += array.nbytes
+        if pending >= chunk_bytes:
+            mx.eval(chunk)
+            done += pending
+            chunk, pending = [], 0
+            report(done)
+    if chunk or not arrays:
+        mx.eval(chunk)
+        report(total)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether any of the model's layers hold quantized weights (as loaded, or by --quantize):
+    export's --dequantize applies then."""
+    return any(isinstance(m, QUANTIZED_LAYERS) for _, m in model.named_modules())
+
+
+# MLX's quantized layers: QuantizedLinear, QuantizedEmbedding, QQLinear, the sharded ones.
+QUANTIZED_LAYERS = tuple(getattr(nn, n) for n in dir(nn) if n.startswith(("Quantized", "QQ")))
 
 
 def num_layers(model: nn.Module) -> int:

@@ -18,6 +18,7 @@ from mlx_dpo.model import (
     apply_lora,
     check_model_folder,
     fingerprint_files,
+    is_quantized,
     load_adapter_into,
     load_model,
     named_lora_modules,
@@ -122,3 +123,30 @@ def test_fingerprints_hash_the_contents_and_remember_them(tmp_path):
     # A changed file is hashed again.
     a.write_bytes(b"first, changed")
     assert fingerprint_files([a, b]) != expected.hexdigest()
+
+
+def test_weights_are_read_in_chunks_and_the_reading_told(llama_chatml, monkeypatch):
+    from mlx_dpo import model as model_module
+
+    monkeypatch.setattr(model_module, "LOAD_CHUNK_BYTES", 64 * 1024)
+    told = []
+    net, _, _, _ = load_model(str(llama_chatml), progress=lambda *a: told.append(a))
+    total = sum(v.nbytes for _, v in tree_flatten(net.parameters()))
+    assert {(phase, unit) for phase, _, _, unit in told} == {("loading", "MB")}
+    done = [d for _, d, _, _ in told]
+    assert done[0] == 0 and done[-1] == told[-1][2] == round(total / 1e6, 1)
+    assert len(told) > 3 and done == sorted(done)
+    # Read, not lazy: the same numbers as mlx-lm's own eager load.
+    from mlx_lm.utils import load_model as mlx_load_model
+
+    eager, _ = mlx_load_model(llama_chatml)
+    expected = dict(tree_flatten(eager.parameters()))
+    for name, value in tree_flatten(net.parameters()):
+        np.testing.assert_array_equal(np.array(value), np.array(expected[name]))
+
+
+def test_is_quantized(llama_chatml):
+    net, *_ = load_model(str(llama_chatml))
+    assert not is_quantized(net)
+    quantized, *_ = load_model(str(llama_chatml), quantize=8)
+    assert is_quantized(quantized)

@@ -561,13 +561,9 @@ def run_audit(args: argparse.Namespace) -> int:
     max_length = args.max_length
     if args.model:
         from mlx_dpo.config import TrainConfig
-        from mlx_dpo.model import check_model_folder, resolve_model_path
+        from mlx_dpo.model import load_model_tokenizer
 
-        path = resolve_model_path(args.model)
-        check_model_folder(path)
-        from mlx_lm.utils import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_model_tokenizer(args.model)
         max_length = max_length or TrainConfig().max_length
     result = audit(args.data, tokenizer, max_length)
     if args.plot:

@@ -655,7 +655,10 @@ def _run(
 
     # Optimizer, compiled step.
     schedule = build_schedule(config, steps)
-    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    # Bias-corrected like PyTorch's AdamW, so learning rates mean what they mean in TRL.
+    optimizer = optim.AdamW(
+        learning_rate=schedule, weight_decay=config.weight_decay, bias_correction=True
+    )
     optimizer.init(model.trainable_parameters())
     start_step = 0
     best_eval: dict | None = None

@@ -364,11 +364,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.gguf is None:
+        return run_export(args)
+    if args.save_path is not None:
+        raise UserError("export: --save-path (a model folder) and --gguf (one file): give one")
+    # Imported here: it loads MLX, which the other commands' start-up does not need.
+    from mlx_dpo.export_gguf import export_gguf
+
+    export_gguf(
+        args.adapter_path,
+        args.gguf,
+        model=args.model,
+        tensor_type=args.gguf_type,
+        overwrite=args.overwrite,
+        on_line=lambda line: print(line, flush=True),
+        trust_remote_code=args.trust_remote_code,
+    )
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "view": cmd_view,
     "eval": cmd_eval,
-    "export": run_export,
+    "export": cmd_export,
     "compare": run_compare,
     "data": run_data,
 }

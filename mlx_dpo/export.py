@@ -285,7 +285,13 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
         "export", help="fuse a run's adapters into a standalone model folder for mlx-lm"
     )
     parser.add_argument("--adapter-path", required=True, help="run directory or adapter folder")
-    parser.add_argument("--save-path", required=True, help="the new model folder")
+    parser.add_argument("--save-path", help="the new model folder (mlx-lm)")
+    parser.add_argument(
+        "--gguf", metavar="OUT.gguf", help="write one GGUF file instead (llama.cpp, Ollama)"
+    )
+    parser.add_argument(
+        "--gguf-type", default="f16", help="GGUF tensor type: f16 (default), f32, bf16, q8_0, ..."
+    )
     parser.add_argument(
         "--model", help="base model (default: the one recorded in the adapter's config)"
     )
@@ -312,6 +318,8 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.save_path is None:
+        raise UserError("export: give --save-path FOLDER (mlx-lm) or --gguf OUT.gguf")
     export_model(
         args.adapter_path,
         args.save_path,

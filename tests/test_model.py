@@ -79,7 +79,10 @@ LLAMA3_SCALING = {
 SHAPES = {
     "rope_theta": (
         {"model_type": "llama", "rope_theta": 500000.0},
-        {"model_type": "llama", "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}},
+        {
+            "model_type": "llama",
+            "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+        },
         ["rope_theta 500000.0"],
     ),
     "rope scaling": (
@@ -156,8 +159,12 @@ def test_transformers5_config_loads_as_the_legacy_one(shape, llama_chatml, tmp_p
 def test_a_model_reading_rope_parameters_itself_is_left_alone(llama_chatml, tmp_path):
     rope = {"rope_theta": 5000.0, "rope_type": "default"}
     common = {"model_type": "qwen3", "head_dim": 16}
-    _, v5_dir = tiny_pair(tmp_path, llama_chatml, {**common, "rope_theta": 5000.0},
-                          {**common, "rope_parameters": rope})
+    _, v5_dir = tiny_pair(
+        tmp_path,
+        llama_chatml,
+        {**common, "rope_theta": 5000.0},
+        {**common, "rope_parameters": rope},
+    )
     _, notes = load_with_notes(v5_dir)
     assert notes == []
 
@@ -178,9 +185,7 @@ def test_a_model_reading_rope_parameters_itself_is_left_alone(llama_chatml, tmp_
         ),
     ],
 )
-def test_shapes_that_cannot_be_mapped_are_refused(
-    rope_parameters, message, llama_chatml, tmp_path
-):
+def test_shapes_that_cannot_be_mapped_are_refused(rope_parameters, message, llama_chatml, tmp_path):
     common = {"model_type": "gemma3_text", "head_dim": 16}
     _, v5_dir = tiny_pair(
         tmp_path, llama_chatml, common, {**common, "rope_parameters": rope_parameters}

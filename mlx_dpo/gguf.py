@@ -38,6 +38,8 @@ PERMUTED_QK = {"llama"}
 # Tensor types MLX's GGUF reader loads as they are (quantized ones as MLX quantized weights).
 MLX_TYPES = {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}
 GGUF_BLOCK = 32
+# Metadata (under the architecture's prefix) without which there is no model config.
+REQUIRED_KEYS = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
 
 # GGUF tensor name parts -> mlx-lm module paths.
 _GLOBAL_NAMES = {
@@ -147,7 +149,10 @@ def gguf_config(metadata: dict, tensor_names: set[str], source: str) -> dict[str
         )
 
     def get(key: str, default: Any = None) -> Any:
-        return metadata.get(f"{arch}.{key}", default)
+        value = metadata.get(f"{arch}.{key}", default)
+        if value is None and default is None and key in REQUIRED_KEYS:
+            raise UserError(f"{source}: GGUF metadata has no {arch}.{key}")
+        return value
 
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
@@ -155,7 +160,9 @@ def gguf_config(metadata: dict, tensor_names: set[str], source: str) -> dict[str
     rope_dims = int(get("rope.dimension_count", head_dim))
     if rope_dims != head_dim:
         raise UserError(f"{source}: partial rotary embeddings ({rope_dims} of {head_dim} dims)")
-    vocab = metadata.get(f"{arch}.vocab_size") or len(metadata["tokenizer.ggml.tokens"])
+    vocab = metadata.get(f"{arch}.vocab_size") or len(metadata.get("tokenizer.ggml.tokens", []))
+    if not vocab:
+        raise UserError(f"{source}: GGUF metadata gives no vocabulary size (and no tokens)")
     config: dict[str, Any] = {
         "model_type": ARCHITECTURES[arch],
         "hidden_size": hidden,

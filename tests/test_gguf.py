@@ -212,3 +212,8 @@ def test_training_on_a_gguf_model(llama_chatml, tmp_path):
     steps = [e for e in events if e["event"] == "step"]
     assert steps[0]["loss"] == pytest.approx(np.log(2), abs=1e-4)
     assert corpus()  # the tiny model's tokenizer was trained on this corpus
+
+
+def test_metadata_without_the_model_shape_is_refused(tmp_path):
+    with pytest.raises(UserError, match="GGUF metadata has no llama.attention.head_count"):
+        load_model(str(_minimal_gguf(tmp_path / "bare.gguf", "llama")))

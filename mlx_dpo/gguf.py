@@ -452,7 +452,7 @@ def write_gguf(
         raise UserError(f"GGUF export: rope scaling {config['rope_scaling']} is not supported")
     from mlx_dpo.gguf_tokenizer import tokenizer_metadata
 
-    token_metadata = tokenizer_metadata(tokenizer, "GGUF export")
+    token_metadata = tokenizer_metadata(tokenizer, "GGUF export", config.get("vocab_size"))
     tensors = gguf_tensors(model, config)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name or path.stem)

@@ -22,7 +22,7 @@ from typing import Any
 from mlx_dpo.errors import UserError
 
 # llama.cpp's token types.
-NORMAL, CONTROL, USER_DEFINED = 1, 3, 4
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 # The GPT-2 split (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2 and tokenizers' ByteLevel regex).
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -169,12 +169,16 @@ def _pre_tokenizer_name(backend_json: dict) -> str | None:
     return None
 
 
-def tokenizer_metadata(tokenizer: Any, source: str) -> dict[str, Any]:
+def tokenizer_metadata(
+    tokenizer: Any, source: str, vocab_size: int | None = None
+) -> dict[str, Any]:
     """GGUF `tokenizer.*` metadata (llama.cpp's keys) for a byte-level BPE tokenizer: tokens
     in id order, token types, merges, pre-tokenizer name, special ids, chat template.
 
-    `tokenizer` is mlx-lm's TokenizerWrapper or a transformers fast tokenizer. UserError for a
-    tokenizer llama.cpp would read differently from how it was trained."""
+    `tokenizer` is mlx-lm's TokenizerWrapper or a transformers fast tokenizer. `vocab_size`
+    (the embedding's rows, which llama.cpp wants the token list to match) pads the list with
+    unused `[PADn]` tokens, as llama.cpp's converter does (Qwen2's embedding has spare rows).
+    UserError for a tokenizer llama.cpp would read differently from how it was trained."""
     hf = getattr(tokenizer, "_tokenizer", tokenizer)
     backend_json = json.loads(hf.backend_tokenizer.to_str())
     model = backend_json.get("model") or {}
@@ -186,11 +190,12 @@ def tokenizer_metadata(tokenizer: Any, source: str) -> dict[str, Any]:
             f"{model.get('type')} with pre-tokenizer {backend_json.get('pre_tokenizer')}"
         )
     vocab = hf.backend_tokenizer.get_vocab(with_added_tokens=True)
-    size = max(vocab.values()) + 1
+    size = max(max(vocab.values()) + 1, vocab_size or 0)
     tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [UNUSED] * size
     for token, index in vocab.items():
         tokens[index] = token
-    types = [NORMAL] * size
+        types[index] = NORMAL
     for added in backend_json.get("added_tokens", []):
         types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]

@@ -184,15 +184,45 @@ def gguf_config(metadata: dict, tensor_names: set[str], source: str) -> dict[str
         if scaling != "linear":
             raise UserError(f"{source}: rope scaling {scaling!r} is not supported (only linear)")
         config["rope_scaling"] = {"type": "linear", "factor": float(get("rope.scaling.factor"))}
-    if "rope_freqs.weight" in tensor_names:
-        raise UserError(
-            f"{source}: per-dimension rope frequency factors (rope_freqs, Llama 3.1 style) "
-            "are not supported yet; use the model's safetensors folder"
-        )
     for key, name in (("eos_token_id", "eos_token_id"), ("bos_token_id", "bos_token_id")):
         if f"tokenizer.ggml.{name}" in metadata:
             config[key] = int(metadata[f"tokenizer.ggml.{name}"])
     return config
+
+
+def llama3_rope_factors(config: dict) -> np.ndarray:
+    """Per-dimension rope frequency divisors of Llama 3.1-style scaling (llama.cpp's
+    `rope_freqs` tensor), as mlx-lm's Llama3RoPE computes them."""
+    from mlx_lm.models.rope_utils import Llama3RoPE
+
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    theta = config["rope_theta"]
+    rope = Llama3RoPE(head_dim, base=theta, scaling_config=config["rope_scaling"])
+    plain = theta ** (np.arange(0, head_dim, 2) / head_dim)
+    return (np.array(rope._freqs, dtype=np.float64) / plain).astype(np.float32)
+
+
+def llama3_rope_scaling(factors: np.ndarray, config: dict, metadata: dict, source: str) -> dict:
+    """The rope_scaling config behind a GGUF's `rope_freqs` tensor. llama.cpp keeps only the
+    per-dimension factors; Llama 3.1 and 3.2 derive them from a scaling factor (the largest
+    one), low/high frequency factors 1 and 4 and the original context length (8192, or the
+    file's rope.scaling.original_context_length). UserError when the factors are not that."""
+    arch = metadata.get("general.architecture")
+    original = metadata.get(f"{arch}.rope.scaling.original_context_length", 8192)
+    scaling = {
+        "rope_type": "llama3",
+        "factor": float(np.max(factors)),
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": int(original),
+    }
+    expected = llama3_rope_factors({**config, "rope_scaling": scaling})
+    if expected.shape != factors.shape or not np.allclose(expected, factors, rtol=1e-4):
+        raise UserError(
+            f"{source}: its rope frequency factors (rope_freqs) are not Llama 3.1-style "
+            "scaling, which is the only kind mlx-dpo maps; use the model's safetensors folder"
+        )
+    return scaling
 
 
 def _mlx_name(name: str, source: str) -> str:
@@ -322,6 +352,10 @@ def load_gguf(
     source = str(path)
     tensors, metadata = read_gguf(path, on_note)
     config = gguf_config(metadata, set(tensors), source)
+    factors = tensors.pop("rope_freqs.weight", None)
+    if factors is not None:
+        factors = np.array(factors.astype(mx.float32))
+        config["rope_scaling"] = llama3_rope_scaling(factors, config, metadata, source)
     weights = mlx_weights(tensors, config, source)
     dtype = dtype or (mx.float32 if on_cpu() else mx.float16)
     keep_quantized = not on_cpu() if keep_quantized is None else keep_quantized
@@ -448,8 +482,10 @@ def write_gguf(
         raise UserError(
             f"GGUF export supports {', '.join(sorted(ARCHITECTURES))} models, not {model_type!r}"
         )
-    if config.get("rope_scaling"):
-        raise UserError(f"GGUF export: rope scaling {config['rope_scaling']} is not supported")
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", "llama3", "linear"):
+        raise UserError(f"GGUF export: rope scaling {scaling} is not supported")
     from mlx_dpo.gguf_tokenizer import tokenizer_metadata
 
     token_metadata = tokenizer_metadata(tokenizer, "GGUF export", config.get("vocab_size"))
@@ -465,6 +501,16 @@ def write_gguf(
     writer.add_float32(
         f"{arch}.attention.layer_norm_rms_epsilon", float(config.get("rms_norm_eps", 1e-6))
     )
+    if kind == "linear":
+        writer.add_string(f"{arch}.rope.scaling.type", "linear")
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(scaling["factor"]))
+    if kind == "llama3":
+        # llama.cpp takes Llama 3.1's scaling as per-dimension factors (its converter does so).
+        tensors["rope_freqs.weight"] = llama3_rope_factors(config)
+        writer.add_uint32(
+            f"{arch}.rope.scaling.original_context_length",
+            int(scaling.get("original_max_position_embeddings", 8192)),
+        )
     _add_tokenizer(writer, token_metadata)
     for tensor_name, array in tensors.items():
         data, kind = _encode(array, tensor_type)

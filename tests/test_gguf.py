@@ -231,3 +231,44 @@ def test_token_list_is_padded_to_the_embedding_rows(llama_chatml):
     assert metadata["tokenizer.ggml.tokens"][-1] == f"[PAD{rows - 1}]"
     assert metadata["tokenizer.ggml.token_type"][-6:] == [UNUSED] * 6
     assert UNUSED not in metadata["tokenizer.ggml.token_type"][:-6]
+
+
+def llama_cpp_rope_factors(theta, head_dim, factor, low, high, original):
+    """llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel) for Llama 3.1 rope scaling."""
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * np.pi / (1.0 / theta ** (i / head_dim))
+        if wavelen < original / high:
+            out.append(1.0)
+        elif wavelen > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out)
+
+
+def test_llama3_rope_scaling_goes_through_rope_freqs(llama_chatml, tmp_path):
+    """Llama 3.1/3.2 GGUFs carry their rope scaling as llama.cpp's per-dimension rope_freqs
+    tensor: written as its converter writes it, read back into the same scaling."""
+    from mlx_lm.utils import load_model as mlx_load
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+    config_file = llama_chatml / "config.json"
+    import json
+
+    config = {**json.loads(config_file.read_text()), "rope_theta": 500000.0}
+    model, config = mlx_load(llama_chatml, model_config={**config, "rope_scaling": scaling})
+    _, tokenizer, _, _ = load_model(str(llama_chatml))
+    path = write_gguf(model, tokenizer, config, tmp_path / "llama3.gguf")
+    factors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}["rope_freqs.weight"]
+    expected = llama_cpp_rope_factors(500000.0, 16, 8.0, 1.0, 4.0, 8192)
+    assert 1.0 < expected.max() and len(set(np.round(expected, 3))) > 2  # all three regimes
+    np.testing.assert_allclose(np.array(factors.data), expected, rtol=1e-5)
+    loaded, _, loaded_config = load_gguf(path, lambda _: None)
+    assert loaded_config["rope_scaling"] == scaling
+    ids = list(range(3, 60))
+    np.testing.assert_allclose(
+        logits_of(loaded, ids), logits_of(float16_rounded(model), ids), atol=1e-4
+    )

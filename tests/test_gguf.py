@@ -6,6 +6,8 @@ naming the reason. The real model is in tests/test_real_model.py."""
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import mlx.core as mx
 import numpy as np
@@ -254,17 +256,14 @@ def test_llama3_rope_scaling_goes_through_rope_freqs(llama_chatml, tmp_path):
     from mlx_lm.utils import load_model as mlx_load
 
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
-    config_file = llama_chatml / "config.json"
-    import json
-
-    config = {**json.loads(config_file.read_text()), "rope_theta": 500000.0}
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+    config = json.loads((llama_chatml / "config.json").read_text())
     model, config = mlx_load(llama_chatml, model_config={**config, "rope_scaling": scaling})
     _, tokenizer, _, _ = load_model(str(llama_chatml))
     path = write_gguf(model, tokenizer, config, tmp_path / "llama3.gguf")
     factors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}["rope_freqs.weight"]
-    expected = llama_cpp_rope_factors(500000.0, 16, 8.0, 1.0, 4.0, 8192)
-    assert 1.0 < expected.max() and len(set(np.round(expected, 3))) > 2  # all three regimes
+    expected = llama_cpp_rope_factors(10000.0, 16, 8.0, 1.0, 4.0, 64)
+    assert expected.max() > 1.0 and len(set(np.round(expected, 3))) > 2  # all three regimes
     np.testing.assert_allclose(np.array(factors.data), expected, rtol=1e-5)
     loaded, _, loaded_config = load_gguf(path, lambda _: None)
     assert loaded_config["rope_scaling"] == scaling
@@ -272,3 +271,5 @@ def test_llama3_rope_scaling_goes_through_rope_freqs(llama_chatml, tmp_path):
     np.testing.assert_allclose(
         logits_of(loaded, ids), logits_of(float16_rounded(model), ids), atol=1e-4
     )
+    unscaled, _ = mlx_load(llama_chatml, model_config=config | {"rope_scaling": None})
+    assert np.abs(logits_of(unscaled, ids) - logits_of(model, ids)).max() > 1e-3

@@ -31,7 +31,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     # silently overridden by argparse defaults. The real defaults live in TrainConfig.
     d = TrainConfig()
     g = parser.add_argument_group("model and data")
-    g.add_argument("--model", help="Hugging Face id or local MLX/HF model folder")
+    g.add_argument("--model", help="Hugging Face id, local MLX/HF model folder, or GGUF file")
     g.add_argument("--data", help="folder with train/valid/test .jsonl, or one .jsonl/.json file")
     g.add_argument(
         "--adapter-path",

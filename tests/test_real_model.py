@@ -23,8 +23,10 @@ import gguf
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_map
 
 from mlx_dpo.evaluate import evaluate_command
+from mlx_dpo.export import fuse_model
 from mlx_dpo.gguf import load_gguf
 from mlx_dpo.model import load_adapter_into, load_model, reference_mode
 from tests.interop import logits_of, train_run
@@ -157,8 +159,8 @@ def greedy(model, tokenizer, prompt: str, max_tokens: int = 16) -> str:
 
 @pytest.fixture(scope="module")
 def tuned(smollm2_gguf, tmp_path_factory):
-    """A short LoRA DPO run on the bundled preference set (5 steps of 8 pairs, lr 1e-4;
-    see the README's learning-rate table)."""
+    """A short LoRA DPO run on the bundled preference set: one epoch (9 steps of 8 pairs) at
+    lr 1e-4, the README's measured starting point for this model size."""
     root = tmp_path_factory.mktemp("tuned")
     data = root / "data"
     data.mkdir()
@@ -168,7 +170,7 @@ def tuned(smollm2_gguf, tmp_path_factory):
     (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
     run = root / "run"
     status, _ = train_run(
-        smollm2_gguf, data, run, iters=5, batch_size=8, learning_rate=1e-4, beta=0.1, lora_rank=8
+        smollm2_gguf, data, run, iters=9, batch_size=8, learning_rate=1e-4, beta=0.1, lora_rank=8
     )
     assert status == "completed"
     return run, data, held_out
@@ -231,7 +233,17 @@ def test_tuned_model_exported_as_gguf_reads_back_the_same(smollm2_gguf, tuned, t
         )
         == ids
     )
-    expected = logits_of(model, ids)
+    tuned_logits = logits_of(model, ids)
+    # The file holds the fused weights in float16: the same model with its fused weights
+    # rounded to float16 is what it must compute, to float32 arithmetic.
+    fuse_model(model, dequantize=True)
+    model.update(
+        tree_map(
+            lambda p: p.astype(mx.float16).astype(mx.float32) if p.ndim == 2 else p,
+            model.parameters(),
+        )
+    )
     got = logits_of(loaded, ids)
-    assert np.abs(got - expected).max() < 0.05  # float16 weights
-    assert (got[:, -1].argmax(-1) == expected[:, -1].argmax(-1)).all()
+    np.testing.assert_allclose(got, logits_of(model, ids), atol=2e-3)
+    assert np.abs(got - tuned_logits).max() < 0.1  # and float16 rounding changed little
+    assert (got[:, -1].argmax(-1) == tuned_logits[:, -1].argmax(-1)).all()

@@ -72,7 +72,7 @@ def open_session(
     if config.data is None:
         raise UserError("no data given: pass --data (a file, a folder or a Hugging Face id)")
     model, tokenizer, path, model_config = load_model(
-        config.model, config.quantize, config.trust_remote_code, progress
+        config.model, config.quantize, config.trust_remote_code, progress=progress
     )
     loaded = load_data(config, tokenizer, splits, progress)
     data = loaded.splits

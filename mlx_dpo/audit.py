@@ -39,19 +39,6 @@ from mlx_dpo.sources import read_split, resolve_source
 SHOWN_PROBLEMS = 5
 
 
-def model_tokenizer(model: str) -> Any:
-    """The tokenizer (with its chat template) of a model folder or Hub id, without loading
-    the weights: what the audit counts tokens with. mlx-lm is imported here, not at the top,
-    so that importing the audit (the CLI does, for every command) stays light."""
-    from mlx_lm.utils import load_tokenizer
-
-    from mlx_dpo.model import check_model_folder, resolve_model_path
-
-    path = resolve_model_path(model)
-    check_model_folder(path)
-    return load_tokenizer(path)
-
-
 def length_stats(values: list[int]) -> dict[str, float]:
     if not values:
         return {"mean": 0.0, "median": 0.0, "p95": 0.0, "max": 0, "min": 0}

@@ -78,6 +78,12 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 50
     save_every: int = 100
+    # Watching the model learn (mlx_dpo/trainer/samples.py): greedy answers to this many fixed
+    # prompts at each evaluation (0: off), from this prompts file (as `mlx-dpo collect` reads
+    # one) or else the validation split, each at most sample_max_tokens long.
+    sample_prompts: str | None = None
+    sample_count: int = 4
+    sample_max_tokens: int = 48
     fields: dict[str, str] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
@@ -239,6 +245,8 @@ def _range_problems(config: TrainConfig) -> list[str]:
     need(c.max_length >= 8, f"'max_length' must be >= 8, got {c.max_length}")
     need(c.eval_every >= 0, "'eval_every' must be >= 0 (0 = only at the end)")
     need(c.save_every >= 0, "'save_every' must be >= 0 (0 = only at the end)")
+    need(c.sample_count >= 0, f"'sample_count' must be >= 0 (0 = off), got {c.sample_count}")
+    need(c.sample_max_tokens > 0, f"'sample_max_tokens' must be > 0, got {c.sample_max_tokens}")
     need(c.iters is None or c.iters > 0, f"'iters' must be > 0, got {c.iters}")
     need(c.epochs is None or c.epochs > 0, f"'epochs' must be > 0, got {c.epochs}")
     need(c.iters is None or c.epochs is None, "give 'iters' or 'epochs', not both")

@@ -733,11 +733,15 @@ def tokenize_records(
     path: str,
     shape: str = "",
     notes: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TokenizedSplit:
     """Tokenize, check and truncate records into a TokenizedSplit, in chunks, batched through
     the fast tokenizer. The first records are also tokenized one by one through
     apply_chat_template (tokenize_record); if the two ever differ, the whole split takes the
-    record-by-record path. Folded system texts are said in `notes`."""
+    record-by-record path. Folded system texts are said in `notes`. `progress(done, total)`
+    hears the records tokenized: at the start, after each chunk, and at the end."""
+    if progress is not None:
+        progress(0, len(records))
     encode = batch_encoder(tokenizer) if has_chat_template(tokenizer) else None
     if encode is not None and records:
         encode = _checked_encoder(records[:8], tokenizer, encode)
@@ -755,6 +759,8 @@ def tokenize_records(
             problem = _add_pair(builder, record.source, *result, max_length)
             if problem:
                 problems.append(problem)
+        if progress is not None:
+            progress(start + len(chunk), len(records))
     if problems:
         raise UserError(f"{path}: {len(problems)} problem(s) after tokenizing", problems)
     if folded and notes is not None:

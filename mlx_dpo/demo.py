@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -234,6 +235,47 @@ def prepare_demo(config: TrainConfig, say: Callable[[str], None] = _say) -> Trai
     say(f"mlx-dpo demo: teaching a tiny model ({model_path.name}) which answers to prefer")
     say(f"  data: {config.data} (see examples/README.md); run directory: {config.adapter_path}")
     return config
+
+
+def report_or_defer(config: TrainConfig, before: dict, status: dict) -> bool:
+    """After the dashboard or the headless run returned: what changed (report_demo) for a
+    finished run (`status`: the run's status.json); for one that goes on in the background,
+    is paused or was stopped, where its results will be instead (report_later). Whether it
+    reported."""
+    if status.get("state") == "finished":
+        report_demo(config, before)
+        return True
+    report_later(config, before, status)
+    return False
+
+
+def report_later(config: TrainConfig, before: dict, status: dict) -> None:
+    """The demo's results for a run that has not finished: not measured from a half-trained
+    adapter, but the commands that show them once it has."""
+    run_dir = str(config.adapter_path)
+    state, step, steps = status.get("state"), status.get("step"), status.get("total_steps")
+    at = f" at step {step}/{steps}" if step is not None and steps else ""
+    say = _say
+    say("")
+    if state == "stopped":
+        say(f"The demo run stopped{at}; its results are reported for a finished run.")
+        say(f"  continue it: mlx-dpo train --resume --adapter-path {shlex.quote(run_dir)}")
+    else:
+        pid = status.get("pid")
+        going = "paused" if state == "paused" else "still training in the background"
+        process = f" (process {pid})" if pid else ""
+        say(f"The demo run is {going}{at}{process}; its results come when it has finished.")
+        say(f"  watch it: mlx-dpo view {shlex.quote(run_dir)}")
+    if "prefers_chosen" in before:
+        say(
+            f"Before training the model preferred the chosen answer (log p) on "
+            f"{before['prefers_chosen']:.2f} of the held-out test pairs. Once finished:"
+        )
+    else:
+        say("Once finished:")
+    data, run = shlex.quote(str(config.data)), shlex.quote(run_dir)
+    say(f"  mlx-dpo eval --adapter-path {run} --data {data} --split test")
+    say(f"  mlx-dpo compare --adapter-path {run} --data {data} --split test --limit 10")
 
 
 def report_demo(config: TrainConfig, before: dict) -> None:

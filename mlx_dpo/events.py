@@ -29,14 +29,21 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                rounds, earlier_rounds [{round, status, step, train_pairs, valid_pairs,
                final_eval, best_eval}]
     reference  split, done, total (pairs), cached (true when read from the on-disk cache),
-               eta (seconds left, null until known)
-    progress   phase ("loading" | "tokenizing" | "reference"), done, total, unit ("files",
-               "pairs", ...): how far a long phase before the first step is; written at its
-               start (done 0), every few seconds, and at its end (done == total). The
-               dashboard shows the counts and an ETA from the rate since the phase began.
+               eta (seconds left, null until known): the reference precompute's progress,
+               written as `progress` is (at its start, every few seconds, at its end with done
+               == total; once, done == total, when read from the cache). It is the progress
+               of the "reference" phase: no `progress` event repeats it.
+    progress   phase ("loading" | "tokenizing"; "reference" is read the same way), done,
+               total, unit: how far a long phase before the first step is; written at its
+               start (done 0), every few seconds, and at its end (done == total). "loading":
+               the model's weights read into memory, unit "MB"; "tokenizing": the pairs of one
+               split, unit "<split> pairs" (a split read from the token cache has none). They
+               come before run_start (the model and data are loaded first). The dashboard
+               shows the counts and an ETA from the rate since the phase began.
     step       epoch, METRIC_NAMES, grad_norm, learning_rate, tokens_per_second,
-               pairs_per_second, peak_memory_gb (MLX's peak since the first step), elapsed,
-               eta (seconds)
+               pairs_per_second, peak_memory_gb (MLX's peak since the first step), elapsed
+               (seconds since this trainer process began the run, loading included and time
+               spent paused left out: a resumed run counts from 0 again), eta (seconds)
     eval       split, pairs, METRIC_NAMES
     checkpoint path
     state      state: "paused" | "resumed" | "stopping" | "evaluating" | "training"
@@ -45,13 +52,17 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                "off" is not a finding: the check `kind` does not run in this run, and
                message says why (e.g. a validation split under health.valid_min_pairs)
     log        level ("info" | "warning" | "error"), message
-    samples    prompts [{prompt, reference, policy}], seconds: greedy answers to a few fixed
-               prompts, to watch the model learn. Written once at the start as step 0 with
-               the reference model's answers (`reference`), then at each evaluation with the
-               policy's (`policy`; `reference` may be left out there: the step-0 answer of the
-               same prompt, matched by position, stands). seconds: what generating them cost.
+    samples    prompts [{prompt, reference, policy}], seconds, max_tokens, source: greedy
+               answers to a few fixed prompts, to watch the model learn. Written once at the
+               start as step 0 with the reference model's answers (`reference`; not again on
+               resume), then at each evaluation and at the end of a finished run with the
+               policy's (`policy`; `reference` is left out there: the step-0 answer of the
+               same prompt, matched by position, stands). seconds: what generating them cost;
+               source: "valid" (the validation split's prompts) or the prompts file.
+               mlx_dpo/trainer/samples.py says when a round is skipped to bound the cost.
     run_end    status ("completed" | "stopped" | "failed"), error, adapter_path,
                last_checkpoint, final_eval (dict or null), best_eval (dict or null), elapsed
+               (as in `step`)
 
 status.json: state (STATES), step, total_steps, epoch, pid, model, last_checkpoint, error,
 auto_stop_at (while paused with no dashboard attached: when the run will save and stop by
@@ -71,7 +82,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +120,10 @@ EVENTS = (
     "run_end",
 )
 COMMANDS = ("pause", "resume", "checkpoint", "stop")
+
+# How a library function reports a long phase as it goes: progress(phase, done, total, unit),
+# the fields of a `progress` event. The trainer writes them (mlx_dpo/trainer/progress.py).
+Progress = Callable[[str, float, float, str], None]
 
 # States written to status.json["state"].
 STATES = (

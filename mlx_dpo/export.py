@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,36 @@ def check_save_path(save_path: Path, adapter_path: Path, base_path: Path | None 
             )
 
 
-def _last_step(run_dir: Path) -> int:
+def last_step(run_dir: Path) -> int:
     steps = [e.get("step", 0) for e in read_events(run_dir) if e.get("event") == "step"]
     return int(steps[-1]) if steps else 0
+
+
+@contextlib.contextmanager
+def export_events(adapter_path: Path, destination: Path) -> Iterator[Callable[..., None]]:
+    """A run directory's event stream records an export: `started` here, `failed` (with the
+    reason) when the block raises, and `done` when the block calls the yielded
+    `record("done", message, **fields)`. An adapter folder without a stream records nothing."""
+    writer = EventWriter(adapter_path) if (adapter_path / METRICS_FILE).is_file() else None
+    step = last_step(adapter_path) if writer else 0
+
+    def record(status: str, message: str, **fields: Any) -> None:
+        if writer:
+            writer.write(
+                "export", step, status=status, path=str(destination), message=message, **fields
+            )
+
+    record("started", f"fusing into {destination}")
+    try:
+        yield record
+    except BaseException as err:
+        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        with contextlib.suppress(Exception):
+            record("failed", message)
+        raise
+    finally:
+        if writer:
+            writer.close()
 
 
 def folder_size(path: Path) -> int:
@@ -225,19 +252,8 @@ def export_model(
     adapter_config = read_adapter_config(adapter_path)
     base = model or base_model_of(adapter_config, adapter_path)
     clean_up_killed_exports(save_path, on_line)
-    _check_destination(save_path, adapter_path, base, overwrite, base_given=model is not None)
-
-    writer = EventWriter(adapter_path) if (adapter_path / METRICS_FILE).is_file() else None
-    step = _last_step(adapter_path) if writer else 0
-
-    def record(status: str, message: str, **fields: Any) -> None:
-        if writer:
-            writer.write(
-                "export", step, status=status, path=str(save_path), message=message, **fields
-            )
-
-    record("started", f"fusing into {save_path}")
-    try:
+    check_destination(save_path, adapter_path, base, overwrite, base_given=model is not None)
+    with export_events(adapter_path, save_path) as record:
         result = _fuse_and_write(
             base,
             adapter_path,
@@ -256,17 +272,9 @@ def export_model(
         )
         record("done", f"{format_size(size)} on disk", size_bytes=size)
         return {**result, "seconds": seconds}
-    except BaseException as err:
-        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        with contextlib.suppress(Exception):
-            record("failed", message)
-        raise
-    finally:
-        if writer:
-            writer.close()
 
 
-def _check_destination(
+def check_destination(
     save_path: Path, adapter_path: Path, base: str, overwrite: bool, base_given: bool
 ) -> None:
     """Before anything is loaded: the destination is free (or may be replaced), the base

@@ -82,14 +82,18 @@ def stream_answer(
     """(text piece, None) as tokens come, then ("", the whole Answer) at the end."""
     mx.random.seed(seed)
     sampler = make_sampler(temp=sampling.temp, top_p=sampling.top_p)
+    yield from _stream(
+        model, tokenizer, prompt_tokens(tokenizer, messages), sampling.max_tokens, sampler
+    )
+
+
+def _stream(
+    model: Any, tokenizer: Any, prompt: list[int], max_tokens: int, sampler: Any
+) -> Iterator[tuple[str, Answer | None]]:
     pieces: list[str] = []
     response = None
     for response in stream_generate(
-        model,
-        tokenizer,
-        prompt_tokens(tokenizer, messages),
-        max_tokens=sampling.max_tokens,
-        sampler=sampler,
+        model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler
     ):
         if response.text:
             pieces.append(response.text)
@@ -97,6 +101,16 @@ def stream_answer(
     assert response is not None  # stream_generate yields at least the final response
     tokens = response.generation_tokens - (response.finish_reason == "stop")
     yield "", Answer("".join(pieces), tokens, response.finish_reason or "length")
+
+
+def greedy_answer(model: Any, tokenizer: Any, prompt: list[int], max_tokens: int) -> Answer:
+    """The greedy answer to prompt token ids (as training formats a prompt). It draws nothing
+    from MLX's random state, and seeds nothing, so a training run that generates these
+    between its steps trains exactly as one that does not."""
+    for _, answer in _stream(model, tokenizer, prompt, max_tokens, make_sampler(temp=0.0)):
+        if answer is not None:
+            return answer
+    raise AssertionError("_stream ended without an answer")
 
 
 def sample_answer(

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.cache import BatchKVCache
 
 
 def checkpoint_blocks(model: nn.Module) -> Callable[[], None]:
@@ -24,6 +25,9 @@ def checkpoint_blocks(model: nn.Module) -> Callable[[], None]:
     block_call = block_class.__call__
 
     def checkpointed_call(block: nn.Module, x: mx.array, mask: Any = None, cache: Any = None):
+        if cache is not None and not isinstance(cache, BatchKVCache):
+            # Generation's caches (answers a run writes between steps): no gradient, no re-run.
+            return block_call(block, x, mask, cache)
         if cache is None:
 
             def plain(params: dict, x: mx.array) -> mx.array:

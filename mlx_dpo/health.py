@@ -36,8 +36,10 @@ monitor: a finding that clears and comes back is not repeated. The reference che
 exception to smoothing: at the first step the policy equals its reference exactly, so one
 step is enough. Windows are counted in step events (the trainer writes one per optimizer step).
 
-Left out: the policy's response-length drift (the other half of length bias) needs generated
-responses, and nothing is generated during training; only the data's length bias is checked.
+Left out: the policy's response-length drift (the other half of length bias) needs many generated
+responses; the few greedy answers a run writes (mlx_dpo/trainer/samples.py) are too few and cut
+at a token cap, so only the data's length bias is checked. `checks_off` says which checks cannot
+run in a run (severity "off" events: not findings).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ KINDS = (
     "length_bias",
 )
 ERROR_KINDS = frozenset({"reference_mismatch"})
+# The severity of a `health` event that says a check is off in this run (not a finding).
+OFF = "off"
 
 # How each kind reads in a sentence (summaries, dashboard titles).
 KIND_TITLES = {
@@ -223,7 +227,8 @@ class HealthMonitor:
         """Findings newly raised by this event (usually none)."""
         name = event.get("event")
         if name == "health":
-            self.raised.add(str(event.get("kind")))
+            if event.get("severity") != OFF:  # a check that is off raised nothing
+                self.raised.add(str(event.get("kind")))
             return []
         if name == "run_start":
             if self._steps_seen == 0:
@@ -244,7 +249,7 @@ class HealthMonitor:
     ) -> list[dict]:
         """The start-of-run data check: chosen responses systematically longer than rejected
         ones teach "longer is better" instead of the preference. (How the policy's own
-        response lengths drift is not checked: nothing is generated during training.)"""
+        response lengths drift is not checked: a run generates too few answers for it.)"""
         t = self.thresholds
         if "length_bias" in self.raised or pairs < t.length_bias_min_pairs:
             return []
@@ -273,6 +278,78 @@ class HealthMonitor:
             "pairs": pairs,
         }
         return self._raise([_finding("length_bias", 0, message, suggestion, values)])
+
+    def checks_off(self, run_start: dict) -> list[dict]:
+        """The checks that cannot run in this run, one `health` event's fields each (severity
+        "off", step 0; message: why, in words that follow the check's title; suggestion: how
+        to have it), from the run_start event's total_steps, train_pairs, valid_pairs and the
+        loss. Only what certainly will not run: a check that has not run yet is not off."""
+        t = self.thresholds
+        reasons: dict[str, list[str]] = {}
+        how: dict[str, str] = {}
+
+        def off(kind: str, reason: str, suggestion: str) -> None:
+            reasons.setdefault(kind, []).append(reason)
+            how.setdefault(kind, suggestion)
+
+        if self.reference_free:
+            for kind in ("reference_mismatch", "kl_drift"):
+                off(
+                    kind,
+                    f"the {self.loss} loss uses no reference model, so there is none to start "
+                    "from or drift from",
+                    "a loss with a reference model (sigmoid, ...) has this check",
+                )
+        valid_pairs = int(finite_number(run_start.get("valid_pairs")) or 0)
+        if valid_pairs < t.valid_min_pairs:
+            have = (
+                "there is no validation split"
+                if valid_pairs == 0
+                else f"the validation split has {valid_pairs} pairs, under "
+                f"health.valid_min_pairs ({t.valid_min_pairs}): too few to judge"
+            )
+            more = (
+                f"a validation split of at least {t.valid_min_pairs} pairs (--valid-split, "
+                "--valid-fraction), or a lower health.valid_min_pairs"
+            )
+            off("overfitting", f"it reads the validation evals, and {have}", more)
+            off("orientation", f"on the validation evals, {have}", more)
+        train_pairs = int(finite_number(run_start.get("train_pairs")) or 0)
+        if train_pairs < t.length_bias_min_pairs:
+            off(
+                "length_bias",
+                f"the training data has {train_pairs} pairs, under "
+                f"health.length_bias_min_pairs ({t.length_bias_min_pairs})",
+                "more pairs, or a lower health.length_bias_min_pairs",
+            )
+        steps = int(finite_number(run_start.get("total_steps")) or 0)
+        needs = {
+            "orientation": max(t.warmup_steps, t.smoothing_window),
+            "chosen_logp_collapse": max(t.warmup_steps, t.smoothing_window + t.trend_window),
+            "kl_drift": max(t.warmup_steps, t.smoothing_window + t.trend_window),
+            "not_learning": max(t.warmup_steps, t.not_learning_steps),
+        }
+        for kind, need in needs.items():
+            if steps < need:
+                where = "on training steps, " if kind == "orientation" else ""
+                off(
+                    kind,
+                    f"{where}the run has {steps} steps and the check needs {need} "
+                    "(health.warmup_steps and its windows)",
+                    "a longer run, or smaller health windows",
+                )
+        return [
+            {
+                "kind": kind,
+                "severity": OFF,
+                "message": "; ".join(reasons[kind]),
+                "suggestion": how[kind],
+                "values": {},
+                "step": 0,
+            }
+            for kind in KINDS
+            if kind in reasons
+        ]
 
     def _raise(self, findings: list[dict]) -> list[dict]:
         new = [f for f in findings if f["kind"] not in self.raised]
@@ -654,23 +731,28 @@ class HealthMonitor:
 def check_events(events: Sequence[dict], thresholds: HealthThresholds | None = None) -> list[dict]:
     """Replay a whole event stream (a finished run in `mlx-dpo view`) and return its findings
     in stream order. Settings come from the first run_start. `health` events already in the
-    stream are kept as they are, and their kinds are not checked again."""
+    stream are kept as they are, and their kinds are not checked again; those of checks that
+    are off (severity "off") are not findings."""
     run_start = next((e for e in events if e.get("event") == "run_start"), None)
     monitor = HealthMonitor.from_run_start(run_start, thresholds)
     # Marked up front: the stream holds each finding after the step that raised it, so a
     # replay would otherwise raise it again one event before reaching it.
-    monitor.raised.update(str(e.get("kind")) for e in events if e.get("event") == "health")
+    written = [e for e in events if e.get("event") == "health" and e.get("severity") != OFF]
+    monitor.raised.update(str(e.get("kind")) for e in written)
     findings = []
     for event in events:
         if event.get("event") == "health":
-            findings.append(finding_from_event(event))
+            if event.get("severity") != OFF:
+                findings.append(finding_from_event(event))
         else:
             findings.extend(monitor.observe(event))
     return findings
 
 
 def summarize(findings: Sequence[dict]) -> str:
-    """A short summary for the end of a run: one line a finding, errors first."""
+    """A short summary for the end of a run: one line a finding, errors first. Checks that
+    are off (severity "off") are not findings and are left out."""
+    findings = [f for f in findings if f.get("severity") != OFF]
     if not findings:
         return "No problems seen."
     errors = sum(1 for f in findings if f.get("severity") == "error")

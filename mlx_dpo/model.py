@@ -10,7 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,15 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, atomic_write_json
+from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, Progress, atomic_write_json
+from mlx_dpo.gguf import find_gguf, load_gguf
 
 ADAPTER_LEAVES = ("lora_a", "lora_b")
+
+
+def print_note(line: str) -> None:
+    """Where loading notes go by default: stderr, so that --json output stays clean."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -29,12 +36,14 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def resolve_model_path(model: str) -> Path:
-    """A local folder, or a Hugging Face id fetched (or found in the local hub cache) through
-    mlx-lm. A path that does not exist is an error here, never a hub request."""
+    """A local folder or GGUF file, or a Hugging Face id fetched (or found in the local hub
+    cache) through mlx-lm. A path that does not exist is an error here, never a hub request."""
     path = Path(model).expanduser()
     if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{model}: not a model folder (expected a folder with config.json)")
+        if not path.is_dir() and find_gguf(path) is None:
+            raise UserError(
+                f"{model}: not a model folder (expected a folder with config.json, or a .gguf file)"
+            )
         return path
     if not _looks_like_hub_id(model):
         raise UserError(f"{model}: no such model folder (and not a Hugging Face id 'org/name')")
@@ -51,6 +60,8 @@ def resolve_model_path(model: str) -> Path:
 
 
 def check_model_folder(path: Path) -> None:
+    if find_gguf(path) is not None:
+        return
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a model folder (no config.json)")
     if not list(path.glob("model*.safetensors")):
@@ -66,17 +77,136 @@ def config_value(path: Path, key: str) -> Any:
         return None
 
 
+def _model_args_fields(config: dict) -> set[str] | None:
+    """The fields of mlx-lm's ModelArgs for this config's model_type (None when unknown)."""
+    import inspect
+
+    from mlx_lm.utils import _get_classes
+
+    try:
+        _, args_class = _get_classes(config)
+    except (ValueError, KeyError):
+        return None
+    return set(inspect.signature(args_class).parameters)
+
+
+def _hoist_rope(
+    rope: dict, config: dict, fields: set[str], where: str, notes: list[str]
+) -> dict[str, Any]:
+    """Top-level keys for one flat transformers-5 `rope_parameters` dict."""
+    out: dict[str, Any] = {}
+    if "rope_theta" in rope and config.get("rope_theta") is None and "rope_theta" in fields:
+        out["rope_theta"] = rope["rope_theta"]
+        notes.append(f"rope_theta {rope['rope_theta']} taken from {where}")
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default" and config.get("rope_scaling") is None and "rope_scaling" in fields:
+        scaling = {
+            k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")
+        }
+        out["rope_scaling"] = {**scaling, "rope_type": kind, "type": kind}
+        notes.append(f"rope scaling {kind!r} taken from {where}")
+    factor = rope.get("partial_rotary_factor")
+    wanted = "partial_rotary_factor" in fields and config.get("partial_rotary_factor") is None
+    if factor is not None and wanted:
+        out["partial_rotary_factor"] = factor
+        notes.append(f"partial_rotary_factor {factor} taken from {where}")
+    return out
+
+
+def normalize_model_config(config: dict, source: str) -> tuple[dict[str, Any], list[str]]:
+    """Keys to set on a model config written by transformers 5 so that mlx-lm reads it as
+    transformers does, and a note for each. mlx-lm's ModelArgs take `rope_theta`,
+    `rope_scaling`, `partial_rotary_factor` and `sliding_window_pattern` at the top level and
+    silently fall back to their defaults when absent; transformers 5 writes them inside
+    `rope_parameters` (flat, or one dict per layer type such as Gemma 3's full/sliding
+    attention) and as `_sliding_window_pattern`. Models whose ModelArgs read
+    `rope_parameters` themselves are left alone. UserError for a shape that cannot be mapped."""
+    rope = config.get("rope_parameters")
+    fields = _model_args_fields(config)
+    updates: dict[str, Any] = {}
+    notes: list[str] = []
+    if fields is None:
+        return updates, notes
+    if isinstance(rope, dict) and rope and "rope_parameters" not in fields:
+        if all(isinstance(v, dict) for v in rope.values()):
+            unknown = set(rope) - {"full_attention", "sliding_attention"}
+            if unknown:
+                raise UserError(
+                    f"{source}: 'rope_parameters' for layer types {sorted(unknown)} cannot be "
+                    f"given to mlx-lm's {config.get('model_type')} model"
+                )
+            full = rope.get("full_attention", {})
+            updates.update(
+                _hoist_rope(full, config, fields, "rope_parameters.full_attention", notes)
+            )
+            sliding = rope.get("sliding_attention")
+            if sliding is not None:
+                if sliding.get("rope_type", "default") != "default":
+                    raise UserError(
+                        f"{source}: rope_parameters.sliding_attention has rope_type "
+                        f"{sliding.get('rope_type')!r}; mlx-lm's {config.get('model_type')} "
+                        "model has no scaling for its sliding layers"
+                    )
+                if "rope_local_base_freq" in fields and "rope_local_base_freq" not in config:
+                    updates["rope_local_base_freq"] = sliding["rope_theta"]
+                    notes.append(
+                        f"rope_local_base_freq {sliding['rope_theta']} taken from "
+                        "rope_parameters.sliding_attention"
+                    )
+                elif "full_attention" not in rope:
+                    updates.update(_hoist_rope(sliding, config, fields, "rope_parameters", notes))
+        else:
+            updates.update(_hoist_rope(rope, config, fields, "rope_parameters", notes))
+    pattern = config.get("_sliding_window_pattern")
+    wanted = "sliding_window_pattern" in fields and "sliding_window_pattern" not in config
+    if pattern is not None and wanted:
+        updates["sliding_window_pattern"] = pattern
+        notes.append(f"sliding_window_pattern {pattern} taken from _sliding_window_pattern")
+    notes = [f"{source}: transformers-5 config: {note}" for note in notes]
+    return updates, notes
+
+
+def read_model_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"{path / 'config.json'}:{err.lineno}: not valid JSON ({err.msg})"
+        ) from None
+
+
 def load_model(
-    model: str, quantize: int | None = None, trust_remote_code: bool = False
+    model: str,
+    quantize: int | None = None,
+    trust_remote_code: bool = False,
+    *,
+    on_note: Callable[[str], None] = print_note,
+    progress: Progress | None = None,
 ) -> tuple[nn.Module, Any, Path, dict]:
-    """(model, tokenizer, local path, model config). Quantizes at load time if asked."""
+    """(model, tokenizer, local path, model config). Quantizes at load time if asked.
+
+    `model` is a model folder, a Hugging Face id, or a GGUF file (or a folder holding one);
+    `on_note` receives what was changed or converted on the way (a config written by
+    transformers 5, dequantized GGUF tensors); `progress` hears the "loading" phase: the
+    weights read into memory, in MB."""
     from mlx_lm.utils import load_model as mlx_load_model
     from mlx_lm.utils import load_tokenizer
 
     path = resolve_model_path(model)
     check_model_folder(path)
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        net, tokenizer, config = load_gguf(gguf_file, on_note)
+        read_weights(net, progress)
+        return _quantize_at_load(net, tokenizer, gguf_file, config, model, quantize)
+    updates, notes = normalize_model_config(read_model_config(path), str(path / "config.json"))
+    for note in notes:
+        on_note(note)
     try:
-        net, config = mlx_load_model(path, trust_remote_code=trust_remote_code)
+        # Lazily: the weights are read below, a chunk at a time, so the reading can be told.
+        net, config = mlx_load_model(
+            path, lazy=True, model_config=updates or None, trust_remote_code=trust_remote_code
+        )
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise UserError(
@@ -85,6 +215,7 @@ def load_model(
                 "--trust-remote-code (only do so for a model you trust)"
             ) from None
         raise UserError(f"{path}: cannot load this model: {err}") from None
+    read_weights(net, progress)
     try:
         tokenizer = load_tokenizer(
             path,
@@ -98,6 +229,12 @@ def load_model(
                 "unless you pass --trust-remote-code (only do so for a model you trust)"
             ) from None
         raise
+    return _quantize_at_load(net, tokenizer, path, config, model, quantize)
+
+
+def _quantize_at_load(
+    net: nn.Module, tokenizer: Any, path: Path, config: dict, model: str, quantize: int | None
+) -> tuple[nn.Module, Any, Path, dict]:
     if quantize is not None:
         if "quantization" in config:
             raise UserError(
@@ -107,6 +244,65 @@ def load_model(
 
         net, config = quantize_model(net, config, group_size=64, bits=quantize)
     return net, tokenizer, path, config
+
+
+# Read at most this many bytes between two progress reports while loading.
+LOAD_CHUNK_BYTES = 256 * 2**20
+
+
+def read_weights(model: nn.Module, progress: Progress | None = None) -> None:
+    """Evaluate a lazily loaded model's parameters (reading them from disk), a chunk of
+    about LOAD_CHUNK_BYTES (or a fiftieth of the model) at a time, telling `progress` the MB
+    read: at the start, after each chunk, and at the end (done == total)."""
+    arrays = [value for _, value in tree_flatten(model.parameters())]
+    total = sum(a.nbytes for a in arrays)
+    chunk_bytes = max(1, min(LOAD_CHUNK_BYTES, total // 50))
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress("loading", round(done / 1e6, 1), round(total / 1e6, 1), "MB")
+
+    report(0)
+    done, chunk, pending = 0, [], 0
+    for array in arrays:
+        chunk.append(array)
+        pending += array.nbytes
+        if pending >= chunk_bytes:
+            mx.eval(chunk)
+            done += pending
+            chunk, pending = [], 0
+            report(done)
+    if chunk or not arrays:
+        mx.eval(chunk)
+        report(total)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether any of the model's layers hold quantized weights (as loaded, or by --quantize):
+    export's --dequantize applies then."""
+    return any(isinstance(m, QUANTIZED_LAYERS) for _, m in model.named_modules())
+
+
+# MLX's quantized layers: QuantizedLinear, QuantizedEmbedding, QQLinear, the sharded ones.
+QUANTIZED_LAYERS = tuple(getattr(nn, n) for n in dir(nn) if n.startswith(("Quantized", "QQ")))
+
+
+def load_model_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
+    """Only the tokenizer of a model folder, hub id or GGUF file (for counting tokens)."""
+    from mlx_lm.utils import load_tokenizer
+
+    from mlx_dpo.gguf_tokenizer import load_gguf_tokenizer
+
+    path = resolve_model_path(model)
+    check_model_folder(path)
+    gguf_file = find_gguf(path)
+    if gguf_file is None:
+        return load_tokenizer(path, {"trust_remote_code": trust_remote_code})
+    if (gguf_file.parent / "tokenizer.json").is_file():
+        return load_tokenizer(gguf_file.parent)
+    _, metadata = mx.load(str(gguf_file), return_metadata=True)
+    metadata = {k: v.tolist() if isinstance(v, mx.array) else v for k, v in metadata.items()}
+    return load_gguf_tokenizer(metadata, str(gguf_file))
 
 
 def num_layers(model: nn.Module) -> int:
@@ -297,5 +493,10 @@ def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
 
 
 def model_fingerprint(path: Path, memo_dir: Path | None = None) -> str:
+    """The weights' (and config's) fingerprint; for a GGUF, the file and any tokenizer beside."""
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        beside = [gguf_file.parent / "tokenizer.json", gguf_file.parent / "tokenizer_config.json"]
+        return fingerprint_files([gguf_file] + [f for f in beside if f.is_file()], memo_dir)
     files = list(path.glob("model*.safetensors")) + [path / "config.json"]
     return fingerprint_files(files, memo_dir)

@@ -124,7 +124,7 @@ def reference_logps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair reference log-probs (chosen, rejected) for a split, from the cache or computed
     in batches with `compute(pair_positions)`. `progress(done, total, cached, eta_seconds)`
-    reports after each batch.
+    reports at the start (the pairs a resumed precompute already has) and after each batch.
 
     Chunked and checkpointed: what is done is saved beside the cache entry at most every
     CHECKPOINT_SECONDS, so a killed precompute resumes from its last chunk; `should_stop()`
@@ -150,6 +150,8 @@ def reference_logps(
         chosen, rejected, done_mask = partial
     resumed = int(done_mask[order].sum())
     done = resumed
+    if progress:
+        progress(min(done * ranks.size, total), total, False, None)
     tic = last_save = time.monotonic()
     for start in range(0, len(order), batch_size):
         positions = order[start : start + batch_size]

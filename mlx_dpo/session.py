@@ -19,6 +19,7 @@ from mlx_dpo.batching import Batch, collate
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import Progress
 from mlx_dpo.logprobs import HeadSplit, find_head_split, supports_prefix_sharing
 from mlx_dpo.model import (
     apply_lora,
@@ -61,17 +62,19 @@ def open_session(
     config: TrainConfig,
     splits: tuple[str, ...] = ("train", "valid", "test"),
     adapter_path: str | None = None,
+    progress: Progress | None = None,
 ) -> Session:
     """Load the model, apply LoRA (fresh, from --init-adapter, or a trained adapter to
-    evaluate) and read the data. All user errors surface here, before any training."""
+    evaluate) and read the data. All user errors surface here, before any training.
+    `progress` hears the long phases: "loading" the weights, "tokenizing" each split."""
     if not config.model:
         raise UserError("no model given: pass --model (a Hugging Face id or a local folder)")
     if config.data is None:
         raise UserError("no data given: pass --data (a file, a folder or a Hugging Face id)")
     model, tokenizer, path, model_config = load_model(
-        config.model, config.quantize, config.trust_remote_code
+        config.model, config.quantize, config.trust_remote_code, progress=progress
     )
-    loaded = load_data(config, tokenizer, splits)
+    loaded = load_data(config, tokenizer, splits, progress)
     data = loaded.splits
     if "train" in splits and "train" not in data:
         raise UserError(f"{config.data}: no train split (train.jsonl)")

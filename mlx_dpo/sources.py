@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 from mlx_dpo import hub, token_cache
 from mlx_dpo.data import TokenizedSplit, read_raw_records, tokenize_records, validate_record
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import Progress
 from mlx_dpo.layout import DATA_SUFFIXES, data_suffix, split_layout
 from mlx_dpo.platform import return_free_memory
 from mlx_dpo.shapes import Shape, detect_shape, shape
@@ -328,8 +330,10 @@ def tokenized_split(
     name: str,
     notes: list[str],
     use_cache: bool = True,
+    progress: Progress | None = None,
 ) -> TokenizedSplit:
-    """One split's files read, shaped, validated and tokenized, or taken from the cache."""
+    """One split's files read, shaped, validated and tokenized, or taken from the cache.
+    `progress` hears the "tokenizing" phase, in "<name> pairs" (nothing for a cached split)."""
     label = files[0].label if len(files) == 1 else f"{files[0].label} (+{len(files) - 1} files)"
     key = None
     if use_cache:
@@ -356,11 +360,18 @@ def tokenized_split(
     if problems:
         raise UserError(f"{label}: {len(problems)} problem(s) in the data", problems)
     split_notes: list[str] = []
-    split = tokenize_records(records, tokenizer, max_length, name, label, shape.name, split_notes)
+    told = None if progress is None else partial(_tell_tokenizing, progress, name)
+    split = tokenize_records(
+        records, tokenizer, max_length, name, label, shape.name, split_notes, told
+    )
     notes.extend(split_notes)
     if key is not None:
         token_cache.store(key, split, {"notes": split_notes})
     return split
+
+
+def _tell_tokenizing(progress: Progress, name: str, done: int, total: int) -> None:
+    progress("tokenizing", done, total, f"{name} pairs")
 
 
 def weighted(split: TokenizedSplit, weight: float, rng: np.random.Generator) -> TokenizedSplit:
@@ -385,12 +396,18 @@ def carve_count(train_pairs: int, fraction: float | None) -> int:
     return min(max(1, math.ceil(fraction * train_pairs)), train_pairs - 1)
 
 
-def load_data(config: Any, tokenizer: Any, roles: tuple[str, ...] = ROLES) -> LoadedData:
+def load_data(
+    config: Any,
+    tokenizer: Any,
+    roles: tuple[str, ...] = ROLES,
+    progress: Progress | None = None,
+) -> LoadedData:
     """The splits of a run: `roles` are train, valid, test (found under the set's own names:
     --data-split, --valid-split) or a set's own split names (`mlx-dpo eval --split NAME`).
     A single file serves the first role asked for. Train is mixed from the sets by weight;
     validation is the sets' own, else carved from train (--valid-fraction); --max-pairs
-    keeps a seeded sample of train. Raises UserError for anything the user can fix."""
+    keeps a seeded sample of train. Raises UserError for anything the user can fix.
+    `progress` hears the tokenizing of each split (tokenized_split)."""
     entries = data_entries(config)
     notes: list[str] = []
     per_role: dict[str, list[TokenizedSplit]] = {role: [] for role in roles}
@@ -410,7 +427,13 @@ def load_data(config: Any, tokenizer: Any, roles: tuple[str, ...] = ROLES) -> Lo
             if name is None:
                 continue
             split = tokenized_split(
-                source.splits[name], entry.fields, tokenizer, config.max_length, role, notes
+                source.splits[name],
+                entry.fields,
+                tokenizer,
+                config.max_length,
+                role,
+                notes,
+                progress=progress,
             )
             shapes[name] = split.shape
             if role == "train" and len(entries) > 1:

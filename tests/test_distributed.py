@@ -17,6 +17,7 @@ import pytest
 from mlx_dpo.batching import epoch_batches
 from mlx_dpo.events import read_events
 from tests.conftest import preference_rows
+from tests.training import run_start
 
 
 def run_job(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -51,7 +52,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(llama_chatml, preference_
     double = run_job(launch + command(llama_chatml, preference_data, tmp_path / "two", 2))
     assert double.returncode == 0, double.stderr + double.stdout
     one, two = read_events(tmp_path / "one"), read_events(tmp_path / "two")
-    assert two[0]["world_size"] == 2 and one[0]["world_size"] == 1
+    assert run_start(two)["world_size"] == 2 and run_start(one)["world_size"] == 1
     loss_one = [e["loss"] for e in one if e["event"] == "step"]
     loss_two = [e["loss"] for e in two if e["event"] == "step"]
     assert len(loss_two) == 5

@@ -4,6 +4,7 @@ piece by piece, the same in every call."""
 from __future__ import annotations
 
 import mlx_lm
+import numpy as np
 import pytest
 
 from mlx_dpo.compare import generate_answer
@@ -64,3 +65,18 @@ def test_sampling_flags_are_checked():
 def test_a_model_is_needed():
     with pytest.raises(UserError, match="--model is needed"):
         load_generator(None, None)
+
+
+def test_greedy_answer_is_mlx_lms_and_draws_no_random_numbers(llama_chatml, tiny):
+    import mlx.core as mx
+
+    from mlx_dpo.generation import greedy_answer
+
+    model, tokenizer = mlx_lm.load(str(llama_chatml))
+    ids = prompt_tokens(tiny.tokenizer, PROMPT)
+    mx.random.seed(7)
+    state = np.array(mx.random.state[0])
+    answer = greedy_answer(tiny.model, tiny.tokenizer, ids, 10)
+    assert np.array_equal(np.array(mx.random.state[0]), state)
+    assert answer.text == generate_answer(model, tokenizer, PROMPT, 10, 0.0, 0)
+    assert answer.finish_reason in ("stop", "length") and 0 < answer.tokens <= 10

@@ -93,3 +93,20 @@ def test_compiled_step_with_checkpointing_and_sharing(llama_chatml, preference_d
     for name, value in tree_flatten(grads):
         np.testing.assert_allclose(np.array(value), np.array(plain[name]), rtol=1e-4,
                                    atol=1e-7, err_msg=name)  # fmt: skip
+
+
+def test_generation_in_a_checkpointed_model_is_plain_generation(llama_chatml):
+    """A run with --grad-checkpoint writes greedy answers between steps (KV caches of mlx-lm's
+    generate, not the batch cache of prefix sharing): the answers are those of the plain model."""
+    from mlx_lm.utils import load
+
+    from mlx_dpo.generation import greedy_answer
+
+    model, tokenizer = load(str(llama_chatml))
+    prompt = tokenizer.encode("what color is item 3?")
+    plain = greedy_answer(model, tokenizer, prompt, 8).text
+    restore = checkpoint_blocks(model)
+    try:
+        assert greedy_answer(model, tokenizer, prompt, 8).text == plain
+    finally:
+        restore()

@@ -650,3 +650,70 @@ def test_summarize():
     # Errors first, each line with its step and fix.
     assert "error at step 1" in text.splitlines()[1]
     assert "--sft-weight" in text.splitlines()[2]
+
+
+# ---- checks that are off --------------------------------------------------------------------
+
+
+def off_kinds(run_start: dict, thresholds: HealthThresholds | None = None, **settings) -> dict:
+    checks = HealthMonitor(thresholds, **settings).checks_off(run_start)
+    assert all(c["severity"] == "off" and c["step"] == 0 and c["suggestion"] for c in checks)
+    return {c["kind"]: c["message"] for c in checks}
+
+
+def test_a_long_run_with_enough_data_has_every_check_on():
+    assert off_kinds({"total_steps": 200, "train_pairs": 500, "valid_pairs": 40}) == {}
+
+
+def test_a_small_validation_split_turns_the_validation_checks_off():
+    off = off_kinds({"total_steps": 200, "train_pairs": 500, "valid_pairs": 12})
+    assert set(off) == {"overfitting", "orientation"}
+    assert (
+        "the validation split has 12 pairs, under health.valid_min_pairs (20)" in off["overfitting"]
+    )
+    assert off["orientation"].startswith("on the validation evals, ")
+    none = off_kinds({"total_steps": 200, "train_pairs": 500, "valid_pairs": 0})
+    assert "there is no validation split" in none["overfitting"]
+    lower = thresholds_from_dict({"valid_min_pairs": 10})
+    assert off_kinds({"total_steps": 200, "train_pairs": 500, "valid_pairs": 12}, lower) == {}
+
+
+def test_a_short_run_turns_the_trend_checks_off_and_says_what_they_need():
+    off = off_kinds({"total_steps": 35, "train_pairs": 500, "valid_pairs": 40})
+    # warmup_steps 30; smoothing_window 10 + trend_window 20; not_learning_steps 50.
+    assert set(off) == {"not_learning"}
+    off = off_kinds({"total_steps": 6, "train_pairs": 500, "valid_pairs": 40})
+    assert set(off) == {"orientation", "chosen_logp_collapse", "kl_drift", "not_learning"}
+    assert off["kl_drift"] == (
+        "the run has 6 steps and the check needs 30 (health.warmup_steps and its windows)"
+    )
+    assert off["orientation"].startswith("on training steps, the run has 6 steps")
+
+
+def test_small_training_data_turns_length_bias_off():
+    off = off_kinds({"total_steps": 200, "train_pairs": 12, "valid_pairs": 40})
+    assert off == {
+        "length_bias": "the training data has 12 pairs, under health.length_bias_min_pairs (20)"
+    }
+
+
+def test_a_reference_free_loss_turns_the_reference_checks_off():
+    run_start = {"total_steps": 200, "train_pairs": 500, "valid_pairs": 40}
+    off = off_kinds(run_start, loss="simpo")
+    assert set(off) == {"reference_mismatch", "kl_drift"}
+    assert "the simpo loss uses no reference model" in off["kl_drift"]
+
+
+def test_checks_that_are_off_are_not_findings():
+    """An "off" event fed back (a resumed run's stream) does not mark its kind as raised, and
+    neither the replay of a stream nor the end-of-run summary counts it."""
+    off = {"event": "health", "step": 0, "time": 1.0, "kind": "kl_drift", "severity": "off",
+           "message": "m", "suggestion": "s", "values": {}}  # fmt: skip
+    monitor = HealthMonitor()
+    assert monitor.observe(off) == [] and monitor.raised == set()
+    events = kl_drift_stream()
+    events.insert(1, off)
+    assert kinds(check_events(events)) == ["kl_drift"]  # still raised by the stream itself
+    assert summarize([{**off, "severity": "off"}]) == "No problems seen."
+    (finding,) = run_monitor(kl_drift_stream())
+    assert summarize([off, finding]).splitlines()[0] == "Run health: 1 warning."

@@ -61,6 +61,8 @@ def test_prequantized_base_reference_and_first_step(full_precision, small_data, 
 
     status, events = train_run(quantized, small_data, tmp_path / "run", iters=2)
     assert status == "completed"
+    # The export dialog offers --dequantize because the run says its base is quantized.
+    assert next(e for e in events if e["event"] == "run_start")["quantized_base"] is True
     first = step_events(events)[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert first["rewards/chosen"] == pytest.approx(0, abs=1e-5)
@@ -86,6 +88,7 @@ def test_quantize_at_load(full_precision, small_data, tmp_path):
 
     status, events = train_run(full_precision, small_data, tmp_path / "run", iters=2, quantize=4)
     assert status == "completed"
+    assert next(e for e in events if e["event"] == "run_start")["quantized_base"] is True
     assert step_events(events)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     adapter_config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert adapter_config["quantize"] == 4

@@ -61,7 +61,8 @@ def test_computed_in_length_sorted_batches_each_result_at_its_pair():
     assert compute.calls == [[1, 3], [4, 0], [2]]
     np.testing.assert_array_equal(chosen, [0, -10, -20, -30, -40])
     np.testing.assert_array_equal(rejected, [-1, -11, -21, -31, -41])
-    assert seen == [(2, 5, False), (4, 5, False), (5, 5, False)]
+    # The start (nothing done yet), then each batch.
+    assert seen == [(0, 5, False), (2, 5, False), (4, 5, False), (5, 5, False)]
 
 
 def test_read_back_from_the_cache_instead_of_computed():
@@ -162,9 +163,9 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     import os
     import signal
 
-    from mlx_dpo import trainer
     from mlx_dpo.config import build_config
     from mlx_dpo.events import read_events
+    from mlx_dpo.trainer import run as trainer
 
     monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
     computed: list[int] = []
@@ -192,9 +193,7 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     status = trainer.train(config, trainer.RunOptions(run_dir, on_line=lines.append))
     assert status == "stopped"
     assert len(computed) == 8
-    assert any(
-        "stopped during the reference log-probs for train (8/24 pairs kept" in x for x in lines
-    )
+    assert any("stopped during the reference log-probs (8/24 pairs kept" in x for x in lines)
     assert read_events(run_dir)[-1]["status"] == "stopped"
     status = trainer.train(
         config, trainer.RunOptions(run_dir, resume=True, on_line=lines.append, handle_signals=False)
@@ -203,3 +202,6 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     assert len(computed) == 8 + 16 + 8  # then the other 16 of train, then all of valid
     events = [e for e in read_events(run_dir) if e["event"] == "reference" and not e["cached"]]
     assert events[-1]["eta"] == 0
+    # Each session's precompute starts with what it has: none, then the 8 pairs kept.
+    train = [e["done"] for e in events if e["split"] == "train"]
+    assert train[0] == 0 and 8 in train and train[-1] == 24

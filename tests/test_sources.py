@@ -23,6 +23,7 @@ from mlx_dpo.data import (
     validate_record,
 )
 from mlx_dpo.errors import UserError
+from mlx_dpo.events import read_events
 from mlx_dpo.layout import split_layout
 from mlx_dpo.sources import load_data, resolve_source
 from tests import hub_fixtures as hub
@@ -296,7 +297,7 @@ def test_each_public_shape_trains_by_id_and_scores_like_explicit_records(
     assert _train(llama_chatml, repo_id, tmp_path / "run", *extra) == 0
     out = capsys.readouterr().out
     assert f"shape {hub.SHAPES[repo_id]}" in out
-    run_start = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    run_start = next(e for e in read_events(tmp_path / "run") if e["event"] == "run_start")
     assert run_start["data_shape"] == hub.SHAPES[repo_id]
     assert run_start["data_sources"][0]["revision"] == hub.commit_of(repo_id)
     explicit = write_jsonl(tmp_path / "explicit.jsonl", hub.explicit_train(repo_id))
@@ -363,3 +364,20 @@ def test_a_parquet_file_that_is_not_parquet_names_the_file(llama_chatml, tmp_pat
     assert _train(llama_chatml, str(bad), tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert f"{bad}: not a readable parquet file" in err and "Traceback" not in err
+
+
+def test_tokenizing_each_split_is_told_and_a_cached_split_is_not(tmp_path, tokenizer):
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(5)])  # fmt: skip
+    write_jsonl(tmp_path / "valid.jsonl", [{"prompt": "v", "chosen": "a", "rejected": "b"}])
+    told: list[tuple] = []
+    config = TrainConfig(data=str(tmp_path))
+    load_data(config, tokenizer, ("train", "valid"), progress=lambda *a: told.append(a))
+    assert told == [
+        ("tokenizing", 0, 5, "train pairs"),
+        ("tokenizing", 5, 5, "train pairs"),
+        ("tokenizing", 0, 1, "valid pairs"),
+        ("tokenizing", 1, 1, "valid pairs"),
+    ]
+    told.clear()
+    load_data(config, tokenizer, ("train", "valid"), progress=lambda *a: told.append(a))
+    assert told == []  # both from the token cache: nothing is tokenized

@@ -176,3 +176,47 @@ def test_failure_messages_say_what_ran_out_and_what_is_safe():
         "No checkpoint was saved yet"
     )
     assert failure_message(ValueError("boom"), "step 1", None) == "ValueError: boom"
+
+
+def test_elapsed_leaves_out_the_time_spent_paused(tmp_path, monkeypatch):
+    """The `elapsed` of step and run_end events: wall time since the start, minus pauses,
+    counted from the state events' own times (the dashboard reads the same times)."""
+    now = [100.0]
+    monkeypatch.setattr(reporting.time, "time", lambda: now[0])
+    monkeypatch.setattr("mlx_dpo.events.time.time", lambda: now[0])
+    reporter, _ = reporter_in(tmp_path)
+    assert reporter.elapsed() == 100.0  # started at 0
+    reporter.enter_state(3, "paused")
+    now[0] = 130.0
+    assert reporter.elapsed() == 100.0  # the pause going on counts as paused
+    reporter.enter_state(3, "training", event_state="resumed")
+    now[0] = 140.0
+    assert reporter.elapsed() == 110.0
+    reporter.enter_state(5, "paused")
+    now[0] = 150.0
+    reporter.enter_state(5, "stopping")  # a stop while paused ends the pause
+    now[0] = 151.0
+    assert reporter.elapsed() == 111.0
+    paused = [e for e in read_events(tmp_path) if e["event"] == "state"]
+    assert [(e["state"], e["time"]) for e in paused] == [
+        ("paused", 100.0), ("resumed", 130.0), ("paused", 140.0), ("stopping", 150.0),
+    ]  # fmt: skip
+
+
+def test_checks_that_are_off_are_written_once_and_are_not_findings(tmp_path):
+    reporter, lines = reporter_in(tmp_path)
+    report = HealthReport(HealthMonitor(), reporter)
+    checks = HealthMonitor().checks_off({"total_steps": 500, "train_pairs": 500, "valid_pairs": 8})
+    report.report_off(checks, [])
+    written = read_events(tmp_path)
+    assert [(e["kind"], e["severity"], e["step"]) for e in written] == [
+        ("orientation", "off", 0), ("overfitting", "off", 0),
+    ]  # fmt: skip
+    assert report.findings == [] and report.errors == []
+    assert lines[1] == (
+        "health check off: overfitting: it reads the validation evals, and the validation split "
+        "has 8 pairs, under health.valid_min_pairs (20): too few to judge"
+    )
+    # A resumed run's kept stream has them: nothing is written again.
+    report.report_off(checks, written)
+    assert len(read_events(tmp_path)) == 2

@@ -22,7 +22,7 @@ from mlx_dpo.events import METRIC_NAMES, read_events, read_status, send_command
 from mlx_dpo.session import open_session
 from mlx_dpo.trainer.evaluation import evaluate_split
 from mlx_dpo.trainer.run import RunOptions, train
-from tests.training import adapters, config_for, run, steps
+from tests.training import adapters, config_for, run, run_start, steps
 
 
 def test_first_step_starts_at_the_reference(llama_chatml, preference_data, tmp_path):
@@ -43,7 +43,9 @@ def test_first_step_starts_at_the_reference(llama_chatml, preference_data, tmp_p
         "peak_memory_gb",
     }
     assert names <= set(first)
-    assert events[0]["event"] == "run_start" and events[-1]["event"] == "run_end"
+    # Loading and tokenizing come first (their progress), then the run.
+    started = next(i for i, e in enumerate(events) if e["event"] != "progress")
+    assert events[started]["event"] == "run_start" and events[-1]["event"] == "run_end"
     assert events[-1]["status"] == "completed"
 
 
@@ -132,7 +134,8 @@ def test_grad_checkpoint_run_restores_the_blocks(llama_chatml, preference_data, 
         [e["loss"] for e in steps(checkpointed)], [e["loss"] for e in steps(plain)], rtol=1e-4
     )
     # Checkpointing keeps prefix sharing (tests/test_grad_checkpoint.py checks the gradients).
-    assert checkpointed[0]["prefix_sharing"] is True and plain[0]["prefix_sharing"] is True
+    assert run_start(checkpointed)["prefix_sharing"] is True
+    assert run_start(plain)["prefix_sharing"] is True
 
 
 def test_pause_checkpoint_and_resume_commands_between_steps(
@@ -218,9 +221,9 @@ def test_a_run_that_cannot_open_its_session_records_its_end(preference_data, tmp
 
 
 class Steering:
-    """on_line for a run: pauses it at its first step line (step 2 of 50), then does `when_paused` once the
-    pause is said. A watchdog resumes the run after 20 s so that a stop that is not honoured
-    fails the test instead of hanging it."""
+    """on_line for a run: pauses it at its first step line (step 2 of 50), then does
+    `when_paused` once the pause is said. A watchdog resumes the run after 20 s so that a stop
+    that is not honoured fails the test instead of hanging it."""
 
     def __init__(self, run_dir, when_paused, pid=None):
         self.run_dir, self.when_paused, self.pid = run_dir, when_paused, pid
@@ -382,3 +385,126 @@ def test_a_stop_command_during_the_reference_pass_then_resume_continues_it(
     status, events = run(config, resume=True)
     assert status == "completed"
     assert sum(computed) == 16 + 8  # the 16 train pairs left, then the valid split's 8
+
+
+def test_what_a_dashboard_shows_is_in_the_stream(
+    llama_chatml, preference_data, tmp_path, monkeypatch
+):
+    """A tiny run's events end to end: the long phases' progress before run_start (each from
+    0 to its total), the reference precompute's, answers at the start and each evaluation,
+    the checks that are off (an 8-pair validation split, 4 steps), quantized_base."""
+    from mlx_dpo.trainer import samples
+
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "fresh-cache"))  # nothing cached
+    monkeypatch.setattr(samples, "MAX_SHARE", math.inf)  # tiny steps: no round skipped
+    config = config_for(
+        llama_chatml, preference_data, tmp_path / "run", iters=4, eval_every=2, sample_max_tokens=8
+    )
+    status, events = run(config)
+    assert status == "completed"
+    start = next(i for i, e in enumerate(events) if e["event"] == "run_start")
+    before = events[:start]
+    assert {e["event"] for e in before} == {"progress"}
+    phases: dict[tuple[str, str], list[float]] = {}
+    for event in before:
+        phases.setdefault((event["phase"], event["unit"]), []).append(event["done"])
+    assert list(phases) == [
+        ("loading", "MB"),
+        ("tokenizing", "train pairs"),
+        ("tokenizing", "valid pairs"),
+        ("tokenizing", "test pairs"),
+    ]
+    totals = {(e["phase"], e["unit"]): e["total"] for e in before}
+    assert (
+        totals[("tokenizing", "train pairs")] == 24 and totals[("tokenizing", "valid pairs")] == 8
+    )
+    for key, done in phases.items():
+        assert done[0] == 0 and done[-1] == totals[key] and done == sorted(done), key
+    reference = [e for e in events if e["event"] == "reference"]
+    for split, pairs in (("train", 24), ("valid", 8)):
+        done = [e["done"] for e in reference if e["split"] == split]
+        assert done[0] == 0 and done[-1] == pairs and done == sorted(done)
+
+    answers = [e for e in events if e["event"] == "samples"]
+    assert [e["step"] for e in answers] == [0, 2, 4]
+    assert all(len(e["prompts"]) == 4 for e in answers)
+    assert all("reference" in p for p in answers[0]["prompts"])
+    assert all("policy" in p for e in answers[1:] for p in e["prompts"])
+
+    off = {e["kind"]: e for e in events if e["event"] == "health" and e["severity"] == "off"}
+    assert set(off) == {
+        "orientation",
+        "chosen_logp_collapse",
+        "kl_drift",
+        "not_learning",
+        "overfitting",
+    }
+    assert (
+        "the validation split has 8 pairs, under health.valid_min_pairs (20)"
+        in off["overfitting"]["message"]
+    )
+    assert all(e["step"] == 0 for e in off.values())
+    assert events[start]["quantized_base"] is False
+    assert events[-1]["event"] == "run_end"
+
+
+def test_paused_time_is_left_out_of_elapsed(llama_chatml, preference_data, tmp_path):
+    """A pause between steps 2 and 3: its state events carry the times of the pause, and the
+    step events' elapsed leaves it out (the dashboard's seconds per step reads elapsed)."""
+    run_dir = tmp_path / "run"
+    config = config_for(llama_chatml, preference_data, run_dir, iters=4)
+
+    def pause_at_step_2(line: str) -> None:
+        if line.startswith("step 2/"):
+            send_command(run_dir, "pause")
+            threading.Timer(1.0, send_command, (run_dir, "resume")).start()
+
+    assert train(config, RunOptions(run_dir, on_line=pause_at_step_2, handle_signals=False)) == (
+        "completed"
+    )
+    events = read_events(run_dir)
+    paused, resumed = (
+        e for e in events if e["event"] == "state" and e["state"] in ("paused", "resumed")
+    )
+    assert (paused["state"], resumed["state"]) == ("paused", "resumed")
+    assert paused["step"] == resumed["step"] == 2
+    pause = resumed["time"] - paused["time"]
+    assert pause >= 0.9
+    by_step = {e["step"]: e for e in steps(events)}
+    wall = by_step[3]["time"] - by_step[2]["time"]
+    assert wall >= pause
+    assert by_step[3]["elapsed"] - by_step[2]["elapsed"] == pytest.approx(wall - pause, abs=0.05)
+    end = events[-1]
+    assert end["elapsed"] - by_step[4]["elapsed"] == pytest.approx(
+        end["time"] - by_step[4]["time"], abs=0.05
+    )
+
+
+def test_a_stop_while_paused_stops_the_run(llama_chatml, preference_data, tmp_path):
+    """The dashboard's stop (or Ctrl-C, SIGTERM) on a paused run: it stops and saves, rather
+    than staying paused for ever; the pause ends at the stop."""
+    run_dir = tmp_path / "run"
+    config = config_for(llama_chatml, preference_data, run_dir, iters=6)
+
+    def pause_then_stop(line: str) -> None:
+        if line.startswith("step 2/"):
+            send_command(run_dir, "pause")
+            threading.Timer(0.5, send_command, (run_dir, "stop")).start()
+
+    done: list[str] = []
+    runner = threading.Thread(
+        target=lambda: done.append(
+            train(config, RunOptions(run_dir, on_line=pause_then_stop, handle_signals=False))
+        ),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(60)
+    assert done == ["stopped"]
+    events = read_events(run_dir)
+    states = [(e["state"], e["step"]) for e in events if e["event"] == "state"]
+    assert states == [("paused", 2), ("stopping", 2)]
+    assert events[-1]["event"] == "run_end" and events[-1]["last_checkpoint"].endswith(
+        "step-0000002"
+    )
+    assert read_status(run_dir)["state"] == "stopped"

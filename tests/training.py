@@ -25,6 +25,8 @@ def config_for(model: Path, data: Path, run_dir: Path | None = None, **overrides
         eval_every=0,
         save_every=0,
         lora_rank=4,
+        # The answers written at the start and each evaluation: tiny models rarely stop early.
+        sample_max_tokens=8,
     )
     values.update(overrides)
     return build_config({}, values)
@@ -48,6 +50,11 @@ def run_with_lines(config: TrainConfig) -> tuple[str, list[dict], list[str]]:
         config, RunOptions(Path(config.adapter_path), on_line=lines.append, handle_signals=False)
     )
     return status, read_events(config.adapter_path), lines
+
+
+def run_start(events: list[dict]) -> dict:
+    """The (first) run_start of a stream: the progress of loading comes before it."""
+    return next(e for e in events if e["event"] == "run_start")
 
 
 def steps(events: list[dict]) -> list[dict]:

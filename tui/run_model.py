@@ -11,6 +11,7 @@ from typing import Any
 
 from ..events import FINAL_STATES, METRIC_NAMES, RUN_END_STATES
 from ..formatting import finite_number, format_duration
+from ..health import KIND_TITLES
 from .formatting import format_fixed, format_number, format_percent
 from .run_watcher import RunUpdate
 from .series import MetricSeries
@@ -620,7 +621,7 @@ class RunModel:
         if event.get("severity") == "off":
             self.checks_off.append(dict(event))
             self.version += 1
-            return [LogEntry("info", f"Check off: {message}", step)]
+            return [LogEntry("info", f"Check off: {check_off_text(event)}", step)]
         self.health.append(dict(event))
         self.version += 1
         level = "error" if event.get("severity") == "error" else "warning"
@@ -684,6 +685,14 @@ class RunModel:
         if self.state == "stopped":
             return [LogEntry("warning", f"Run stopped at step {step} after {elapsed}", step)]
         return [LogEntry("success", f"Run completed in {elapsed}", step)]
+
+
+def check_off_text(event: dict[str, Any]) -> str:
+    """A `health` event of a check that is off, as a line: the check, then why."""
+    kind = str(event.get("kind") or "")
+    title = KIND_TITLES.get(kind, kind.replace("_", " ") or "health check")
+    message = event.get("message")
+    return f"{title}: {message}" if message else title
 
 
 def _has_policy(samples_event: dict[str, Any]) -> bool:

@@ -43,12 +43,13 @@ def run_audit(args: argparse.Namespace) -> int:
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UserError(f"--plot {args.plot}: the histogram is written as PNG (name it .png)")
     # The audit reads data sets (pyarrow, the hub client): loaded when it runs.
-    from mlx_dpo.audit import audit, format_report, model_tokenizer, plot_lengths, summary
+    from mlx_dpo.audit import audit, format_report, plot_lengths, summary
+    from mlx_dpo.model import load_model_tokenizer
 
     tokenizer = None
     max_length = args.max_length
     if args.model:
-        tokenizer = model_tokenizer(args.model)
+        tokenizer = load_model_tokenizer(args.model)
         max_length = max_length or TrainConfig().max_length
     result = audit(
         args.data, tokenizer, max_length, config=args.data_config, revision=args.data_revision

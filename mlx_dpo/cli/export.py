@@ -1,4 +1,5 @@
-"""`mlx-dpo export`: fuse a run's adapters into a standalone model folder (mlx_dpo/export.py)."""
+"""`mlx-dpo export`: fuse a run's adapters into a standalone model folder (mlx_dpo/export.py),
+or into one GGUF file for llama.cpp, Ollama and LM Studio (mlx_dpo/export_gguf.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from functools import partial
 from typing import Any
 
 from mlx_dpo.cli.flags import BASE_MODEL_HELP, add_adapter, add_model, add_trust_remote_code
+from mlx_dpo.errors import UserError
 from mlx_dpo.export import export_model
 
 
@@ -15,7 +17,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "export", help="fuse a run's adapters into a standalone model folder for mlx-lm"
     )
     add_adapter(parser, required=True)
-    parser.add_argument("--save-path", required=True, help="the new model folder")
+    parser.add_argument("--save-path", help="the new model folder (mlx-lm)")
+    parser.add_argument(
+        "--gguf", metavar="OUT.gguf", help="write one GGUF file instead (llama.cpp, Ollama)"
+    )
+    parser.add_argument(
+        "--gguf-type", default="f16", help="GGUF tensor type: f16 (default), f32, bf16, q8_0, ..."
+    )
     add_model(parser, BASE_MODEL_HELP)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -36,6 +44,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gguf is not None:
+        if args.save_path is not None:
+            raise UserError("export: --save-path (a model folder) and --gguf (one file): give one")
+        return run_gguf(args)
+    if args.save_path is None:
+        raise UserError("export: give --save-path FOLDER (mlx-lm) or --gguf OUT.gguf")
     # --dequantize is the default for a quantized base; the flag only says so explicitly.
     export_model(
         args.adapter_path,
@@ -44,6 +58,22 @@ def run(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         overwrite=args.overwrite,
         # The dashboard streams this output from a pipe: each line as soon as it is printed.
+        on_line=partial(print, flush=True),
+        trust_remote_code=args.trust_remote_code,
+    )
+    return 0
+
+
+def run_gguf(args: argparse.Namespace) -> int:
+    # Loaded here: it loads MLX, which `mlx-dpo --help` does not need.
+    from mlx_dpo.export_gguf import export_gguf
+
+    export_gguf(
+        args.adapter_path,
+        args.gguf,
+        model=args.model,
+        tensor_type=args.gguf_type,
+        overwrite=args.overwrite,
         on_line=partial(print, flush=True),
         trust_remote_code=args.trust_remote_code,
     )

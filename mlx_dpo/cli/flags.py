@@ -319,6 +319,23 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})"
     )
+    g.add_argument(
+        "--sample-count",
+        type=int,
+        help=f"greedy answers to this many fixed prompts at each evaluation, to watch the model "
+        f"learn (default {d.sample_count}; 0 = off)",
+    )
+    g.add_argument(
+        "--sample-prompts",
+        metavar="FILE",
+        help="their prompts: a text file (one a line), a .jsonl of records with 'prompt', or a "
+        "data folder (default: the validation split's)",
+    )
+    g.add_argument(
+        "--sample-max-tokens",
+        type=int,
+        help=f"tokens per answer (default {d.sample_max_tokens})",
+    )
     g = parser.add_argument_group("memory")
     g.add_argument(
         "--memory-limit-gb",

@@ -24,7 +24,7 @@ from mlx_dpo.cli.flags import add_rounds_flags, add_train_flags, train_flag_valu
 from mlx_dpo.cli.terminal import terminal_attached
 from mlx_dpo.config import TrainConfig, build_config, read_yaml, save_config
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import CONFIG_FILE, DASHBOARD_PID_ENV, LAUNCH_CONFIG_FILE, LOG_FILE
+from mlx_dpo.events import CONFIG_FILE, DASHBOARD_PID_ENV, LAUNCH_CONFIG_FILE, LOG_FILE, read_status
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -121,13 +121,15 @@ def launch(config: TrainConfig, use_tui: bool, resume: bool = False) -> int:
 
 
 def run_demo(config: TrainConfig, use_tui: bool) -> int:
-    """The demo: its model and config, the test split before, the run, what changed after."""
+    """The demo: its model and config, the test split before, the run, what changed after;
+    only for a finished run (one left running, paused or stopped says where its results will
+    be instead)."""
     config = demo.prepare_demo(config)
     before = demo.test_report(config, adapter_path=None, examples=0)
     code = launch(config, use_tui)
     if code != 0:
         return code
-    demo.report_demo(config, before)
+    demo.report_or_defer(config, before, read_status(config.adapter_path))
     return 0
 
 

@@ -22,7 +22,7 @@ from mlx_dpo.events import (
     write_status,
 )
 from mlx_dpo.formatting import format_duration
-from mlx_dpo.health import HealthMonitor
+from mlx_dpo.health import KIND_TITLES, HealthMonitor
 
 # A console line at least this often (seconds), besides every twentieth of the run.
 REPORT_SECONDS = 30.0
@@ -92,14 +92,27 @@ class Reporter:
         self.status = status
         self.say = say
         self.started = started
+        self.paused_seconds = 0.0
+        self.paused_since: float | None = None
 
     def elapsed(self) -> float:
-        return time.time() - self.started
+        """Seconds since this trainer began the run, time spent paused left out (the `elapsed`
+        of step and run_end events)."""
+        now = time.time()
+        paused = self.paused_seconds
+        if self.paused_since is not None:
+            paused += now - self.paused_since
+        return now - self.started - paused
 
     def enter_state(self, step: int, state: str, event_state: str | None = None) -> None:
         """A `state` event (`event_state`, when it says more than the state: "resumed") and
-        the new state in status.json."""
-        self.events.write("state", step, state=event_state or state)
+        the new state in status.json; the time spent paused is counted from the events' times."""
+        event = self.events.write("state", step, state=event_state or state)
+        if state == "paused" and self.paused_since is None:
+            self.paused_since = event["time"]
+        elif state != "paused" and self.paused_since is not None:
+            self.paused_seconds += event["time"] - self.paused_since
+            self.paused_since = None
         self.status.update(state=state)
 
     def note(self, message: str) -> None:
@@ -152,6 +165,23 @@ class HealthReport:
     def observe(self, event: dict) -> None:
         for finding in self.monitor.observe(event):
             self.report(finding)
+
+    def report_off(self, checks: list[dict], written: list[dict]) -> None:
+        """`health` events of the checks that are off (HealthMonitor.checks_off), each said
+        once; those `written` already (the stream a resumed run kept) are not repeated. Not
+        findings: nothing is added to `findings`."""
+        seen = {
+            (e.get("kind"), e.get("message"))
+            for e in written
+            if e.get("event") == "health" and e.get("severity") == "off"
+        }
+        for check in checks:
+            if (check["kind"], check["message"]) in seen:
+                continue
+            fields = {k: v for k, v in check.items() if k != "step"}
+            self.reporter.events.write("health", check.get("step", 0), **fields)
+            title = KIND_TITLES.get(check["kind"], check["kind"])
+            self.reporter.say(f"health check off: {title}: {check['message']}")
 
     def report(self, finding: dict) -> None:
         self.findings.append(finding)

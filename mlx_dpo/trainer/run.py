@@ -22,7 +22,6 @@ from mlx_dpo.batching import batches_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
 from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import CONFIG_FILE, LOSS, METRIC_NAMES, EventWriter, read_events
-from mlx_dpo.formatting import format_duration
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
 from mlx_dpo.health import HealthMonitor, summarize
 from mlx_dpo.memory.arithmetic import MemoryPlan, plan_dict, summary_lines
@@ -34,13 +33,14 @@ from mlx_dpo.memory.guard import (
     will_not_fit_message,
 )
 from mlx_dpo.memory.session import data_lengths
-from mlx_dpo.model import adapter_weights, count_parameters
+from mlx_dpo.model import adapter_weights, count_parameters, is_quantized
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
 from mlx_dpo.rounds import round_fields
 from mlx_dpo.session import Session, open_session
 from mlx_dpo.trainer.batch_logps import compute_reference
 from mlx_dpo.trainer.control import PAUSE_POLL_SECONDS, RunControl, StopRequest, stop_on_signals
 from mlx_dpo.trainer.evaluation import EvaluationStopped, evaluate_split
+from mlx_dpo.trainer.progress import PhaseProgress, ReferenceProgress
 from mlx_dpo.trainer.reporting import (
     HealthReport,
     ProgressLines,
@@ -62,6 +62,7 @@ from mlx_dpo.trainer.resume import (
     run_inputs,
     share_resume_point,
 )
+from mlx_dpo.trainer.samples import SampleWatch, read_sample_prompts, start_samples
 from mlx_dpo.trainer.schedule import (
     Schedule,
     build_optimizer,
@@ -128,10 +129,12 @@ def train(config: TrainConfig, options: RunOptions) -> str:
 
 
 def _open_session(config: TrainConfig, reporter: Reporter, resume_from: Path | None) -> Session:
-    """open_session, and on resume the check that it loaded what the checkpoint trained on; a
-    failure ends the run (a run_end event) before it is raised."""
+    """open_session, its long phases told as `progress` events, and on resume the check that
+    it loaded what the checkpoint trained on; a failure ends the run (a run_end event) before
+    it is raised. A bad --sample-prompts file fails before loading."""
     try:
-        session = open_session(config)
+        read_sample_prompts(config)
+        session = open_session(config, progress=PhaseProgress(reporter.events, reporter.say))
         check_same_inputs(resume_from, session)
         return session
     except BaseException as err:
@@ -155,6 +158,8 @@ class Run:
     training_step: TrainingStep
     control: RunControl
     progress: ProgressLines
+    kept_events: list[dict]  # the stream a resumed run kept (none on a fresh run)
+    samples: SampleWatch
     resume_from: Path | None
 
     def __init__(
@@ -207,6 +212,9 @@ class Run:
             )
             return self.finish("stopped", None)
         self.start_optimizer(resume_from)
+        self.samples = start_samples(
+            self.config, self.session, self.reporter, self.kept_events, self.ranks.is_main
+        )
         start_run_memory(self.memory_plan)
         self.model.train()
         self.status.update(state="training", step=self.step, total_steps=self.steps)
@@ -242,7 +250,8 @@ class Run:
             self.check_failures()
         while self.step < self.steps:
             paused = self.take_commands()
-            if self.ranks.any(self.stop.requested):  # paused or not
+            # A stop (command, signal) is taken while paused too: a paused run stops and saves.
+            if self.ranks.any(self.stop.requested):
                 self.stop.request()
                 break
             if paused:
@@ -252,11 +261,14 @@ class Run:
             if self._due(self.config.eval_every):
                 self.evaluate()
                 self.check_failures()
+                self.samples.at_eval(self.step, sum(self.step_times))
             if self._due(self.config.save_every):
                 self.save()
         if not self.stop.requested and self.valid_split:
             self.final_eval = self.evaluate()
             self.check_failures()
+        if not self.stop.requested:
+            self.samples.at_eval(self.step, sum(self.step_times), final=True)
 
     def save_and_finish(self) -> str:
         """The last save (also of a stopped run), the closing lines and the run's end."""
@@ -327,6 +339,7 @@ class Run:
             pid=os.getpid(),
             config=config.to_dict(),
             memory_plan=plan_dict(self.memory_plan),
+            quantized_base=is_quantized(self.model),
             **session.data_info,
             # A round of `train --rounds`: round, rounds and the earlier rounds' results.
             **round_fields(self.run_dir),
@@ -360,11 +373,12 @@ class Run:
         monitor = HealthMonitor.from_run_start(
             self.run_start, thresholds_from_dict(self.config.health)
         )
-        if resume_from is not None:
-            # Rebuild the checks' windows from the kept stream; its findings are already written.
-            for event in read_events(self.run_dir):
-                monitor.observe(event)
+        # Rebuild the checks' windows from the kept stream; its findings are already written.
+        self.kept_events = read_events(self.run_dir) if self.resume else []
+        for event in self.kept_events:
+            monitor.observe(event)
         self.health = HealthReport(monitor, self.reporter)
+        self.health.report_off(monitor.checks_off(self.run_start), self.kept_events)
         if resume_from is None:
             lengths = data_lengths(self.train_split.pairs)
             for finding in monitor.length_bias(
@@ -576,26 +590,6 @@ class Run:
 
     def _last_checkpoint(self) -> str | None:
         return self.status.status.last_checkpoint
-
-
-class ReferenceProgress:
-    """The precompute's progress: a `reference` event each batch, a console line every
-    LINE_SECONDS while computing."""
-
-    LINE_SECONDS = 10.0
-
-    def __init__(self, split: str, events: EventWriter, say: Callable[[str], None]):
-        self.split, self.events, self.say = split, events, say
-        self.last_line = time.monotonic()
-
-    def __call__(self, done: int, total: int, from_cache: bool, eta: float | None) -> None:
-        self.events.write(
-            "reference", 0, split=self.split, done=done, total=total, cached=from_cache, eta=eta
-        )
-        if not from_cache and time.monotonic() - self.last_line >= self.LINE_SECONDS:
-            self.last_line = time.monotonic()
-            left = "" if eta is None else f", ETA {format_duration(eta)}"
-            self.say(f"reference log-probs for {self.split}: {done}/{total} pairs{left}")
 
 
 def _adapter_config(config: TrainConfig, session: Session) -> dict:

@@ -235,7 +235,7 @@ def test_health_off_is_a_check_that_does_not_run_not_a_finding():
     entries = model.apply({"event": "health", "step": 0, "kind": "overfitting",
                            "severity": "off", "message": "12 validation pairs, fewer than 20"})  # fmt: skip
     assert model.findings == [] and len(model.checks_off) == 1
-    assert entries[0].message == "Check off: 12 validation pairs, fewer than 20"
+    assert entries[0].message == "Check off: overfitting: 12 validation pairs, fewer than 20"
 
 
 def test_adapter_step_and_quantized_base():

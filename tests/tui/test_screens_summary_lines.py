@@ -54,7 +54,7 @@ def test_checks_that_are_off_are_said_with_their_reason():
     model.apply({"event": "run_end", "step": 5, "status": "completed"})
     text = plain(summary_lines(model, "r"))
     assert text[0].startswith("✓ Training finished")  # off is not a finding
-    assert any("Check off: the validation split has 12 pairs" in line for line in text)
+    assert any("Check off: overfitting: the validation split has 12 pairs" in line for line in text)
     findings = Text.from_markup(findings_markup(model)).plain
     assert "No findings" in findings and "overfitting: the validation split has 12" in findings
     assert banner_text([], model.checks_off) == "1 health check off — h to see why"

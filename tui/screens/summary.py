@@ -18,7 +18,7 @@ from ...formatting import format_duration
 from ..commands import chat_command, resume_command
 from ..formatting import format_number, format_percent
 from ..messages import RunChanged
-from ..run_model import RunModel
+from ..run_model import RunModel, check_off_text
 from .health import finding_title
 
 
@@ -103,7 +103,7 @@ def summary_lines(model: RunModel, run_dir: str, export_note: str = "") -> list[
                 text(f"   → {escape(str(finding['suggestion']))}")
         text()
     for check in model.checks_off:
-        text(f"[dim]Check off: {escape(str(check.get('message') or check.get('kind')))}[/]")
+        text(f"[dim]Check off: {escape(check_off_text(check))}[/]")
     if model.checks_off:
         text()
 

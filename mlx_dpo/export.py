@@ -179,7 +179,7 @@ def _write_model_folder(
     (folder / "README.md").write_text(note, encoding="utf-8")
 
 
-def _temporary_folder(save_path: Path, kind: str) -> Path:
+def temporary_folder(save_path: Path, kind: str) -> Path:
     """A new OUT.tmp-XXXX or OUT.old-XXXX folder beside save_path, marked as this export's."""
     folder = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.{kind}-"))
     marker = {"pid": os.getpid(), "target": save_path.name}
@@ -228,7 +228,7 @@ def _move_into_place(tmp: Path, save_path: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"{save_path} already exists: pass --overwrite or choose another folder")
-    old = _temporary_folder(save_path, "old")
+    old = temporary_folder(save_path, "old")
     os.rename(save_path, old / save_path.name)
     os.rename(tmp, save_path)
     shutil.rmtree(old, ignore_errors=True)
@@ -334,7 +334,7 @@ def _fuse_and_write(
     on_line(f"saving to {save_path}")
     save_path.parent.mkdir(parents=True, exist_ok=True)
     # The model is written into OUT.tmp-XXXX/OUT, beside the marker of this export.
-    work = _temporary_folder(save_path, "tmp")
+    work = temporary_folder(save_path, "tmp")
     tmp = work / save_path.name
     tmp.mkdir()
     note = (

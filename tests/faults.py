@@ -71,11 +71,11 @@ def kill_in_write(name: str, nth: int) -> None:
 
 
 def kill_at_rename(nth: int) -> None:
-    """An export (mlx_dpo/export.py) killed just before its n-th rename: with --overwrite
-    over an existing folder, 1 is moving the old folder aside, 2 putting the new one in."""
-    from mlx_dpo import export
+    """An export killed just before its n-th rename into place (mlx_dpo/export.py's
+    os.rename, export_gguf.py's os.replace): with --overwrite over an existing folder, 1 is
+    moving the old folder aside, 2 putting the new one in; for --gguf, 1 is the file's."""
+    from mlx_dpo import export, export_gguf
 
-    rename = os.rename
     seen = {"renames": 0}
 
     class Os:
@@ -84,12 +84,20 @@ def kill_at_rename(nth: int) -> None:
 
         @staticmethod
         def rename(src, dst):
-            seen["renames"] += 1
-            if seen["renames"] == nth:
-                die()
-            rename(src, dst)
+            count_or_die()
+            os.rename(src, dst)
 
-    export.os = Os()
+        @staticmethod
+        def replace(src, dst):
+            count_or_die()
+            os.replace(src, dst)
+
+    def count_or_die() -> None:
+        seen["renames"] += 1
+        if seen["renames"] == nth:
+            die()
+
+    export.os = export_gguf.os = Os()
 
 
 def slow_batches(phase: str, seconds: float) -> None:

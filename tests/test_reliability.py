@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,7 +200,8 @@ def assert_nothing_torn(run_dir: Path) -> None:
             json.loads(path.read_text())
         elif path.suffix == ".safetensors":
             mx.load(str(path))
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if visible else []
+    metrics = run_dir / "metrics.jsonl"  # none yet when killed while loading
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
     for line in lines[:-1]:  # the last line may be torn; readers skip it
         json.loads(line)
     checkpoint = latest_checkpoint(run_dir)
@@ -486,15 +488,19 @@ def test_sigterm_during_the_reference_precompute_then_resume_continues_it(
     assert events[-1]["event"] == "run_end" and events[-1]["status"] == "stopped"
     assert not [e for e in events if e["event"] == "step"]
     assert read_status(run_dir)["state"] == "stopped"
-    done = max(e["done"] for e in events if e["event"] == "reference")
-    assert f"stopped during the reference log-probs ({done}/16 pairs kept" in out
+    # `reference` events come every few seconds; the console line says what was kept.
+    kept = re.search(r"stopped during the reference log-probs \((\d+)/16 pairs kept", out)
+    assert kept is not None, out
+    done = int(kept.group(1))
+    assert done >= 2
     resumed = subprocess.run(train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS,
                                            "--resume"), capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     events = read_events(run_dir)
     second_start = max(i for i, e in enumerate(events) if e["event"] == "run_start")
     computed = [e for e in events[second_start:] if e["event"] == "reference" and not e["cached"]]
-    assert computed[0]["split"] == "train" and computed[0]["done"] == done + 2
+    # The resumed pass starts where the stopped one left off (its first event says so).
+    assert computed[0]["split"] == "train" and computed[0]["done"] == done
     assert events[-1]["status"] == "completed"
 
 

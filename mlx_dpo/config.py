@@ -439,7 +439,7 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
 
 # Keys that name files or folders: `~` and $VARS expanded, empty refused (mlx_dpo/paths.py).
 # Always local (made absolute) / a local path or a Hugging Face id.
-LOCAL_PATH_KEYS = ("adapter_path", "init_adapter")
+LOCAL_PATH_KEYS = ("adapter_path", "init_adapter", "sample_prompts")
 SOURCE_PATH_KEYS = ("model", "data")
 
 

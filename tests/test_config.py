@@ -351,12 +351,14 @@ def test_paths_in_a_yaml_expand_the_home_folder_and_variables(tmp_path, monkeypa
     path = tmp_path / "config.yaml"
     path.write_text(
         "model: ~/models/m\nadapter_path: ~/runs/x\ninit_adapter: sft\n"
+        "sample_prompts: $SETS/prompts.txt\n"
         "data:\n  - path: $SETS/a\n  - path: org/name\n"
     )
     config = load_config_file(path)
     assert config.model == f"{tmp_path}/home/models/m"
     assert config.adapter_path == f"{tmp_path}/home/runs/x"
     assert config.init_adapter == f"{tmp_path}/sft"
+    assert config.sample_prompts == f"{tmp_path}/sets/prompts.txt"
     assert [entry["path"] for entry in config.data] == [f"{tmp_path}/sets/a", "org/name"]
     assert build_config({}, {"model": "org/model"}).model == "org/model"  # a Hub id
 

@@ -49,9 +49,10 @@ def save_safetensors_atomic(
 
 def adapter_config(num_layers: int, lora_parameters: dict, run_config: dict[str, Any]) -> dict:
     """mlx-lm's adapter_config.json (fine_tune_type, num_layers, lora_parameters) plus the
-    run's configuration, which mlx-lm ignores."""
+    run's configuration, which mlx-lm ignores; its `fields` mapping too, so that `mlx-dpo
+    eval` reads data in the run's own field names."""
     return {
-        **{k: v for k, v in run_config.items() if k not in ("fields", "health")},
+        **{k: v for k, v in run_config.items() if k != "health"},
         "fine_tune_type": "lora",
         "num_layers": num_layers,
         "lora_parameters": lora_parameters,
@@ -119,23 +120,63 @@ def remove_torn_writes(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (temporary folders of a torn write are ignored)."""
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints, newest first (temporary folders of a torn write, and
+    folders without a state file, are not checkpoints)."""
     root = run_dir / CHECKPOINT_DIR
     if not root.is_dir():
-        return None
+        return []
     complete = [
         p
         for p in root.iterdir()
         if p.is_dir()
         and p.name.startswith(CHECKPOINT_PREFIX)
+        and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
         and (p / CHECKPOINT_STATE_FILE).is_file()
     ]
-    return max(complete, key=lambda p: p.name, default=None)
+    return sorted(complete, key=lambda p: p.name, reverse=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (temporary folders of a torn write are ignored)."""
+    return next(iter(complete_checkpoints(run_dir)), None)
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's state.json ({} when it cannot be read)."""
+    try:
+        state = json.loads((path / CHECKPOINT_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint whose files cannot be read back (truncated, not JSON, not its step)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path.name}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, mx.array], Any, dict]:
-    weights = mx.load(str(path / ADAPTER_FILE))
-    optimizer_state = tree_unflatten(list(mx.load(str(path / OPTIMIZER_FILE)).items()))
-    state = json.loads((path / CHECKPOINT_STATE_FILE).read_text())
+    """(adapter weights, optimizer state, state.json) of a checkpoint; DamagedCheckpoint when
+    one of its files is damaged."""
+    try:
+        weights = mx.load(str(path / ADAPTER_FILE))
+    except (RuntimeError, ValueError, OSError) as err:
+        raise DamagedCheckpoint(path, f"{ADAPTER_FILE}: {err}") from None
+    try:
+        optimizer_state = tree_unflatten(list(mx.load(str(path / OPTIMIZER_FILE)).items()))
+    except (RuntimeError, ValueError, OSError) as err:
+        raise DamagedCheckpoint(path, f"{OPTIMIZER_FILE}: {err}") from None
+    try:
+        state = json.loads((path / CHECKPOINT_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpoint(path, f"{CHECKPOINT_STATE_FILE}: {err}") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step != checkpoint_step(path):
+        raise DamagedCheckpoint(
+            path, f"{CHECKPOINT_STATE_FILE} does not record step {checkpoint_step(path)}"
+        )
     return weights, optimizer_state, state

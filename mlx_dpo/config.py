@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from mlx_dpo import loss_catalog
+from mlx_dpo import loss_catalog, paths
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import atomic_write_text
 
@@ -88,6 +88,9 @@ class TrainConfig:
     health: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
     memory_limit_gb: float | None = None  # overrides the device's memory (the plan, the guard)
+    # A paused run with no dashboard attached checkpoints and stops after this many minutes
+    # without a command (mlx_dpo/trainer/control.py); 0: it waits for ever.
+    pause_timeout_minutes: float = 30.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,7 +187,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     problems = []
     for key, value in values.items():
         where = f"{path}:{lines.get(str(key), '?')}"
-        problems += [f"{where}: {p}" for p in check_value(str(key), value)]
+        problems += [
+            f"{where}: {p}" for p in check_value(str(key), value) + path_problems(key, value)
+        ]
     if problems:
         raise UserError(f"{path}: invalid configuration", problems)
     return values
@@ -254,6 +259,10 @@ def _range_problems(config: TrainConfig) -> list[str]:
     need(
         c.memory_limit_gb is None or c.memory_limit_gb > 0,
         f"'memory_limit_gb' must be > 0, got {c.memory_limit_gb}",
+    )
+    need(
+        math.isfinite(c.pause_timeout_minutes) and c.pause_timeout_minutes >= 0,
+        f"'pause_timeout_minutes' must be >= 0 (0 = never), got {c.pause_timeout_minutes}",
     )
     need(c.quantize in (None, 4, 8), f"'quantize' must be 4 or 8, got {c.quantize}")
     need(
@@ -417,6 +426,7 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
             merged[key] = float(value)
         if _type_of(key) == list[float] | None and isinstance(value, list):
             merged[key] = [float(v) for v in value]
+    expand_paths(merged)
     config = TrainConfig(**merged)
     problems = _range_problems(config)
     problems = problems or awaiting_trainer(config)
@@ -425,6 +435,39 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
     if config.health:
         thresholds_from_dict(config.health)
     return config
+
+
+# Keys that name files or folders: `~` and $VARS expanded, empty refused (mlx_dpo/paths.py).
+# Always local (made absolute) / a local path or a Hugging Face id.
+LOCAL_PATH_KEYS = ("adapter_path", "init_adapter", "sample_prompts")
+SOURCE_PATH_KEYS = ("model", "data")
+
+
+def path_problems(key: str, value: Any) -> list[str]:
+    """Why a path key's value cannot be expanded (empty, an unset variable), for read_yaml to
+    name with its file and line; [] when it can (or the key is no path)."""
+    try:
+        expand_paths({key: value})
+    except UserError as err:
+        return [str(err)]
+    return []
+
+
+def expand_paths(values: dict[str, Any]) -> None:
+    """Expand, in place, every path among the values of a config (a data list's entries too)."""
+    for key in LOCAL_PATH_KEYS:
+        if isinstance(values.get(key), str):
+            values[key] = paths.expand_local(values[key], f"'{key}'")
+    for key in SOURCE_PATH_KEYS:
+        if isinstance(values.get(key), str):
+            values[key] = paths.expand_source(values[key], f"'{key}'")
+    if isinstance(values.get("data"), list):
+        values["data"] = [
+            {**entry, "path": paths.expand_source(entry["path"], "'data' path")}
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str)
+            else entry
+            for entry in values["data"]
+        ]
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

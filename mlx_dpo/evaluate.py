@@ -5,12 +5,14 @@ are used unless given; unset ones are TrainConfig's defaults."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import ADAPTER_CONFIG_FILE, atomic_write_text
+from mlx_dpo.events import ADAPTER_CONFIG_FILE, atomic_write_text, finite_or_none
 from mlx_dpo.session import open_session
 from mlx_dpo.trainer.evaluation import evaluate_split
 
@@ -25,6 +27,30 @@ def _adapter_settings(adapter_path: str | None) -> dict[str, Any]:
         return json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
+
+
+def check_output_path(output: str) -> None:
+    """Before the evaluation: --output can be written (not a folder, its folder exists or can
+    be made, and takes a file). A UserError at once rather than after the whole work."""
+    path = Path(output)
+    if path.is_dir():
+        raise UserError(f"--output {output}: is a folder; give a file name (e.g. pairs.jsonl)")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--output {output}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise UserError(f"--output {output}: cannot write in {folder} ({reason})") from None
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One line of strict JSON: numbers that are not finite are null (JSON has no NaN)."""
+    return json.dumps(finite_or_none(record), allow_nan=False)
 
 
 def evaluate_command(
@@ -42,6 +68,8 @@ def evaluate_command(
 ) -> dict[str, Any]:
     """The split's metrics (evaluation.evaluate_split); with `output`, one JSON line a pair
     (log-probs and rewards) written there atomically."""
+    if output is not None:
+        check_output_path(output)
     saved = _adapter_settings(adapter_path)
     model = model or saved.get("base_model") or saved.get("model")
     if not model:
@@ -70,5 +98,5 @@ def evaluate_command(
     result = evaluate_split(session, session.splits[split], config, per_pair=output is not None)
     per_pair = result.pop("per_pair", None)
     if output:
-        atomic_write_text(output, "".join(json.dumps(row) + "\n" for row in per_pair))
+        atomic_write_text(output, "".join(json_line(row) + "\n" for row in per_pair))
     return result

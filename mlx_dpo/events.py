@@ -65,8 +65,13 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                (as in `step`)
 
 status.json: state (STATES), step, total_steps, epoch, pid, model, last_checkpoint, error,
-updated. The trainer writes its stdout and stderr to train.log in the run directory when the
-dashboard runs it.
+auto_stop_at (while paused with no dashboard attached: when the run will save and stop by
+itself, seconds since the epoch; null otherwise), updated. The trainer writes its stdout and
+stderr to train.log in the run directory when the dashboard runs it.
+
+control.jsonl lines carry the sender's pid: a paused run counts a live sender as a dashboard
+attached (mlx_dpo/trainer/control.py). run.lock: the trainer's lock while it runs, its pid
+inside (mlx_dpo/rundir.py); its presence marks an mlx-dpo run directory.
 """
 
 from __future__ import annotations
@@ -94,6 +99,11 @@ CHECKPOINT_STATE_FILE = "state.json"
 LOG_FILE = "train.log"
 # The resolved config the dashboard hands to the trainer process it starts (`mlx-dpo train`).
 LAUNCH_CONFIG_FILE = ".launch.yaml"
+# Held (flock) by the trainer while it runs; its pid inside (mlx_dpo/rundir.py).
+LOCK_FILE = "run.lock"
+# The environment variable in which `mlx-dpo train` hands its pid to the trainer it launches
+# with the dashboard: the trainer counts that dashboard as attached while it lives.
+DASHBOARD_PID_ENV = "MLX_DPO_DASHBOARD_PID"
 
 EVENTS = (
     "run_start",
@@ -321,7 +331,8 @@ def send_command(run_dir: str | os.PathLike, command: str, **fields: Any) -> Non
     """Append a command for the trainer (the dashboard's side of the control channel)."""
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; expected one of {COMMANDS}")
-    record = {"command": command, "time": time.time(), **fields}
+    # The pid tells a paused trainer that this sender (a dashboard) is still there.
+    record = {"command": command, "time": time.time(), "pid": os.getpid(), **fields}
     path = Path(run_dir) / CONTROL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     # One small write with O_APPEND: whole lines even with several writers.
@@ -343,6 +354,10 @@ class ControlReader:
             self.offset = self.path.stat().st_size
 
     def poll(self) -> list[str]:
+        return [record["command"] for record in self.poll_records()]
+
+    def poll_records(self) -> list[dict[str, Any]]:
+        """The new commands as written: {"command", "time", "pid", ...}."""
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
@@ -355,12 +370,12 @@ class ControlReader:
             data = handle.read(size - self.offset)
         complete, _, _ = data.rpartition(b"\n")
         self.offset += len(complete) + (1 if complete else 0)
-        commands = []
+        records = []
         for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
-                command = json.loads(line).get("command")
-            except (json.JSONDecodeError, AttributeError):
+                record = json.loads(line)
+            except json.JSONDecodeError:
                 continue
-            if command in COMMANDS:
-                commands.append(command)
-        return commands
+            if isinstance(record, dict) and record.get("command") in COMMANDS:
+                records.append(record)
+        return records

@@ -8,9 +8,12 @@ dequantize_model, save_model, save_config, the tokenizer's save_pretrained), as 
 - A quantized base (a 4-/8-bit folder, or a run trained with --quantize) is written
   dequantized by default: a light DPO fine-tune moves weights by less than one quantization
   step, so re-quantizing the fused weights can erase it. `--quantize` keeps it quantized.
-- The model is written into OUT.tmp-XXXX and renamed into place, so a crash never leaves a
-  half model at OUT; the adapter folder is never written into (only an `export` event is
-  appended to the run's metrics.jsonl, where there is one).
+- The model is written into OUT.tmp-XXXX/ and renamed into place (an existing OUT, with
+  --overwrite, is first moved into OUT.old-XXXX/), so a crash never leaves a half model at
+  OUT; the adapter folder is never written into (only an `export` event is appended to the
+  run's metrics.jsonl, where there is one). Both temporaries hold a marker file naming their
+  export: the next export to the same OUT removes those a killed export left (and puts back
+  an OUT it had moved aside), never any other folder.
 - Every user mistake (missing or mismatched adapter, a save path inside the run) is a
   UserError with the reason, before anything is loaded where possible.
 
@@ -32,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mlx_dpo import paths
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import (
     ADAPTER_CONFIG_FILE,
@@ -42,9 +46,12 @@ from mlx_dpo.events import (
     read_events,
 )
 from mlx_dpo.formatting import format_size
+from mlx_dpo.rundir import pid_alive
 
 # Files of the base model folder that mlx-lm's own `save` copies beside the weights.
 COPIED_FILES = ("*.py", "generation_config.json")
+# Inside each temporary folder of an export (OUT.tmp-*, OUT.old-*): {"pid", "target"}.
+TEMPORARY_MARKER = ".mlx-dpo-export"
 
 
 def read_adapter_config(adapter_path: str | Path) -> dict[str, Any]:
@@ -172,6 +179,47 @@ def _write_model_folder(
     (folder / "README.md").write_text(note, encoding="utf-8")
 
 
+def temporary_folder(save_path: Path, kind: str) -> Path:
+    """A new OUT.tmp-XXXX or OUT.old-XXXX folder beside save_path, marked as this export's."""
+    folder = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.{kind}-"))
+    marker = {"pid": os.getpid(), "target": save_path.name}
+    (folder / TEMPORARY_MARKER).write_text(json.dumps(marker), encoding="utf-8")
+    return folder
+
+
+def _left_by_a_killed_export(folder: Path, save_path: Path) -> bool:
+    """Whether `folder` (named OUT.tmp-* or OUT.old-*) is a temporary of an export to
+    save_path whose process is gone: its marker says so."""
+    try:
+        marker = json.loads((folder / TEMPORARY_MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(marker, dict) or marker.get("target") != save_path.name:
+        return False
+    pid = marker.get("pid")
+    return isinstance(pid, int) and not pid_alive(pid)
+
+
+def clean_up_killed_exports(save_path: Path, on_line: Callable[[str], None] = print) -> None:
+    """Remove what an export to save_path that was killed left beside it: its OUT.tmp-*
+    folder, and its OUT.old-* folder after putting the OUT it held back in place when there
+    is none (the kill came between the two renames). Folders without the marker of such an
+    export (the user's own, a running export's) are left alone."""
+    parent = save_path.parent
+    if not parent.is_dir():
+        return
+    for kind in ("old", "tmp"):  # an old model goes back before the new half-work goes
+        for folder in sorted(parent.glob(f"{glob.escape(save_path.name)}.{kind}-*")):
+            if not folder.is_dir() or not _left_by_a_killed_export(folder, save_path):
+                continue
+            moved_aside = folder / save_path.name
+            if kind == "old" and moved_aside.is_dir() and not save_path.exists():
+                os.rename(moved_aside, save_path)
+                on_line(f"put back {save_path}, which an export that was cut short had moved aside")
+            shutil.rmtree(folder, ignore_errors=True)
+            on_line(f"removed {folder}, left by an export that was cut short")
+
+
 def _move_into_place(tmp: Path, save_path: Path, overwrite: bool) -> None:
     """Rename the finished folder to save_path. An existing folder is replaced only with
     `overwrite`, and only after the new one is complete."""
@@ -180,7 +228,7 @@ def _move_into_place(tmp: Path, save_path: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"{save_path} already exists: pass --overwrite or choose another folder")
-    old = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.old-"))
+    old = temporary_folder(save_path, "old")
     os.rename(save_path, old / save_path.name)
     os.rename(tmp, save_path)
     shutil.rmtree(old, ignore_errors=True)
@@ -203,6 +251,7 @@ def export_model(
     save_path = Path(save_path).expanduser()
     adapter_config = read_adapter_config(adapter_path)
     base = model or base_model_of(adapter_config, adapter_path)
+    clean_up_killed_exports(save_path, on_line)
     check_destination(save_path, adapter_path, base, overwrite, base_given=model is not None)
     with export_events(adapter_path, save_path) as record:
         result = _fuse_and_write(
@@ -218,7 +267,8 @@ def export_model(
         size, seconds = result["size_bytes"], time.perf_counter() - tic
         on_line(
             f"done: {save_path} ({format_size(size)} on disk, {result['fused_layers']} LoRA "
-            f"layers fused, {seconds:.1f}s). chat with it: mlx_lm.chat --model {save_path}"
+            f"layers fused, {seconds:.1f}s). chat with it: mlx_lm.chat --model "
+            f"{paths.shown(save_path)}"
         )
         record("done", f"{format_size(size)} on disk", size_bytes=size)
         return {**result, "seconds": seconds}
@@ -283,7 +333,10 @@ def _fuse_and_write(
         config.pop("quantization_config", None)
     on_line(f"saving to {save_path}")
     save_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=save_path.parent, prefix=f"{save_path.name}.tmp-"))
+    # The model is written into OUT.tmp-XXXX/OUT, beside the marker of this export.
+    work = temporary_folder(save_path, "tmp")
+    tmp = work / save_path.name
+    tmp.mkdir()
     note = (
         f"# {save_path.name}\n\nFused by `mlx-dpo export` from base model `{base}` and the "
         f"LoRA adapters in `{adapter_path.resolve()}`"
@@ -294,9 +347,8 @@ def _fuse_and_write(
         _write_model_folder(tmp, net, tokenizer, config, base_path, note)
         os.chmod(tmp, 0o777 & ~current_umask())
         _move_into_place(tmp, save_path, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return {
         "path": str(save_path),
         "size_bytes": folder_size(save_path),

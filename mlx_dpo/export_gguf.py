@@ -2,16 +2,17 @@
 one GGUF file for llama.cpp, Ollama and LM Studio (docs/interop.md).
 
 The fusing is export.py's (mlx-lm's LoRALinear.fuse), always dequantized: GGUF has its own
-quantization types, chosen with `tensor_type` (float16 by default). The file is written under
-a temporary name beside OUT and renamed into place when complete; an existing OUT is replaced
-only with `overwrite`; the run directory is never written into, apart from `export` events in
+quantization types, chosen with `tensor_type` (float16 by default). The file is written into
+OUT.tmp-XXXX/ beside OUT and renamed into place when complete (a killed export's folder is
+removed by the next export to the same OUT); an existing OUT is replaced only with
+`overwrite`; the run directory is never written into, apart from `export` events in
 its metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +23,11 @@ from mlx_dpo.events import current_umask
 from mlx_dpo.export import (
     base_model_of,
     check_destination,
+    clean_up_killed_exports,
     export_events,
     fuse_model,
     read_adapter_config,
+    temporary_folder,
 )
 from mlx_dpo.formatting import format_size
 from mlx_dpo.gguf import WRITE_TYPES, write_gguf
@@ -52,6 +55,7 @@ def export_gguf(
         raise UserError(f"--gguf-type {tensor_type}: choose one of {', '.join(WRITE_TYPES)}")
     adapter_config = read_adapter_config(adapter_path)
     base = model or base_model_of(adapter_config, adapter_path)
+    clean_up_killed_exports(out, on_line)
     check_destination(out, adapter_path, base, overwrite, base_given=model is not None)
     with export_events(adapter_path, out) as record:
         fused = _fuse_and_write(
@@ -94,14 +98,14 @@ def _fuse_and_write(
     config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     on_line(f"writing {out} ({tensor_type})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f"{out.name}.tmp-")
-    os.close(handle)
-    tmp = Path(name)
+    # Written inside OUT.tmp-XXXX/, beside the marker that lets the next export remove it
+    # should this one be killed (mlx_dpo/export.py clean_up_killed_exports).
+    work = temporary_folder(out, "tmp")
+    tmp = work / out.name
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())
         write_gguf(net, tokenizer, config, tmp, name=out.stem, tensor_type=tensor_type)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return fused

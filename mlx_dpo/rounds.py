@@ -55,6 +55,7 @@ from mlx_dpo.events import (
     read_status,
 )
 from mlx_dpo.prompts import derive_seed
+from mlx_dpo.rundir import make_run_dir
 from mlx_dpo.sampling import DEFAULT_CANDIDATES, Sampling
 
 # Exit statuses of the phases' commands (mlx_dpo/cli/exit_codes.py): a user error, and Ctrl-C
@@ -534,7 +535,7 @@ def run_round(
         code = make_round_pairs(config, settings, round_, record, phases, say)
         if code is not None:
             return code
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
     write_round_file(round_, settings)
     save_config(round_config(config, round_), run_dir / LAUNCH_CONFIG_FILE)
     source = round_.start_adapter or "the base model"
@@ -585,7 +586,9 @@ def make_round_pairs(
         f"{round_.label}: {settings.candidates} answers per prompt from {source}, judged by "
         f"{settings.judge}, into {round_.pairs}"
     )
-    round_.run_dir.mkdir(parents=True, exist_ok=True)
+    # Made as a run directory (its lock file marks it): its training may then write beside
+    # the pairs (mlx_dpo/rundir.py refuses folders holding files of other origins).
+    make_run_dir(round_.run_dir)
     tic = time.monotonic()
     code = phases.make_pairs(round_, pairs_argv(config, settings, round_))
     record.add_seconds(round_.number, "pairs", time.monotonic() - tic)

@@ -5,6 +5,10 @@ reliability tests:
                                                       its first and second batch
     python -m tests.faults write:NAME:N -- ARGS...    killed while the N-th temporary file for
                                                       NAME.safetensors is half on disk
+    python -m tests.faults rename:N -- ARGS...        export killed just before its N-th rename
+    python -m tests.faults slow:PHASE:S -- ARGS...    each batch of the reference precompute
+                                                      (PHASE reference) or of an evaluation
+                                                      (PHASE eval) takes S seconds longer
 
 Nothing in mlx_dpo knows about this: the points are reached by wrapping the functions the
 trainer calls, in this process only."""
@@ -66,6 +70,68 @@ def kill_in_write(name: str, nth: int) -> None:
     checkpoints.os.fsync = cutting_fsync
 
 
+def kill_at_rename(nth: int) -> None:
+    """An export killed just before its n-th rename into place (mlx_dpo/export.py's
+    os.rename, export_gguf.py's os.replace): with --overwrite over an existing folder, 1 is
+    moving the old folder aside, 2 putting the new one in; for --gguf, 1 is the file's."""
+    from mlx_dpo import export, export_gguf
+
+    seen = {"renames": 0}
+
+    class Os:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def rename(src, dst):
+            count_or_die()
+            os.rename(src, dst)
+
+        @staticmethod
+        def replace(src, dst):
+            count_or_die()
+            os.replace(src, dst)
+
+    def count_or_die() -> None:
+        seen["renames"] += 1
+        if seen["renames"] == nth:
+            die()
+
+    export.os = export_gguf.os = Os()
+
+
+def slow_batches(phase: str, seconds: float) -> None:
+    """Every batch of the reference precompute or of an evaluation takes `seconds` longer,
+    so that a signal reliably arrives in the middle of the phase."""
+    import time
+
+    from mlx_dpo.trainer import evaluation, run
+
+    if phase == "reference":
+        compute_reference = run.compute_reference
+
+        def slow_compute_reference(*args, **kwargs):
+            compute = compute_reference(*args, **kwargs)
+
+            def slow(positions):
+                time.sleep(seconds)
+                return compute(positions)
+
+            return slow
+
+        run.compute_reference = slow_compute_reference
+    elif phase == "eval":
+        rows_logps = evaluation.rows_logps
+
+        def slow_rows(*args, **kwargs):
+            time.sleep(seconds)
+            return rows_logps(*args, **kwargs)
+
+        evaluation.rows_logps = slow_rows
+    else:
+        raise SystemExit(f"unknown phase {phase!r}")
+
+
 def main() -> int:
     point, separator, *args = sys.argv[1:]
     assert separator == "--", __doc__
@@ -74,6 +140,10 @@ def main() -> int:
         kill_in_eval(int(where[0]))
     elif kind == "write":
         kill_in_write(where[0], int(where[1]))
+    elif kind == "rename":
+        kill_at_rename(int(where[0]))
+    elif kind == "slow":
+        slow_batches(where[0], float(where[1]))
     else:
         raise SystemExit(f"unknown fault point {point!r}")
     from mlx_dpo.cli import main as cli_main

@@ -9,6 +9,8 @@ is built once for all the files that use it.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,26 @@ def known_data(tmp_path) -> Path:
         [pair("p1 q", "a b", "c d"), pair("v2 q", "a b c", "d e f"), pair("v3", "a", "b")],
     )
     return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# run directories and outputs
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this process cannot write into: a read-only tmpfs as root (root ignores file
+    permissions), else a folder without write permission."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                                 capture_output=True)  # fmt: skip
+        if mounted.returncode != 0:
+            pytest.skip("needs to mount a read-only tmpfs as root")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=False)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)

@@ -1,6 +1,7 @@
 """Adapters and checkpoints on disk (mlx_dpo/checkpoints.py): what a checkpoint holds and
 loads back, a step saved again replaces the old one whole, torn writes are never taken for a
-checkpoint and are tidied, the adapter config is what mlx-lm reads."""
+checkpoint and are tidied, the adapter config is what mlx-lm reads (with the run's fields
+mapping, for eval), a damaged checkpoint is named."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from mlx_dpo.checkpoints import (
+    DamagedCheckpoint,
     adapter_config,
     checkpoint_name,
     checkpoint_step,
@@ -93,8 +95,8 @@ def test_adapters_are_what_mlx_lm_reads_with_the_runs_settings(tmp_path):
     run_config = {"beta": 0.2, "model": "m", "fields": {"prompt": "q"}, "health": {"patience": 3}}
     config = adapter_config(2, {"rank": 4, "scale": 20.0, "dropout": 0.0}, run_config)
     assert config == {
-        "beta": 0.2, "model": "m", "fine_tune_type": "lora", "num_layers": 2,
-        "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0},
+        "beta": 0.2, "model": "m", "fields": {"prompt": "q"}, "fine_tune_type": "lora",
+        "num_layers": 2, "lora_parameters": {"rank": 4, "scale": 20.0, "dropout": 0.0},
     }  # fmt: skip
     save_adapters(tmp_path, weights(1.0), config)
     assert json.loads((tmp_path / "adapter_config.json").read_text()) == config
@@ -118,3 +120,33 @@ def test_latest_checkpoint_needs_a_state_file(tmp_path, missing):
     if missing:
         (path / missing).unlink()
     assert latest_checkpoint(tmp_path) == (None if missing else path)
+
+
+def damage(path: Path, how: str) -> None:
+    """A checkpoint file damaged as a power cut or a full disk leaves it."""
+    if how == "truncated adapters":
+        target = path / "adapters.safetensors"
+        os.truncate(target, target.stat().st_size // 2)
+    elif how == "truncated optimizer":
+        target = path / "optimizer.safetensors"
+        os.truncate(target, 10)
+    elif how == "bad JSON":
+        (path / "state.json").write_text('{"step": ')
+    elif how == "another step":
+        (path / "state.json").write_text('{"step": 99}')
+    else:
+        raise ValueError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["truncated adapters", "truncated optimizer", "bad JSON", "another step"]
+)
+def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path, how):
+    path = save_checkpoint(tmp_path, 4, weights(1.0), {"step": mx.array(1)}, {}, {})
+    damage(path, how)
+    with pytest.raises(DamagedCheckpoint) as err:
+        load_checkpoint(path)
+    assert err.value.path == path
+    file = {"truncated adapters": "adapters.safetensors", "truncated optimizer":
+            "optimizer.safetensors"}.get(how, "state.json")  # fmt: skip
+    assert err.value.reason.startswith(file)

@@ -96,3 +96,37 @@ def test_mistakes_exit_2_before_anything_loads(capsys, args, expected):
 def test_without_a_model_or_an_adapter_that_records_one(capsys):
     assert main(["eval", "--data", "d"]) == 2
     assert "no model given: pass --model" in capsys.readouterr().err
+
+
+def test_paths_expand_the_home_folder_and_variables(calls, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RUNS", str(tmp_path / "runs"))
+    args = ["eval", "--adapter-path", "$RUNS/a", "--data", "~/d", "--output", "~/o.jsonl"]
+    assert main(args) == 0
+    assert calls[0]["adapter_path"] == f"{tmp_path}/runs/a"
+    assert calls[0]["data"] == f"{tmp_path}/d"
+    assert calls[0]["output"] == f"{tmp_path}/o.jsonl"
+
+
+@pytest.mark.parametrize("flag", ["--output", "--adapter-path", "--data"])
+def test_an_empty_path_exits_2(calls, capsys, flag):
+    args = {"--data": "d", flag: ""}
+    assert main(["eval", *[part for item in args.items() for part in item]]) == 2
+    assert f"{flag}: an empty path" in capsys.readouterr().err
+    assert calls == []
+
+
+def test_json_is_strict_json_with_null_for_non_finite_numbers(monkeypatch, capsys):
+    """`eval --json` printed NaN, which is not JSON."""
+    monkeypatch.setattr(
+        evaluate,
+        "evaluate_command",
+        lambda **_: {"pairs": 8, "loss": float("nan"), "kl": float("inf")},
+    )
+    assert main(["eval", "--data", "d", "--json"]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert printed == {"pairs": 8, "loss": None, "kl": None}

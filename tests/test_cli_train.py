@@ -4,6 +4,9 @@ overwritten; the demo's settings and the order of its steps around the run; --pl
 
 from __future__ import annotations
 
+import os
+import shlex
+
 import pytest
 
 import mlx_dpo.cli.train as train_command
@@ -185,12 +188,13 @@ def test_an_unfinished_demo_says_where_its_results_will_be(capsys, state):
     assert "What changed on the held-out test split" not in out
     assert "step 88/176" in out and "0.59 of the held-out test pairs" in out
     data = demo.demo_data_dir()
-    assert f"mlx-dpo eval --adapter-path 'adapters/run x' --data {data} --split test" in out
-    assert f"mlx-dpo compare --adapter-path 'adapters/run x' --data {data} --split test" in out
+    run = shlex.quote(os.path.abspath("adapters/run x"))  # hints name it absolute
+    assert f"mlx-dpo eval --adapter-path {run} --data {data} --split test" in out
+    assert f"mlx-dpo compare --adapter-path {run} --data {data} --split test" in out
     if state == "stopped":
-        assert "stopped" in out and "mlx-dpo train --resume --adapter-path 'adapters/run x'" in out
+        assert "stopped" in out and f"mlx-dpo train --resume --adapter-path {run}" in out
     else:
-        assert "process 4242" in out and "mlx-dpo view 'adapters/run x'" in out
+        assert "process 4242" in out and f"mlx-dpo view {run}" in out
         assert ("paused" if state == "paused" else "still training in the background") in out
 
 
@@ -224,3 +228,27 @@ def test_plan_flag_says_it_will_not_fit_and_how_to(llama_chatml, preference_data
     for name in ("base weights", "LoRA parameters", "optimizer state", "activations", "logits"):
         assert name in out
     assert not (run_dir / "metrics.jsonl").exists()  # nothing was trained
+
+
+def test_a_tilde_in_the_adapter_path_is_the_home_folder(
+    llama_chatml, preference_data, tmp_path, monkeypatch, capsys
+):
+    """`--adapter-path ~/runs/x` (quoted, or from a YAML) made a literal ./~ folder, and the
+    hint printed a `~` the shell would expand elsewhere."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(train_args(llama_chatml, preference_data, "~/runs/x")) == 0
+    run_dir = tmp_path / "home" / "runs" / "x"
+    assert (run_dir / "adapters.safetensors").is_file()
+    assert not (tmp_path / "~").exists()
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    assert hint.endswith(f"--adapter-path {run_dir}") and "~" not in hint
+
+
+@pytest.mark.parametrize("flag", ["--adapter-path", "--init-adapter", "--model", "--data"])
+def test_an_empty_path_is_refused(llama_chatml, preference_data, tmp_path, capsys, flag):
+    args = train_args(llama_chatml, preference_data, tmp_path / "run")
+    args = [*args, flag, ""]
+    assert main(args) == 2
+    assert f"{flag}: an empty path" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

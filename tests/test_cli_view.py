@@ -24,6 +24,17 @@ def test_a_run_directory_opens_the_dashboard(tmp_path, monkeypatch):
     assert opened == [tmp_path]
 
 
+def test_the_run_directory_is_expanded_and_absolute(tmp_path, monkeypatch):
+    """The dashboard's closing hints name the run directory: never with a literal `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / METRICS_FILE).write_text("")
+    opened = []
+    monkeypatch.setattr(tui_app, "run_dashboard", lambda run_dir: opened.append(run_dir) or 0)
+    assert main(["view", "~/run"]) == 0
+    assert opened == [tmp_path / "run"]
+
+
 def test_a_rounds_folder_opens_its_latest_round(tmp_path, monkeypatch):
     (tmp_path / "rounds.json").write_text("{}")
     opened = []

@@ -340,3 +340,51 @@ def test_what_the_step_does_not_run_yet_is_refused_not_ignored(values):
     with pytest.raises(UserError) as caught:
         build_config({}, values)
     assert "not available in training yet" in str(caught.value)
+
+
+def test_paths_in_a_yaml_expand_the_home_folder_and_variables(tmp_path, monkeypatch):
+    """`adapter_path: ~/runs/x` made a literal ./~/runs/x folder; now every path key is
+    expanded as a shell would, and local ones are absolute."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SETS", str(tmp_path / "sets"))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "model: ~/models/m\nadapter_path: ~/runs/x\ninit_adapter: sft\n"
+        "sample_prompts: $SETS/prompts.txt\n"
+        "data:\n  - path: $SETS/a\n  - path: org/name\n"
+    )
+    config = load_config_file(path)
+    assert config.model == f"{tmp_path}/home/models/m"
+    assert config.adapter_path == f"{tmp_path}/home/runs/x"
+    assert config.init_adapter == f"{tmp_path}/sft"
+    assert config.sample_prompts == f"{tmp_path}/sets/prompts.txt"
+    assert [entry["path"] for entry in config.data] == [f"{tmp_path}/sets/a", "org/name"]
+    assert build_config({}, {"model": "org/model"}).model == "org/model"  # a Hub id
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("adapter_path: ''\n", "config.yaml:1: 'adapter_path': an empty path"),
+        ("iters: 2\nmodel: ' '\n", "config.yaml:2: 'model': an empty path"),
+        ("data: $NOT_SET_HERE/d\n", "config.yaml:1: 'data': '$NOT_SET_HERE/d' uses $NOT_SET_HERE"),
+    ],
+)
+def test_an_empty_or_unexpandable_path_in_a_yaml_names_its_line(
+    tmp_path, monkeypatch, text, expected
+):
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(UserError) as err:
+        read_yaml(tmp_path / "config.yaml")
+    assert expected in str(err.value)
+
+
+def test_the_pause_timeout_is_checked():
+    assert build_config({}, {"pause_timeout_minutes": 0.5}).pause_timeout_minutes == 0.5
+    for value in (-1.0, float("inf"), float("nan")):
+        assert any(
+            "'pause_timeout_minutes' must be >= 0" in p
+            for p in problems_of({}, {"pause_timeout_minutes": value})
+        )

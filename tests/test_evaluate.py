@@ -75,3 +75,85 @@ def test_mistakes_are_user_errors(adapter, llama_chatml, preference_data, tmp_pa
     )
     with pytest.raises(UserError, match="no test split"):
         evaluate_command(str(llama_chatml), None, str(tmp_path / "only-train"))
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the evaluation gets as far as loading the model."""
+    from mlx_dpo import evaluate
+
+    def loading(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before --output was checked")
+
+    monkeypatch.setattr(evaluate, "open_session", loading)
+
+
+def test_an_output_that_is_a_folder_is_refused_before_the_work(
+    llama_chatml, preference_data, tmp_path, no_work
+):
+    """It was found only after the whole evaluation."""
+    with pytest.raises(UserError, match=f"--output {tmp_path}: is a folder"):
+        evaluate_command(str(llama_chatml), None, str(preference_data), output=str(tmp_path))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        evaluate_command(
+            str(llama_chatml), None, str(preference_data), output=str(tmp_path / "file" / "o")
+        )
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    llama_chatml, preference_data, read_only_folder, no_work
+):
+    output = str(read_only_folder / "sub" / "pairs.jsonl")
+    with pytest.raises(UserError, match=f"--output {output}: cannot write in {read_only_folder}"):
+        evaluate_command(str(llama_chatml), None, str(preference_data), output=output)
+
+
+def test_per_pair_rows_are_strict_json(llama_chatml, preference_data, tmp_path, monkeypatch):
+    """A non-finite log-prob (a NaN weight, an overflow) is written as null, not NaN."""
+    from mlx_dpo import evaluate
+
+    evaluate_split = evaluate.evaluate_split
+
+    def with_a_nan(*args, **kwargs):
+        result = evaluate_split(*args, **kwargs)
+        result["per_pair"][0]["policy_chosen_logp"] = float("nan")
+        result["per_pair"][1]["reward_rejected"] = float("-inf")
+        return result
+
+    monkeypatch.setattr(evaluate, "evaluate_split", with_a_nan)
+    output = tmp_path / "pairs.jsonl"
+    evaluate_command(str(llama_chatml), None, str(preference_data), output=str(output))
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in output.read_text().splitlines()]
+    assert rows[0]["policy_chosen_logp"] is None and rows[1]["reward_rejected"] is None
+    assert isinstance(rows[2]["policy_chosen_logp"], float)
+
+
+def test_a_run_trained_with_a_fields_mapping_evaluates_with_it(llama_chatml, tmp_path):
+    """The mapping was not kept with the run, so its own data could not be evaluated."""
+    from tests.conftest import preference_rows, write_jsonl
+
+    def renamed(rows):
+        return [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in rows]
+
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", renamed(preference_rows(12)))
+    write_jsonl(data / "test.jsonl", renamed(preference_rows(4, seed=2, start=200)))
+    fields = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    status, _ = run(config_for(llama_chatml, data, tmp_path / "run", iters=2, fields=fields))
+    assert status == "completed"
+    result = evaluate_command(None, str(tmp_path / "run"), str(data))
+    assert result["pairs"] == 4 and result["rewards/margins"] != 0
+
+
+def test_a_live_run_can_be_evaluated(adapter, preference_data):
+    """eval reads a run's adapters without its lock: a run being trained can be evaluated."""
+    from mlx_dpo.rundir import RunLock
+
+    with RunLock(adapter).acquire():
+        result = evaluate_command(None, str(adapter), str(preference_data), split="valid")
+    assert result["pairs"] == 8

@@ -1,12 +1,17 @@
 """Exporting (mlx_dpo/export.py): the fused model is what base + adapter computes, mlx-lm
 uses it as it is, quantized bases are dequantized by default, the adapter folder is left
-alone, and mistakes are refused before anything is written. The command line's own checks
+alone, mistakes are refused before anything is written, and what a killed export left is
+cleaned up by the next one to the same place. The command line's own checks
 are in test_cli_export.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import mlx.nn as nn
@@ -15,7 +20,7 @@ import pytest
 
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events
-from mlx_dpo.export import export_model
+from mlx_dpo.export import TEMPORARY_MARKER, clean_up_killed_exports, export_model
 from tests.interop import logits_of, train_run
 
 PROBE = "what color is item 3? the item is red and nice."
@@ -147,3 +152,98 @@ def test_user_error_is_recorded_as_failed_export(export_runs, tmp_path):
         )
     last = [e for e in read_events(export_runs["llama-fp"]) if e["event"] == "export"][-1]
     assert last["status"] == "failed" and "not quantized" in last["message"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.glob(f"{out.name}.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_before_rename", [1, 2])
+def test_a_killed_export_is_cleaned_up_by_the_next_one_to_the_same_place(
+    export_runs, tmp_path, killed_before_rename
+):
+    """`export --overwrite` killed before it moves the old model aside (1) or before it puts
+    the new one in (2, the old one is then only in OUT.old-*): the next export removes exactly
+    what that export left, puts the old model back first where it was moved, and never touches
+    folders of the same names that are not a dead export's."""
+    import mlx_lm
+
+    run_dir, out = export_runs["llama-fp"], tmp_path / "fused"
+    export_model(run_dir, out, on_line=lambda _: None)
+    before = snapshot(out)
+    (tmp_path / "fused.tmp-mine").mkdir()  # the user's, no marker
+    (tmp_path / "fused.tmp-mine" / "notes.txt").write_text("mine")
+    (tmp_path / "fused.old-notes").write_text("mine too")
+    live = tmp_path / "fused.tmp-running"  # a running export's (this process is alive)
+    live.mkdir()
+    (live / TEMPORARY_MARKER).write_text(json.dumps({"pid": os.getpid(), "target": "fused"}))
+    ours = ["fused.old-notes", "fused.tmp-mine", "fused.tmp-running"]
+    command = [sys.executable, "-m", "tests.faults", f"rename:{killed_before_rename}", "--",
+               "export", "--adapter-path", str(run_dir), "--save-path", str(out), "--overwrite"]  # fmt: skip
+    killed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = [name for name in leftovers(out) if name not in ours]
+    assert [name.split("-")[0] for name in left] == ["fused.old", "fused.tmp"]
+    assert out.exists() == (killed_before_rename == 1)
+
+    if killed_before_rename == 2:
+        # Without --overwrite the old model is put back, and kept.
+        lines: list[str] = []
+        with pytest.raises(UserError, match="already exists"):
+            export_model(run_dir, out, on_line=lines.append)
+        assert snapshot(out) == before
+        assert f"put back {out}, which an export that was cut short had moved aside" in lines
+    lines = []
+    export_model(run_dir, out, overwrite=True, on_line=lines.append)
+    assert leftovers(out) == ours
+    assert (tmp_path / "fused.tmp-mine" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "fused.old-notes").read_text() == "mine too"
+    assert not (out / TEMPORARY_MARKER).exists()
+    mlx_lm.load(str(out))
+    if killed_before_rename == 1:
+        assert sum("left by an export that was cut short" in line for line in lines) == 2
+
+
+def test_only_the_marked_temporaries_of_dead_exports_are_removed(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+
+    def folder(name: str, marker: dict | None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        if marker is not None:
+            (path / TEMPORARY_MARKER).write_text(json.dumps(marker))
+        return path
+
+    old = folder("fused.old-a1", {"pid": gone.pid, "target": "fused"})
+    (old / "fused").mkdir()
+    (old / "fused" / "model.safetensors").write_text("the previous model")
+    folder("fused.tmp-b2", {"pid": gone.pid, "target": "fused"})
+    kept = [
+        folder("fused.tmp-c3", {"pid": os.getpid(), "target": "fused"}),  # still running
+        folder("fused.tmp-d4", {"pid": gone.pid, "target": "other"}),  # another export's
+        folder("fused.tmp-e5", None),  # not an export's
+        folder("fused2.tmp-f6", {"pid": gone.pid, "target": "fused2"}),  # another place
+    ]
+    lines: list[str] = []
+    clean_up_killed_exports(tmp_path / "fused", lines.append)
+    assert (tmp_path / "fused" / "model.safetensors").read_text() == "the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fused", *(p.name for p in kept)])
+    assert lines == [
+        f"put back {tmp_path / 'fused'}, which an export that was cut short had moved aside",
+        f"removed {old}, left by an export that was cut short",
+        f"removed {tmp_path / 'fused.tmp-b2'}, left by an export that was cut short",
+    ]
+
+
+def test_a_live_run_can_be_exported(export_runs, tmp_path):
+    """export reads the run without its lock (the dashboard exports while the trainer runs)."""
+    from mlx_dpo.rundir import RunLock
+
+    with RunLock(export_runs["llama-fp"]).acquire():
+        result = export_model(export_runs["llama-fp"], tmp_path / "fused", on_line=lambda _: None)
+    assert result["fused_layers"] > 0 and (tmp_path / "fused" / "config.json").is_file()

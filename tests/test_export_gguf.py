@@ -1,8 +1,15 @@
 """`mlx-dpo export --gguf`: the fused model written as one GGUF file computes what base +
 adapter computes (read back with our reader, and its layout with the gguf package's), with
-the chat template in it; mistakes are refused before anything is written."""
+the chat template in it; mistakes are refused before anything is written; a killed export's
+temporary folder is removed by the next one."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -65,3 +72,23 @@ def test_export_gguf_refuses_mistakes(trained_run, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert out.read_text() == "mine"
     assert not (tmp_path / "y.gguf").exists()
+
+
+def test_a_killed_gguf_export_is_cleaned_up_by_the_next_one(trained_run, tmp_path, monkeypatch):
+    """The file is written inside a marked OUT.tmp-* folder: a kill leaves the folder, and the
+    next export to the same file removes it (a folder without the marker stays)."""
+    out = tmp_path / "tuned.gguf"
+    (tmp_path / "tuned.gguf.tmp-mine").mkdir()
+    command = [sys.executable, "-m", "tests.faults", "rename:1", "--", "export", "--adapter-path",
+               str(trained_run), "--gguf", str(out)]  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    killed = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = sorted(p.name for p in tmp_path.glob("tuned.gguf.tmp-*"))
+    assert len(left) == 2 and "tuned.gguf.tmp-mine" in left and not out.exists()
+    lines: list[str] = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert main(["export", "--adapter-path", str(trained_run), "--gguf", str(out)]) == 0
+    assert [p.name for p in tmp_path.glob("tuned.gguf.tmp-*")] == ["tuned.gguf.tmp-mine"]
+    assert any("left by an export that was cut short" in line for line in lines)
+    assert os.path.getsize(out) > 0

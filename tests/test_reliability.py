@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,7 +200,8 @@ def assert_nothing_torn(run_dir: Path) -> None:
             json.loads(path.read_text())
         elif path.suffix == ".safetensors":
             mx.load(str(path))
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if visible else []
+    metrics = run_dir / "metrics.jsonl"  # none yet when killed while loading
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
     for line in lines[:-1]:  # the last line may be torn; readers skip it
         json.loads(line)
     checkpoint = latest_checkpoint(run_dir)
@@ -439,3 +441,125 @@ def test_a_disk_that_fills_up_mid_run_then_resume(
         assert_same_adapters(uninterrupted[0], run_dir)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# A stop in every state, from outside: the latency from the signal to the process's exit.
+
+
+def with_fault(point: str, command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.faults", point, "--", *command[3:]],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_event(run_dir: Path, process: subprocess.Popen, found, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(found(e) for e in read_events(run_dir)):
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"not seen within {timeout}s")
+
+
+def stop_and_time(process: subprocess.Popen, sig: int = signal.SIGTERM) -> tuple[float, str]:
+    sent = time.monotonic()
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "Traceback" not in out + err
+    return time.monotonic() - sent, out
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_reference_precompute_then_resume_continues_it(
+    llama_chatml, fault_data, tmp_path, monkeypatch, record_property
+):
+    """Each batch of the precompute takes 1 s more: SIGTERM in the middle of it ends the run
+    within seconds, stopped; the next start computes only the pairs left."""
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))  # nothing cached yet
+    run_dir = tmp_path / "run"
+    command = train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS)
+    process = with_fault("slow:reference:1", command)
+    wait_for_event(run_dir, process, lambda e: e["event"] == "reference" and e["done"] >= 2)
+    latency, out = stop_and_time(process)
+    record_property("stop_latency_s", round(latency, 2))
+    assert latency < 4, latency  # the batch in progress (1 s) and the exit
+    events = read_events(run_dir)
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "stopped"
+    assert not [e for e in events if e["event"] == "step"]
+    assert read_status(run_dir)["state"] == "stopped"
+    # `reference` events come every few seconds; the console line says what was kept.
+    kept = re.search(r"stopped during the reference log-probs \((\d+)/16 pairs kept", out)
+    assert kept is not None, out
+    done = int(kept.group(1))
+    assert done >= 2
+    resumed = subprocess.run(train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS,
+                                           "--resume"), capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    events = read_events(run_dir)
+    second_start = max(i for i, e in enumerate(events) if e["event"] == "run_start")
+    computed = [e for e in events[second_start:] if e["event"] == "reference" and not e["cached"]]
+    # The resumed pass starts where the stopped one left off (its first event says so).
+    assert computed[0]["split"] == "train" and computed[0]["done"] == done
+    assert events[-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_evaluation_then_resume_equals_an_uninterrupted_run(
+    llama_chatml, fault_data, uninterrupted, tmp_path, record_property
+):
+    """Each evaluation batch takes 1 s more: SIGTERM in the evaluation after step 2 stops it
+    between batches with step 2's checkpoint; --resume redoes that evaluation first and ends
+    equal to the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    command = train_command(llama_chatml, fault_data, run_dir, *FAULT_ARGS)
+    process = with_fault("slow:eval:1", command)
+    wait_for_event(run_dir, process, lambda e: e.get("state") == "evaluating")
+    latency, out = stop_and_time(process)
+    record_property("stop_latency_s", round(latency, 2))
+    assert latency < 4, latency
+    assert "stopped during the evaluation at step 2" in out
+    events = read_events(run_dir)
+    assert events[-1]["status"] == "stopped" and events[-1]["last_checkpoint"].endswith(
+        "step-0000002"
+    )
+    assert not [e for e in events if e["event"] == "eval"]
+    resume_to_the_end(llama_chatml, fault_data, run_dir)  # evals at 2, 4, 6, 8
+    assert_same_adapters(uninterrupted[0], run_dir)
+
+
+@pytest.mark.slow
+def test_sigterm_while_paused_stops_at_once(llama_chatml, fault_data, tmp_path, record_property):
+    from mlx_dpo.events import send_command
+
+    run_dir = tmp_path / "run"
+    command = train_command(llama_chatml, fault_data, run_dir, "--iters", "100000")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(run_dir, 1, process)
+    send_command(run_dir, "pause")
+    wait_for_event(run_dir, process, lambda e: e.get("state") == "paused")
+    time.sleep(1)  # well inside the pause
+    latency, _ = stop_and_time(process)
+    record_property("stop_latency_s", round(latency, 2))
+    assert latency < 3, latency
+    end = read_events(run_dir)[-1]
+    assert end["status"] == "stopped" and end["last_checkpoint"].endswith(f"step-{end['step']:07d}")
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_a_live_run_is_refused(llama_chatml, fault_data, tmp_path):
+    run_dir = tmp_path / "run"
+    command = train_command(llama_chatml, fault_data, run_dir, "--iters", "100000")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_step(run_dir, 1, process)
+        for extra in ((), ("--resume",)):
+            second = subprocess.run(train_command(llama_chatml, fault_data, run_dir, *extra),
+                                    capture_output=True, text=True)  # fmt: skip
+            assert second.returncode == 2
+            assert f"a trainer is running on this run (pid {process.pid})" in second.stderr
+        assert process.poll() is None  # the live run goes on
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=120)
+    assert read_events(run_dir)[-1]["status"] == "stopped"

@@ -278,7 +278,8 @@ def test_round_k_starts_from_round_k_minus_one(tmp_path):
     assert run.adapter_path == str(tmp_path / "parent/round-3")
     # A user's --init-adapter is where round 1 starts (samples and trains from).
     started = fake_config(tmp_path, init_adapter="sft-adapter")
-    assert plan_round(started, 1, 3).start_adapter == "sft-adapter"
+    # (the configuration makes a local path absolute: mlx_dpo/paths.py)
+    assert plan_round(started, 1, 3).start_adapter == os.path.abspath("sft-adapter")
     assert round_config(started, plan_round(started, 2, 3)).init_adapter.endswith("round-1")
 
 

@@ -17,7 +17,9 @@ from tests.training import config_for
 
 def test_no_model_or_no_data_is_a_user_error(preference_data):
     with pytest.raises(UserError, match="no model given: pass --model"):
-        open_session(config_for("", preference_data))
+        open_session(TrainConfig(data=str(preference_data)))
+    with pytest.raises(UserError, match="'model': an empty path"):  # refused by the config
+        config_for("", preference_data)
     with pytest.raises(UserError, match="no data given: pass --data"):
         open_session(TrainConfig(model="some/model"))
 

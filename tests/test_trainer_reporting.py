@@ -38,7 +38,7 @@ def test_status_file_fields_in_order_written_on_update_only(tmp_path):
     written = json.loads((tmp_path / "status.json").read_text())
     assert list(written) == [
         "state", "step", "total_steps", "epoch", "pid", "model", "last_checkpoint", "error",
-        "updated",
+        "auto_stop_at", "updated",
     ]  # fmt: skip
     assert written["state"] == "starting" and written["pid"] == 123 and written["model"] == "m"
     reporter.status.record(last_checkpoint="ck")

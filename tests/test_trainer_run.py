@@ -1,11 +1,18 @@
 """The run (mlx_dpo/trainer/run.py) on tiny models: it starts at the reference, cached equals
 live, prefix sharing and checkpointing change nothing, it learns; the dashboard's commands
-between steps; a run that cannot start leaves its end in the run directory."""
+between steps; a run that cannot start leaves its end in the run directory; a stop is
+honoured while paused, evaluating and computing the reference, and a paused run nobody
+watches stops itself."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -208,6 +215,176 @@ def test_a_run_that_cannot_open_its_session_records_its_end(preference_data, tmp
     status = read_status(run_dir)
     assert status["state"] == "failed" and status["error"] == end["error"]
     assert not (run_dir / "config.yaml").exists()
+
+
+# ---- a stop is honoured in every state ---------------------------------------------------
+
+
+class Steering:
+    """on_line for a run: pauses it at its first step line (step 2 of 50), then does
+    `when_paused` once the pause is said. A watchdog resumes the run after 20 s so that a stop
+    that is not honoured fails the test instead of hanging it."""
+
+    def __init__(self, run_dir, when_paused, pid=None):
+        self.run_dir, self.when_paused, self.pid = run_dir, when_paused, pid
+        self.lines: list[str] = []
+        self.watchdog = threading.Timer(20, lambda: send_command(run_dir, "resume"))
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if line.startswith("step ") and not self.watchdog.is_alive():
+            fields = {} if self.pid is None else {"pid": self.pid}
+            send_command(self.run_dir, "pause", **fields)
+            self.watchdog.start()
+        elif line.startswith("paused at step"):
+            self.when_paused()
+
+    def done(self) -> None:
+        self.watchdog.cancel()
+
+
+def signal_later(sig: int, seconds: float, sent: list[float]) -> None:
+    def send():
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), sig)
+
+    threading.Timer(seconds, send).start()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "stop command"])
+def test_a_paused_run_stops_at_once_with_a_checkpoint(llama_chatml, preference_data, tmp_path, how):
+    """Today's pause loop never looked at the stop request: a signal or the dashboard's
+    stop waited for ever. Now the run stops within a poll (0.2 s), saved."""
+    run_dir = tmp_path / "run"
+    sent: list[float] = []
+    if how == "stop command":
+
+        def when_paused():
+            threading.Timer(0.5, lambda: (sent.append(time.monotonic()),
+                                          send_command(run_dir, "stop"))).start()  # fmt: skip
+    else:
+
+        def when_paused():
+            signal_later(getattr(signal, how), 0.5, sent)
+
+    steering = Steering(run_dir, when_paused)
+    config = config_for(llama_chatml, preference_data, run_dir, iters=50)
+    status = train(config, RunOptions(run_dir, on_line=steering, handle_signals=True))
+    latency = time.monotonic() - sent[0]
+    steering.done()
+    assert status == "stopped" and latency < 2.0, latency
+    events = read_events(run_dir)
+    paused_at = next(e["step"] for e in events if e.get("state") == "paused")
+    assert [e["step"] for e in steps(events)][-1] == paused_at  # no step after the pause
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "stopped"
+    assert events[-1]["last_checkpoint"].endswith(f"step-{paused_at:07d}")
+    assert read_status(run_dir)["state"] == "stopped"
+
+
+def test_a_paused_run_with_no_dashboard_saves_and_stops_after_its_timeout(
+    llama_chatml, preference_data, tmp_path
+):
+    """Paused by a process that is gone, with pause_timeout_minutes 0.01 (0.6 s): status.json
+    says when it will stop, and then it saves and ends stopped."""
+    run_dir = tmp_path / "run"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    seen: dict = {}
+
+    def when_paused():
+        seen["paused"] = time.time()
+
+        def watch():
+            while "auto_stop_at" not in seen:
+                status = read_status(run_dir)
+                if status.get("auto_stop_at"):
+                    seen["auto_stop_at"] = status["auto_stop_at"]
+                time.sleep(0.02)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    steering = Steering(run_dir, when_paused, pid=gone.pid)
+    config = config_for(llama_chatml, preference_data, run_dir, iters=50,
+                        pause_timeout_minutes=0.01)  # fmt: skip
+    status = train(config, RunOptions(run_dir, on_line=steering, handle_signals=False))
+    ended = time.time()
+    steering.done()
+    assert status == "stopped"
+    assert seen["auto_stop_at"] == pytest.approx(seen["paused"] + 0.6, abs=0.5)
+    assert seen["auto_stop_at"] <= ended < seen["auto_stop_at"] + 2
+    assert any("paused 0.01 min with no dashboard attached" in line for line in steering.lines)
+    final = read_status(run_dir)
+    assert final["state"] == "stopped" and final["auto_stop_at"] is None
+    assert read_events(run_dir)[-1]["last_checkpoint"].endswith(f"step-{final['step']:07d}")
+
+
+def test_a_stop_during_an_evaluation_comes_between_its_batches(
+    llama_chatml, preference_data, tmp_path, monkeypatch
+):
+    from mlx_dpo.trainer import evaluation
+
+    rows_logps = evaluation.rows_logps
+    batches: list[str] = []
+
+    def signalling_rows(*args, **kwargs):
+        batches.append("batch")
+        if len(batches) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the first of its two batches
+        return rows_logps(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "rows_logps", signalling_rows)
+    run_dir = tmp_path / "run"
+    config = config_for(llama_chatml, preference_data, run_dir, iters=6, eval_every=2)
+    lines: list[str] = []
+    status = train(config, RunOptions(run_dir, on_line=lines.append, handle_signals=True))
+    assert status == "stopped" and batches == ["batch"]  # the second batch never ran
+    events = read_events(run_dir)
+    assert not [e for e in events if e["event"] == "eval"]
+    assert [e.get("state") for e in events if e["event"] == "state"] == ["evaluating", "stopping"]
+    assert "stopped during the evaluation at step 2" in lines
+    assert events[-1]["last_checkpoint"].endswith("step-0000002")
+
+
+def test_a_stop_command_during_the_reference_pass_then_resume_continues_it(
+    llama_chatml, preference_data, tmp_path, monkeypatch
+):
+    """The dashboard's stop was not read before the first step (its reader did not exist
+    yet); now the precompute stops after the batch in progress, and the resumed run computes
+    only the pairs left."""
+    from mlx_dpo.trainer import run as run_module
+
+    compute_reference = run_module.compute_reference
+    computed: list[int] = []
+    resumed: list[bool] = []
+    run_dir = tmp_path / "run"
+
+    def counting(*args, **kwargs):
+        compute = compute_reference(*args, **kwargs)
+
+        def batch(positions):
+            computed.append(len(positions))
+            if len(computed) == 2 and not resumed:
+                send_command(run_dir, "stop")
+            return compute(positions)
+
+        return batch
+
+    monkeypatch.setattr(run_module, "compute_reference", counting)
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))  # nothing cached yet
+    config = config_for(llama_chatml, preference_data, run_dir, iters=2, batch_size=4)
+    lines: list[str] = []
+    assert (
+        train(config, RunOptions(run_dir, on_line=lines.append, handle_signals=False)) == "stopped"
+    )
+    assert sum(computed) == 8 and any(
+        "stopped during the reference log-probs (8/24" in line for line in lines
+    )
+    assert read_status(run_dir)["state"] == "stopped"
+    computed.clear()
+    resumed.append(True)
+    status, events = run(config, resume=True)
+    assert status == "completed"
+    assert sum(computed) == 16 + 8  # the 16 train pairs left, then the valid split's 8
 
 
 def test_what_a_dashboard_shows_is_in_the_stream(

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from mlx_dpo import paths
 from mlx_dpo.cli import collect, compare, data, export, pairs, train, view
 from mlx_dpo.cli import eval as eval_
 from mlx_dpo.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USER_ERROR
@@ -30,6 +31,36 @@ SUBCOMMANDS = {
 }
 
 
+# Arguments that name files or folders, by their argparse name: `~` and $VARS expanded and an
+# empty one refused (mlx_dpo/paths.py), so no command makes a literal `~` folder. A run
+# directory is made absolute too: the dashboard's hints name it. (train's paths are expanded
+# again, with the YAML's, by config.build_config.)
+PATH_ARGS = {
+    "config": "the config file",
+    "model": "--model",
+    "data": "--data",
+    "adapter_path": "--adapter-path",
+    "init_adapter": "--init-adapter",
+    "output": "--output",
+    "save_path": "--save-path",
+    "out": "--out",
+    "plot": "--plot",
+    "prompts": "PROMPTS",
+    "judge": "--judge",
+    "judge_prompt": "--judge-prompt",
+}
+ABSOLUTE_PATH_ARGS = {"run_dir": "the run directory"}
+
+
+def expand_path_args(args: argparse.Namespace) -> None:
+    """Expand, in place, every path argument that was given."""
+    for table, expand in ((PATH_ARGS, paths.expand), (ABSOLUTE_PATH_ARGS, paths.expand_local)):
+        for name, what in table.items():
+            value = getattr(args, name, None)
+            if isinstance(value, str):
+                setattr(args, name, expand(value, what))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlx-dpo",
@@ -45,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        expand_path_args(args)
         return SUBCOMMANDS[args.command].run(args)
     except UserError as err:
         print(f"mlx-dpo: error: {err}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from mlx_dpo.cli.flags import (
@@ -41,7 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     # MLX loads with the command that uses it, not with `mlx-dpo --help`.
-    from mlx_dpo.evaluate import evaluate_command
+    from mlx_dpo.evaluate import evaluate_command, json_line
 
     result = evaluate_command(
         model=args.model,
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         data_revision=args.data_revision,
     )
     if args.json:
-        print(json.dumps(result))
+        print(json_line(result))
     else:
         print(f"{result['pairs']} pairs ({args.split} split of {args.data})")
         for key, value in result.items():

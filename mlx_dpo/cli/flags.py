@@ -342,6 +342,13 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="memory the run may use (default: the device's); the plan and the guard use it",
     )
+    g = parser.add_argument_group("control")
+    g.add_argument(
+        "--pause-timeout-minutes",
+        type=float,
+        help="a paused run with no dashboard attached saves and stops after this long without "
+        f"a command (default {d.pause_timeout_minutes:g}; 0 = never)",
+    )
 
 
 def train_flag_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,14 +17,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo import demo
+from mlx_dpo import demo, paths, rundir
 from mlx_dpo.cli import rounds
 from mlx_dpo.cli.exit_codes import EXIT_FAILED, EXIT_USER_ERROR
 from mlx_dpo.cli.flags import add_rounds_flags, add_train_flags, train_flag_values
 from mlx_dpo.cli.terminal import terminal_attached
 from mlx_dpo.config import TrainConfig, build_config, read_yaml, save_config
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import CONFIG_FILE, LAUNCH_CONFIG_FILE, LOG_FILE, read_status
+from mlx_dpo.events import CONFIG_FILE, DASHBOARD_PID_ENV, LAUNCH_CONFIG_FILE, LOG_FILE, read_status
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -53,12 +53,18 @@ def run(args: argparse.Namespace) -> int:
             config.model = str(demo.ensure_demo_model(print))
         return plan_command(config)
     run_dir = Path(config.adapter_path)
+    # Before anything loads or the dashboard opens: the folder is ours to write, no trainer is
+    # running on it, and a resume changes nothing the run trains toward (the trainer checks
+    # again under its lock).
+    rundir.prepare_for_training(run_dir, config.init_adapter)
     # config.yaml is written once the model and data are loaded: before that (a bad input, or a
     # kill while loading) nothing of a run is here, and starting again is the way on.
     if not args.resume and (run_dir / CONFIG_FILE).exists():
         raise UserError(
             f"{run_dir}: already holds a run; use --resume to continue it or another --adapter-path"
         )
+    if args.resume:
+        rundir.check_resumed_config(run_dir, config)
     use_tui = not args.no_tui and is_terminal()
     if is_demo:
         return run_demo(config, use_tui)
@@ -100,7 +106,7 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 
 def default_run_dir() -> str:
-    return str(Path("adapters") / time.strftime("run-%Y%m%d-%H%M%S"))
+    return paths.expand_local(str(Path("adapters") / time.strftime("run-%Y%m%d-%H%M%S")), "")
 
 
 def is_terminal() -> bool:
@@ -156,7 +162,8 @@ def run_headless(config: TrainConfig, resume: bool = False) -> int:
     )
     if status == "completed":
         print(
-            f"done. chat with it: mlx_lm.chat --model {config.model} --adapter-path {config.adapter_path}"
+            f"done. chat with it: mlx_lm.chat --model {config.model} --adapter-path "
+            f"{paths.shown(config.adapter_path)}"
         )
     return EXIT_FAILED if status == "failed" else 0
 
@@ -173,7 +180,8 @@ def run_with_dashboard(config: TrainConfig, resume: bool = False) -> int:
     command = [sys.executable, "-m", "mlx_dpo.cli", "train", str(launch_config), "--no-tui"]
     if resume:
         command += ["--resume", "--adapter-path", str(run_dir)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The trainer counts this process as its dashboard while it lives (trainer/control.py).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", DASHBOARD_PID_ENV: str(os.getpid())}
     with open(run_dir / LOG_FILE, "ab") as log:
         process = subprocess.Popen(
             command,

@@ -3,6 +3,7 @@ and per pair on request (`mlx-dpo eval --output`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
@@ -17,18 +18,24 @@ from mlx_dpo.trainer.batch_logps import batch_arrays, reference_rows_logps, rows
 from mlx_dpo.trainer.step import loss_settings
 
 
+class EvaluationStopped(Exception):
+    """A stop was requested between the batches of an evaluation; its result is dropped."""
+
+
 def evaluate_split(
     session: Session,
     split: TokenizedSplit,
     config: TrainConfig,
     reference_logps: tuple[np.ndarray, np.ndarray] | None = None,
     per_pair: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Preference metrics over a whole split (means over pairs). With per_pair, also the
     per-pair log-probs and rewards (for `mlx-dpo eval --output`). `reference_logps` are the
     cached (chosen, rejected) reference log-probs of the split; without them the reference
-    is computed batch by batch."""
-    logps = split_logps(session, split, config.batch_size, reference_logps)
+    is computed batch by batch. `should_stop()` is asked between batches: when true,
+    EvaluationStopped is raised."""
+    logps = split_logps(session, split, config.batch_size, reference_logps, should_stop)
     loss, _ = preference_loss(config.loss, logps, loss_settings(config), config.sft_weight)
     metrics = {
         LOSS: loss.item(),
@@ -45,6 +52,7 @@ def split_logps(
     split: TokenizedSplit,
     batch_size: int,
     reference_logps: tuple[np.ndarray, np.ndarray] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PairLogps:
     """The policy's (and, unless given, the reference's) summed response log-probs and the
     response token counts of every pair of the split, in the split's order."""
@@ -52,6 +60,8 @@ def split_logps(
     ref = np.zeros((len(split), 2), dtype=np.float32)
     tokens = np.zeros((len(split), 2), dtype=np.float32)
     for start in range(0, len(split), batch_size):
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
         positions = list(range(start, min(start + batch_size, len(split))))
         batch = session.collate([split.pairs[i] for i in positions])
         arrays = batch_arrays(batch)

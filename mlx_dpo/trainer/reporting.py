@@ -40,6 +40,8 @@ class RunStatus:
     model: str | None = None
     last_checkpoint: str | None = None
     error: str | None = None
+    # While paused with no dashboard attached: when the run saves and stops by itself.
+    auto_stop_at: float | None = None
 
 
 class StatusFile:
@@ -113,6 +115,11 @@ class Reporter:
             self.paused_since = None
         self.status.update(state=state)
 
+    def note(self, message: str) -> None:
+        """Something the run records, in the event stream and on the console."""
+        self.events.write("log", 0, level="info", message=message)
+        self.say(message)
+
     def warn(self, message: str) -> None:
         """A warning in the event stream and on the console."""
         self.events.write("log", 0, level="warning", message=message)
@@ -134,7 +141,10 @@ class Reporter:
             )
             self.events.sync()
             self.status.update(
-                state=RUN_END_STATES[result.status], step=result.step, error=result.error
+                state=RUN_END_STATES[result.status],
+                step=result.step,
+                error=result.error,
+                auto_stop_at=None,
             )
         except OSError:
             # A full disk cannot take the run_end line either; the message on the console says

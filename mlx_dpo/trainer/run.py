@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx_dpo import checkpoints, distributed, reference
+from mlx_dpo import checkpoints, distributed, reference, rundir
 from mlx_dpo.batching import batches_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
 from mlx_dpo.errors import UserError, resource_failure
@@ -39,7 +39,7 @@ from mlx_dpo.rounds import round_fields
 from mlx_dpo.session import Session, open_session
 from mlx_dpo.trainer.batch_logps import compute_reference
 from mlx_dpo.trainer.control import PAUSE_POLL_SECONDS, RunControl, StopRequest, stop_on_signals
-from mlx_dpo.trainer.evaluation import evaluate_split
+from mlx_dpo.trainer.evaluation import EvaluationStopped, evaluate_split
 from mlx_dpo.trainer.progress import PhaseProgress, ReferenceProgress
 from mlx_dpo.trainer.reporting import (
     HealthReport,
@@ -53,7 +53,15 @@ from mlx_dpo.trainer.reporting import (
     step_line,
     truncation_warnings,
 )
-from mlx_dpo.trainer.resume import prepare_run_dir, restore_checkpoint, share_resume_point
+from mlx_dpo.trainer.resume import (
+    INPUTS_KEY,
+    check_same_inputs,
+    evaluated_at,
+    prepare_run_dir,
+    restore_checkpoint,
+    run_inputs,
+    share_resume_point,
+)
 from mlx_dpo.trainer.samples import SampleWatch, read_sample_prompts, start_samples
 from mlx_dpo.trainer.schedule import (
     Schedule,
@@ -85,9 +93,12 @@ def train(config: TrainConfig, options: RunOptions) -> str:
     if not ranks.is_main:
         # Only rank 0 writes the run directory and prints.
         options = dataclasses.replace(options, on_line=lambda _line: None)
-    run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    resume_from = prepare_run_dir(run_dir, options.resume, ranks.is_main)
+    # Ours alone while it runs (mlx_dpo/rundir.py): checked, locked, a resume's settings
+    # compared with config.yaml, all before anything is written into it.
+    lock, notes = rundir.claim_run_dir(run_dir, config, options.resume, ranks.is_main)
+    damaged: list[str] = []
+    resume_from = prepare_run_dir(run_dir, options.resume, ranks.is_main, damaged.append)
     events = EventWriter(run_dir, ranks.size, enabled=ranks.is_main)
     stop = StopRequest()
     with stop_on_signals(stop, options.handle_signals):
@@ -95,7 +106,11 @@ def train(config: TrainConfig, options: RunOptions) -> str:
             status = StatusFile(run_dir, RunStatus(model=config.model), enabled=ranks.is_main)
             reporter = Reporter(events, status, options.on_line, started)
             status.update()
-            session = _open_session(config, reporter)
+            for note in notes:
+                reporter.note(note)
+            for warning in damaged:
+                reporter.warn(warning)
+            session = _open_session(config, reporter, resume_from)
             # `batch_size: auto` needs the model and the data; config.yaml records the choice.
             config = resolve_auto_batch(session, config)
             # The block class itself is patched; it is restored when the run ends so that
@@ -110,14 +125,18 @@ def train(config: TrainConfig, options: RunOptions) -> str:
                 restore_cache_limit()
         finally:
             events.close()
+            lock.release()
 
 
-def _open_session(config: TrainConfig, reporter: Reporter) -> Session:
-    """open_session, its long phases told as `progress` events; a failure ends the run (a
-    run_end event) before it is raised. A bad --sample-prompts file fails before loading."""
+def _open_session(config: TrainConfig, reporter: Reporter, resume_from: Path | None) -> Session:
+    """open_session, its long phases told as `progress` events, and on resume the check that
+    it loaded what the checkpoint trained on; a failure ends the run (a run_end event) before
+    it is raised. A bad --sample-prompts file fails before loading."""
     try:
         read_sample_prompts(config)
-        return open_session(config, progress=PhaseProgress(reporter.events, reporter.say))
+        session = open_session(config, progress=PhaseProgress(reporter.events, reporter.say))
+        check_same_inputs(resume_from, session)
+        return session
     except BaseException as err:
         message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
         reporter.finish(RunResult("failed", 0, adapter_path=None, error=message))
@@ -141,6 +160,7 @@ class Run:
     progress: ProgressLines
     kept_events: list[dict]  # the stream a resumed run kept (none on a fresh run)
     samples: SampleWatch
+    resume_from: Path | None
 
     def __init__(
         self,
@@ -170,6 +190,7 @@ class Run:
             len(self.train_split), config.batch_size, ranks.size
         )
         self.step = 0
+        self.inputs = run_inputs(session)  # kept in each checkpoint, checked on --resume
         self.best_eval: dict | None = None
         self.final_eval: dict | None = None
         self.step_times: list[float] = []
@@ -180,6 +201,8 @@ class Run:
         """Set up, run the steps, save, report the end; the final status."""
         self.announce(resume_from)
         self.start_health(resume_from)
+        # Made before the reference pass, so a stop command is read during it too.
+        self.control = RunControl(self.run_dir, self.stop, self.config.pause_timeout_minutes * 60)
         try:
             self.cached_reference = self.reference_logps()
         except reference.Interrupted as stopped:
@@ -192,11 +215,11 @@ class Run:
         self.samples = start_samples(
             self.config, self.session, self.reporter, self.kept_events, self.ranks.is_main
         )
-        self.control = RunControl(self.run_dir, self.stop)
         start_run_memory(self.memory_plan)
         self.model.train()
         self.status.update(state="training", step=self.step, total_steps=self.steps)
         self.progress = ProgressLines(self.steps)
+        self.resume_from = resume_from
         failure = self.run_steps()
         if failure is not None:
             self.say(f"error: {failure}")
@@ -219,8 +242,12 @@ class Run:
         return None
 
     def loop(self) -> None:
-        """Optimizer steps until the last one or a stop, then the final evaluation. Commands
-        and stop requests are taken between steps."""
+        """Optimizer steps until the last one or a stop, then the final evaluation (and, on
+        resume, first the evaluation a stop cut short). Commands and stop requests are taken
+        between steps."""
+        if self._evaluation_cut_short():
+            self.evaluate()
+            self.check_failures()
         while self.step < self.steps:
             paused = self.take_commands()
             # A stop (command, signal) is taken while paused too: a paused run stops and saves.
@@ -384,7 +411,7 @@ class Run:
                 self.config.batch_size,
                 ReferenceProgress(name, self.events, self.say),
                 ranks=self.ranks,
-                should_stop=lambda: self.stop.requested,
+                should_stop=self.control.stop_requested,
             )
             seconds = time.perf_counter() - tic
             self.say(f"reference log-probs for {name}: {len(split)} pairs in {seconds:.1f}s")
@@ -426,6 +453,9 @@ class Run:
                 self.say("resumed")
             elif command == "checkpoint":
                 self.say(f"checkpoint saved: {self.save()}")
+        auto_stop_at = self.control.auto_stop_at()  # a paused run nobody watches stops
+        if auto_stop_at != self.status.status.auto_stop_at:
+            self.status.update(auto_stop_at=auto_stop_at)
         return self.control.paused
 
     def train_step(self) -> None:
@@ -498,10 +528,19 @@ class Run:
         self.status.update(state="evaluating")
         self.events.write("state", self.step, state="evaluating")
         self.model.eval()
-        result = evaluate_split(
-            self.session, self.valid_split, self.config, self.cached_reference.get("valid")
-        )
-        self.model.train()
+        try:
+            result = evaluate_split(
+                self.session,
+                self.valid_split,
+                self.config,
+                self.cached_reference.get("valid"),
+                should_stop=self.control.stop_requested,
+            )
+        except EvaluationStopped:
+            self.say(f"stopped during the evaluation at step {self.step}")
+            return None
+        finally:
+            self.model.train()
         self.health.observe(self.events.write("eval", self.step, split="valid", **result))
         if self.best_eval is None or result[LOSS] < self.best_eval[LOSS]:
             self.best_eval = {"step": self.step, **result}
@@ -523,7 +562,7 @@ class Run:
                 weights,
                 self.optimizer.state,
                 self.adapter_config,
-                {"best_eval": self.best_eval, "seed": self.config.seed},
+                {"best_eval": self.best_eval, "seed": self.config.seed, INPUTS_KEY: self.inputs},
             )
         except Exception as err:
             if resource_failure(err) is None:
@@ -539,6 +578,15 @@ class Run:
         """Whether an every-N-steps action (eval, save) falls after this step; the last step
         has its own."""
         return bool(every) and self.step % every == 0 and self.step < self.steps
+
+    def _evaluation_cut_short(self) -> bool:
+        """Whether the step a run resumes at was due an evaluation that a stop cut short (the
+        stop saved the checkpoint without it)."""
+        return (
+            self.resume_from is not None
+            and self._due(self.config.eval_every)
+            and not evaluated_at(self.run_dir, self.step)
+        )
 
     def _last_checkpoint(self) -> str | None:
         return self.status.status.last_checkpoint

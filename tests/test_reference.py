@@ -81,10 +81,12 @@ def test_read_back_from_the_cache_instead_of_computed():
 @pytest.mark.parametrize("damage", ["corrupt", "wrong size"])
 def test_a_bad_cache_file_is_recomputed(damage):
     if damage == "corrupt":
-        reference.store("k4", np.zeros(5), np.zeros(5), {})
+        reference.store("k4", {"chosen": np.zeros(5), "rejected": np.zeros(5)}, {})
         reference._path("k4").write_bytes(b"not safetensors")
     else:
-        reference.store("k4", np.zeros(3), np.zeros(3), {})  # another split's length
+        reference.store(
+            "k4", {"chosen": np.zeros(3), "rejected": np.zeros(3)}, {}
+        )  # another split's length
     compute = Computer()
     chosen, _ = reference_logps("k4", split_of(), compute, 8)
     assert compute.calls and chosen[2] == -20

@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_dpo.batching import batches_per_epoch, collate, epoch_batches
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.events import METRIC_NAMES
-from mlx_dpo.losses import LossSettings
+from mlx_dpo.losses import LossSettings, settings_from_config
 from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
     reference_rows_logps,
@@ -28,7 +28,6 @@ from mlx_dpo.trainer.step import (
     MicroBatches,
     TrainingStep,
     compiled_step,
-    loss_settings,
     make_loss_fn,
 )
 from tests.training import config_for
@@ -58,9 +57,14 @@ def test_gradients_match_finite_differences(llama_chatml, preference_data, tmp_p
     arrays = batch_arrays(batch)
     chosen_tokens, rejected_tokens = response_token_counts(batch)
     ref = np.array(reference_rows_logps(session, *arrays))
-    ref_chosen, ref_rejected = mx.array(ref[:4]), mx.array(ref[4:])
+    extras = {
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+        "reference_chosen": mx.array(ref[:4]),
+        "reference_rejected": mx.array(ref[4:]),
+    }
     loss_fn = make_loss_fn(session, config)
-    inputs = (arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
+    inputs = (arrays, extras, {})
     (loss, _), grads = nn.value_and_grad(model, loss_fn)(*inputs)
     assert loss.item() != pytest.approx(math.log(2), abs=1e-3)
     grads = dict(tree_flatten(grads))
@@ -89,9 +93,9 @@ def test_gradients_match_finite_differences(llama_chatml, preference_data, tmp_p
 
 
 def test_loss_settings_come_from_the_config():
-    settings = loss_settings(config_for("m", "d", beta=0.3, label_smoothing=0.1))
+    settings = settings_from_config(config_for("m", "d", beta=0.3, label_smoothing=0.1))
     assert settings == LossSettings(beta=0.3, label_smoothing=0.1, simpo_gamma=0.5)
-    simpo = loss_settings(config_for("m", "d", loss="simpo", simpo_gamma=1.5))
+    simpo = settings_from_config(config_for("m", "d", loss="simpo", simpo_gamma=1.5))
     assert simpo.simpo_gamma == 1.5
 
 
@@ -114,9 +118,13 @@ def test_loss_and_metrics_are_the_dpo_formula_of_the_log_probs(llama_chatml, pre
     arrays = batch_arrays(batch)
     chosen_tokens, rejected_tokens = response_token_counts(batch)
     ref = np.array([-40.0, -41.0, -39.5, -42.0, -44.0, -43.0, -45.5, -41.0], dtype=np.float32)
-    loss, metrics = make_loss_fn(session, config)(
-        arrays, mx.array(ref[:4]), mx.array(ref[4:]), chosen_tokens, rejected_tokens
-    )
+    extras = {
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+        "reference_chosen": mx.array(ref[:4]),
+        "reference_rejected": mx.array(ref[4:]),
+    }
+    loss, (metrics, _) = make_loss_fn(session, config)(arrays, extras, {})
     rows = np.array(rows_logps(session, *arrays), dtype=np.float64)
     ratio_chosen, ratio_rejected = rows[:4] - ref[:4], rows[4:] - ref[4:]
     z = 0.7 * (ratio_chosen - ratio_rejected)
@@ -140,14 +148,21 @@ def test_compiled_step_accumulates_averages_and_reports_the_norm(llama_chatml, p
     session, config = perturbed_session(llama_chatml, preference_data, max_grad_norm=0.0)
     batch = session.collate(session.splits["train"].pairs[:4])
     ref = reference_rows_logps(session, *batch_arrays(batch))
-    inputs = (batch_arrays(batch), ref[:4], ref[4:], *response_token_counts(batch))
+    chosen_tokens, rejected_tokens = response_token_counts(batch)
+    extras = {
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+        "reference_chosen": ref[:4],
+        "reference_rejected": ref[4:],
+    }
+    inputs = (batch_arrays(batch), extras, {})
     (_, _), plain = nn.value_and_grad(session.model, make_loss_fn(session, config))(*inputs)
     plain = {k: np.array(v) for k, v in tree_flatten(plain)}
     optimizer = build_optimizer(config, 0.0)  # learning rate 0: the weights stay
     optimizer.init(session.model.trainable_parameters())
     accumulate, apply = compiled_step(session, config, optimizer)
-    _, _, once = accumulate(None, *inputs)
-    _, _, twice = accumulate(once, *inputs)
+    _, _, once, _ = accumulate(None, *inputs)
+    _, _, twice, _ = accumulate(once, *inputs)
     mx.eval(once, twice)
     for name, value in tree_flatten(twice):
         np.testing.assert_allclose(np.array(value), 2 * plain[name], rtol=1e-4, atol=1e-7)
@@ -176,16 +191,19 @@ def test_a_non_finite_loss_is_a_failure_naming_the_pairs(llama_chatml, preferenc
     batches = MicroBatches(session, split, config, Ranks(None, 0, 1), 6)
     optimizer = build_optimizer(config, config.learning_rate)
     optimizer.init(session.model.trainable_parameters())
-    reference = (np.zeros(len(split), np.float32) - 40, np.zeros(len(split), np.float32) - 40)
+    reference = {
+        "chosen": np.zeros(len(split), np.float32) - 40,
+        "rejected": np.zeros(len(split), np.float32) - 40,
+    }
     step = TrainingStep(session, config, optimizer, batches, reference)
     good = step.accumulate(0)
     assert good.failure is None and good.pairs == 8
     assert good.tokens == sum(batches(k).num_tokens for k in (0, 1))
     assert len(good.pair_indices) == 8
     metrics, pairs, tokens = good.totals(Ranks(None, 0, 1))
-    assert (pairs, tokens) == (good.pairs, good.tokens) and len(metrics) == len(METRIC_NAMES)
+    assert (pairs, tokens) == (good.pairs, good.tokens) and list(metrics) == list(METRIC_NAMES)
     assert math.isfinite(step.apply(good.grads))
-    reference[0][:] = math.nan
+    reference["chosen"][:] = math.nan
     bad = step.accumulate(1)
     first = batches(2)
     assert bad.failure.startswith("non-finite loss at step 2 (pairs ")

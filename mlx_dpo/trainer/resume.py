@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
@@ -44,18 +45,31 @@ def prepare_run_dir(run_dir: Path, resume: bool, is_main: bool = True) -> Path |
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a run starts: the step, and the best evaluation so far (kept in checkpoints)."""
+    """Where a run starts: the step, the best evaluation so far (kept in checkpoints) and the
+    loss's state (bco_pair's reward shift; None for a loss without state)."""
 
     step: int = 0
     best_eval: dict | None = None
+    loss_state: dict[str, mx.array] | None = None
 
 
 def restore_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> ResumePoint:
-    """Load a checkpoint's adapter weights into the model and its state into the optimizer."""
+    """Load a checkpoint's adapter weights into the model and its state into the optimizer;
+    its step, best evaluation and loss state."""
     weights, optimizer_state, saved = checkpoints.load_checkpoint(path)
     model.load_weights(list(weights.items()), strict=False)
     optimizer.state = optimizer_state
-    return ResumePoint(int(saved["step"]), saved.get("best_eval"))
+    return ResumePoint(
+        int(saved["step"]), saved.get("best_eval"), checkpoints.load_loss_state(path)
+    )
+
+
+def share_loss_state(ranks: Ranks, loss_state: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Rank 0's loss state on every rank (the others pass their initial state: same names and
+    shapes)."""
+    if ranks.size == 1 or not loss_state:
+        return loss_state
+    return ranks.broadcast(loss_state)
 
 
 def share_resume_point(

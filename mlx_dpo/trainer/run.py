@@ -17,11 +17,11 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx_dpo import checkpoints, distributed, reference
+from mlx_dpo import checkpoints, distributed, loss_catalog, reference
 from mlx_dpo.batching import batches_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
 from mlx_dpo.errors import UserError, resource_failure
-from mlx_dpo.events import CONFIG_FILE, LOSS, METRIC_NAMES, EventWriter, read_events
+from mlx_dpo.events import CONFIG_FILE, LOSS, EventWriter, read_events
 from mlx_dpo.formatting import format_duration
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
 from mlx_dpo.health import HealthMonitor, summarize
@@ -36,7 +36,7 @@ from mlx_dpo.memory.guard import (
 from mlx_dpo.memory.session import data_lengths
 from mlx_dpo.model import adapter_weights, count_parameters
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
-from mlx_dpo.trainer.batch_logps import compute_reference
+from mlx_dpo.trainer.batch_logps import compute_reference, reference_columns
 from mlx_dpo.trainer.control import PAUSE_POLL_SECONDS, RunControl, StopRequest, stop_on_signals
 from mlx_dpo.trainer.evaluation import evaluate_split
 from mlx_dpo.trainer.reporting import (
@@ -51,7 +51,12 @@ from mlx_dpo.trainer.reporting import (
     step_line,
     truncation_warnings,
 )
-from mlx_dpo.trainer.resume import prepare_run_dir, restore_checkpoint, share_resume_point
+from mlx_dpo.trainer.resume import (
+    prepare_run_dir,
+    restore_checkpoint,
+    share_loss_state,
+    share_resume_point,
+)
 from mlx_dpo.trainer.schedule import (
     Schedule,
     build_optimizer,
@@ -61,6 +66,7 @@ from mlx_dpo.trainer.schedule import (
 )
 from mlx_dpo.trainer.session import Session, open_session
 from mlx_dpo.trainer.step import MicroBatches, TrainingStep
+from mlx_dpo.unpaired import CompletionSplit, length_bias_figures
 
 
 class TrainingFailed(Exception):
@@ -129,7 +135,7 @@ class Run:
     memory_plan: MemoryPlan
     run_start: dict
     health: HealthReport
-    cached_reference: dict[str, tuple[np.ndarray, np.ndarray]]
+    cached_reference: dict[str, dict[str, np.ndarray]]  # split -> column -> values
     schedule: Schedule
     optimizer: optim.AdamW
     training_step: TrainingStep
@@ -335,39 +341,37 @@ class Run:
                 monitor.observe(event)
         self.health = HealthReport(monitor, self.reporter)
         if resume_from is None:
-            lengths = data_lengths(self.train_split.pairs)
-            for finding in monitor.length_bias(
-                float((lengths.chosen > lengths.rejected).mean()),
-                float(lengths.chosen.mean()),
-                float(lengths.rejected.mean()),
-                lengths.pairs,
-            ):
+            for finding in monitor.length_bias(**_length_bias(self.train_split)):
                 self.health.report(finding)
         for name, split in self.session.splits.items():
             for message in truncation_warnings(name, split.truncation, self.config.max_length):
                 self.reporter.warn(message)
 
-    def reference_logps(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The reference log-probs of train and valid, once, from the on-disk cache when
-        possible; none with a live reference (the step computes them). A stop request during
+    def reference_logps(self) -> dict[str, dict[str, np.ndarray]]:
+        """The reference log-probs of train and valid (batch_logps.reference_columns), once,
+        from the on-disk cache when possible; none with a live reference (the step computes
+        them) or a reference-free loss (no pass and no cache at all). A stop request during
         the pass raises reference.Interrupted once the pairs done so far are kept."""
-        cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if self.config.reference != "cached":
+        cached: dict[str, dict[str, np.ndarray]] = {}
+        columns = reference_columns(self.config)
+        if self.config.reference != "cached" or not columns:
             return cached
         self.status.update(state="computing_reference", total_steps=self.steps)
         for name, split in (("train", self.train_split), ("valid", self.valid_split)):
             if split is None:
                 continue
             tic = time.perf_counter()
-            cached[name] = reference.reference_logps(
+            values = reference.reference_logps(
                 reference.cache_key(self.session.weights_fingerprint, split),
                 split,
-                compute_reference(self.session, split),
+                compute_reference(self.session, split, columns),
                 self.config.batch_size,
                 ReferenceProgress(name, self.events, self.say),
                 ranks=self.ranks,
                 should_stop=lambda: self.stop.requested,
+                columns=columns,
             )
+            cached[name] = dict(zip(columns, values, strict=True))
             seconds = time.perf_counter() - tic
             self.say(f"reference log-probs for {name}: {len(split)} pairs in {seconds:.1f}s")
         return cached
@@ -378,9 +382,11 @@ class Run:
         self.schedule = build_schedule(config, self.steps)
         self.optimizer = build_optimizer(config, self.schedule)
         self.optimizer.init(self.model.trainable_parameters())
+        loss_state = None
         if resume_from is not None:
             point = restore_checkpoint(resume_from, self.model, self.optimizer)
             self.step, self.best_eval = point.step, point.best_eval
+            loss_state = _checked_loss_state(point.loss_state, config, resume_from)
             self.status.record(last_checkpoint=str(resume_from))
             self.events.write("log", self.step, level="info", message=f"resumed from {resume_from}")
             self.say(f"resumed from {resume_from} at step {self.step}")
@@ -390,10 +396,13 @@ class Run:
         batches = MicroBatches(
             self.session, self.train_split, config, self.ranks, self.micro_per_epoch
         )
-        train_reference = None if config.reference == "live" else self.cached_reference["train"]
         self.training_step = TrainingStep(
-            self.session, config, self.optimizer, batches, train_reference
-        )
+            self.session, config, self.optimizer, batches, self.cached_reference.get("train"),
+            loss_state,
+        )  # fmt: skip
+        if self.resume and self.ranks.size > 1:
+            state = share_loss_state(self.ranks, self.training_step.loss_state)
+            self.training_step.loss_state = state
 
     # ---- between and during steps ----------------------------------------------------------
 
@@ -415,7 +424,7 @@ class Run:
         tic = time.perf_counter()
         accumulated = self.training_step.accumulate(self.step)
         self.check_failures(accumulated.failure)
-        metric_sums, pairs, tokens = accumulated.totals(self.ranks)
+        values, pairs, tokens = accumulated.totals(self.ranks)
         grad_norm = self.training_step.apply(accumulated.grads)
         if not math.isfinite(grad_norm):
             raise TrainingFailed(
@@ -428,7 +437,6 @@ class Run:
         self.step_times.append(seconds)
         eta = float(np.mean(self.step_times[-20:])) * (self.steps - self.step)
         epoch = self.step * self.config.grad_accumulation / self.micro_per_epoch
-        values = dict(zip(METRIC_NAMES, (metric_sums / pairs).tolist(), strict=True))
         step_event = self.events.write(
             "step",
             self.step,
@@ -481,7 +489,11 @@ class Run:
         self.events.write("state", self.step, state="evaluating")
         self.model.eval()
         result = evaluate_split(
-            self.session, self.valid_split, self.config, self.cached_reference.get("valid")
+            self.session,
+            self.valid_split,
+            self.config,
+            self.cached_reference.get("valid"),
+            loss_state=self.training_step.loss_state,
         )
         self.model.train()
         self.health.observe(self.events.write("eval", self.step, split="valid", **result))
@@ -497,8 +509,10 @@ class Run:
         if not self.ranks.is_main:
             return None
         weights = adapter_weights(self.model)
+        loss_state = self.training_step.loss_state
         try:
             checkpoints.save_adapters(self.run_dir, weights, self.adapter_config)
+            checkpoints.save_loss_state(self.run_dir, loss_state)
             path = checkpoints.save_checkpoint(
                 self.run_dir,
                 self.step,
@@ -506,6 +520,7 @@ class Run:
                 self.optimizer.state,
                 self.adapter_config,
                 {"best_eval": self.best_eval, "seed": self.config.seed},
+                loss_state,
             )
         except Exception as err:
             if resource_failure(err) is None:
@@ -544,6 +559,32 @@ class ReferenceProgress:
             self.last_line = time.monotonic()
             left = "" if eta is None else f", ETA {format_duration(eta)}"
             self.say(f"reference log-probs for {self.split}: {done}/{total} pairs{left}")
+
+
+def _length_bias(split) -> dict[str, float | int]:
+    """The training data's length-bias figures (HealthMonitor.length_bias): chosen vs
+    rejected of each pair, or for kto desirable vs undesirable completions."""
+    if isinstance(split, CompletionSplit):
+        return length_bias_figures(split)
+    lengths = data_lengths(split.pairs)
+    return {
+        "chosen_longer_share": float((lengths.chosen > lengths.rejected).mean()),
+        "mean_chosen_tokens": float(lengths.chosen.mean()),
+        "mean_rejected_tokens": float(lengths.rejected.mean()),
+        "pairs": lengths.pairs,
+    }
+
+
+def _checked_loss_state(state: dict | None, config: TrainConfig, path: Path) -> dict | None:
+    """A checkpoint's loss state, refused when the run's loss needs one it does not have (a
+    checkpoint of a run with another loss): starting the shift again at 0 would not be the
+    run that was interrupted."""
+    if "bco_pair" in loss_catalog.loss_names(config.loss) and not state:
+        raise UserError(
+            f"{path}: this checkpoint has no bco_pair reward shift (loss_state.safetensors), "
+            "so the run cannot be resumed with loss bco_pair"
+        )
+    return state
 
 
 def _adapter_config(config: TrainConfig, session: Session) -> dict:

@@ -254,12 +254,21 @@ class HealthMonitor:
             ratio = math.inf if mean_chosen_tokens > 0 else 1.0
         if chosen_longer_share < t.length_bias_share or ratio < t.length_bias_ratio:
             return []
-        message = (
-            f"In the training data the chosen response is longer than the rejected one in "
-            f"{chosen_longer_share:.0%} of {pairs} pairs (mean {mean_chosen_tokens:.0f} vs "
-            f"{mean_rejected_tokens:.0f} tokens, {ratio:.2f}x). DPO can learn 'longer is "
-            f"better' instead of the preference you mean."
-        )
+        if loss_catalog.is_unpaired(self.loss_names):
+            message = (
+                f"In the training data the desirable completion is longer than the "
+                f"undesirable one in {chosen_longer_share:.0%} of the (desirable, undesirable) "
+                f"combinations (mean {mean_chosen_tokens:.0f} vs {mean_rejected_tokens:.0f} "
+                f"tokens, {ratio:.2f}x). KTO can learn 'longer is better' instead of what the "
+                f"labels mean."
+            )
+        else:
+            message = (
+                f"In the training data the chosen response is longer than the rejected one in "
+                f"{chosen_longer_share:.0%} of {pairs} pairs (mean {mean_chosen_tokens:.0f} vs "
+                f"{mean_rejected_tokens:.0f} tokens, {ratio:.2f}x). DPO can learn 'longer is "
+                f"better' instead of the preference you mean."
+            )
         suggestion = (
             "Balance the lengths in the data (drop or rewrite the pairs where only length "
             "differs, add pairs where the shorter answer wins), or keep beta high and check "
@@ -273,6 +282,23 @@ class HealthMonitor:
             "pairs": pairs,
         }
         return self._raise([_finding("length_bias", 0, message, suggestion, values)])
+
+    def checks_off(self) -> list[dict]:
+        """The checks that do not run for this run's loss (docs/health.md, "Which checks
+        apply to which loss"), as `health` events of severity "off" with the reason: a
+        reference-free loss has no reference to start from and no log-ratio to drift."""
+        if not self.reference_free or self.beta <= 0:
+            return []
+        why = f"the {self.loss} loss uses no reference model"
+        off = [
+            ("reference_mismatch", f"{why}: there is no reference for the policy to start from"),
+            ("kl_drift", f"{why}: kl (the log-ratio to the reference) is null"),
+        ]
+        return [
+            {"kind": kind, "severity": "off", "message": message, "suggestion": "",
+             "values": {}, "step": 0}
+            for kind, message in off
+        ]  # fmt: skip
 
     def _raise(self, findings: list[dict]) -> list[dict]:
         new = [f for f in findings if f["kind"] not in self.raised]
@@ -654,7 +680,8 @@ class HealthMonitor:
 def check_events(events: Sequence[dict], thresholds: HealthThresholds | None = None) -> list[dict]:
     """Replay a whole event stream (a finished run in `mlx-dpo view`) and return its findings
     in stream order. Settings come from the first run_start. `health` events already in the
-    stream are kept as they are, and their kinds are not checked again."""
+    stream are kept as they are (those of severity "off" are no findings), and their kinds
+    are not checked again."""
     run_start = next((e for e in events if e.get("event") == "run_start"), None)
     monitor = HealthMonitor.from_run_start(run_start, thresholds)
     # Marked up front: the stream holds each finding after the step that raised it, so a
@@ -663,7 +690,8 @@ def check_events(events: Sequence[dict], thresholds: HealthThresholds | None = N
     findings = []
     for event in events:
         if event.get("event") == "health":
-            findings.append(finding_from_event(event))
+            if event.get("severity") != "off":  # a check that does not run is no finding
+                findings.append(finding_from_event(event))
         else:
             findings.extend(monitor.observe(event))
     return findings

@@ -154,6 +154,11 @@ class HealthReport:
         if finding["severity"] == "error":
             self.errors.append(finding["message"])
 
+    def record_off(self, check: dict) -> None:
+        """A check that does not run in this run (HealthMonitor.checks_off): written as a
+        `health` event of severity "off", not a finding."""
+        self.reporter.events.write("health", 0, **{k: v for k, v in check.items() if k != "step"})
+
 
 class ProgressLines:
     """When a step gets a console line: every twentieth of the run, the last step, and at

@@ -311,8 +311,9 @@ class Run:
             f"{trainable / 1e6:.3f}M trainable (LoRA rank {session.lora_parameters['rank']} "
             f"on {session.lora_layers} layers)"
         )
+        unit = "completions" if isinstance(train_split, CompletionSplit) else "pairs"
         self.say(
-            f"data {config.data}: {len(train_split)} train pairs"
+            f"data {config.data}: {len(train_split)} train {unit}"
             + (f", {len(valid_split)} valid" if valid_split else "")
             + f"; {self.steps} steps"
         )
@@ -341,6 +342,8 @@ class Run:
                 monitor.observe(event)
         self.health = HealthReport(monitor, self.reporter)
         if resume_from is None:
+            for check in monitor.checks_off():
+                self.health.record_off(check)
             for finding in monitor.length_bias(**_length_bias(self.train_split)):
                 self.health.report(finding)
         for name, split in self.session.splits.items():

@@ -205,3 +205,25 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     assert len(computed) == 8 + 16 + 8  # then the other 16 of train, then all of valid
     events = [e for e in read_events(run_dir) if e["event"] == "reference" and not e["cached"]]
     assert events[-1]["eta"] == 0
+
+
+def test_named_columns_a_wider_entry_serves_a_narrower_run():
+    """LD-DPO's runs ask for tail sums too: an entry without them is recomputed with every
+    column; an entry with them serves a run that needs only chosen and rejected."""
+    wide = ("chosen", "rejected", "chosen_tail", "rejected_tail")
+
+    def compute(positions):
+        chosen = np.array([-10.0 * i for i in positions], dtype=np.float32)
+        return chosen, chosen - 1, chosen / 2, chosen / 4
+
+    reference_logps("k5", split_of(), Computer(), 8)
+    assert reference.load_cached("k5", 5, wide) is None
+    values = reference_logps("k5", split_of(), compute, 8, columns=wide)
+    assert [v[2] for v in values] == [-20.0, -21.0, -10.0, -5.0]
+    narrow = Computer()
+    chosen, rejected = reference_logps("k5", split_of(), narrow, 8)
+    assert not narrow.calls and chosen[2] == -20 and rejected[2] == -21
+    (completion,) = reference_logps(
+        "k6", split_of(), lambda p: (np.array(p, np.float32),), 8, columns=("completion",)
+    )
+    assert completion.tolist() == [0, 1, 2, 3, 4]

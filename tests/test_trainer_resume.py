@@ -11,10 +11,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
 from mlx_dpo.checkpoints import save_checkpoint
 from mlx_dpo.distributed import Ranks
+from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events, send_command
 from mlx_dpo.trainer.resume import (
     ResumePoint,
@@ -150,3 +152,55 @@ def test_one_rank_shares_nothing():
     optimizer.init(model.trainable_parameters())
     assert share_resume_point(Ranks(None, 0, 1), 7, model, optimizer) == 7
     assert share_resume_point(Ranks(None, 0, 1), 0, model, optimizer) == 0
+
+
+def test_bco_pair_resume_is_bit_exact_with_its_reward_shift(
+    llama_chatml, preference_data, tmp_path
+):
+    """The MPO recipe [sigmoid, bco_pair, sft]: bco_pair's running reward shift is saved in
+    each checkpoint (and beside the adapters) and restored on resume, so a stopped and
+    resumed run is the uninterrupted one, bit for bit."""
+    options = dict(
+        loss=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], grad_accumulation=2,
+        save_every=2, lora_dropout=0.1,
+    )  # fmt: skip
+    run(config_for(llama_chatml, preference_data, tmp_path / "straight", **options))
+    run_dir = tmp_path / "interrupted"
+    interrupted = config_for(llama_chatml, preference_data, run_dir, **options)
+
+    def stop_after_third(line: str) -> None:
+        if line.startswith("step 3/"):
+            send_command(run_dir, "stop")
+
+    status = train(interrupted, RunOptions(run_dir, on_line=stop_after_third, handle_signals=False))
+    assert status == "stopped"
+    saved = mx.load(str(run_dir / "checkpoints" / "step-0000003" / "loss_state.safetensors"))
+    assert saved["bco_reward_count"].item() == 6  # 3 steps of 2 micro-batches
+    status, events = run(interrupted, resume=True)
+    assert status == "completed"
+    straight = steps(read_events(tmp_path / "straight"))
+    resumed = steps(events)
+    assert [e["step"] for e in resumed] == [1, 2, 3, 4, 5, 6]
+    for name in ("loss", "bco_reward_shift", "rewards/margins"):
+        assert [e[name] for e in resumed] == [e[name] for e in straight], name
+    assert straight[-1]["bco_reward_shift"] != 0
+    a, b = adapters(tmp_path / "straight"), adapters(run_dir)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    for folder in (tmp_path / "straight", run_dir):
+        state = mx.load(str(folder / "loss_state.safetensors"))
+        assert state["bco_reward_mean"].item() == pytest.approx(straight[-1]["bco_reward_shift"])
+
+
+def test_a_bco_pair_checkpoint_without_its_shift_is_refused(
+    llama_chatml, preference_data, tmp_path
+):
+    run_dir = tmp_path / "run"
+    config = config_for(
+        llama_chatml, preference_data, run_dir, loss="bco_pair", iters=2, save_every=1
+    )
+    run(config)
+    for path in (run_dir / "checkpoints").glob("*/loss_state.safetensors"):
+        path.unlink()
+    with pytest.raises(UserError, match="no bco_pair reward shift"):
+        run(config, resume=True)

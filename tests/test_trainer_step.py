@@ -15,20 +15,25 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_dpo.batching import batches_per_epoch, collate, epoch_batches
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.events import METRIC_NAMES
+from mlx_dpo.loss_catalog import metric_names
 from mlx_dpo.losses import LossSettings, settings_from_config
 from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
+    compute_reference,
     reference_rows_logps,
     response_token_counts,
     rows_logps,
+    second_half,
 )
 from mlx_dpo.trainer.schedule import build_optimizer
 from mlx_dpo.trainer.session import open_session
 from mlx_dpo.trainer.step import (
+    MetricTotals,
     MicroBatches,
     TrainingStep,
     compiled_step,
     make_loss_fn,
+    step_extras,
 )
 from tests.training import config_for
 
@@ -209,3 +214,123 @@ def test_a_non_finite_loss_is_a_failure_naming_the_pairs(llama_chatml, preferenc
     assert bad.failure.startswith("non-finite loss at step 2 (pairs ")
     assert split.pairs[int(first.pair_indices[0])].source in bad.failure
     assert bad.pairs == 0  # the first micro-batch already failed
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole step of the losses beyond DPO against finite differences of the numpy formula
+# (tests/test_losses.py's independent implementation), through the model's LoRA weights.
+
+
+def check_step_gradient(session, loss_fn, inputs, numpy_loss_now, min_checked=12):
+    """The step's gradient of each of the largest entries of two LoRA weights against central
+    differences of `numpy_loss_now()` (the numpy formula on the model's log-probs now)."""
+    model = session.model
+    (loss, _), grads = nn.value_and_grad(model, loss_fn)(*inputs)
+    assert loss.item() == pytest.approx(numpy_loss_now(), rel=1e-4)
+    grads = dict(tree_flatten(grads))
+    params = dict(tree_flatten(model.trainable_parameters()))
+    checked = 0
+    for name in [
+        n for n in params if "layers.0.self_attn.q_proj" in n or "layers.1.mlp.down_proj" in n
+    ]:
+        flat = np.array(params[name]).reshape(-1)
+        g = np.array(grads[name]).reshape(-1)
+        for index in np.argsort(-np.abs(g))[:3]:
+            eps = 1e-2
+            values = []
+            for sign in (1, -1):
+                perturbed = flat.copy()
+                perturbed[index] += sign * eps
+                model.update(
+                    tree_unflatten([(name, mx.array(perturbed.reshape(params[name].shape)))])
+                )
+                values.append(numpy_loss_now())
+            model.update(tree_unflatten([(name, params[name])]))
+            numeric = (values[0] - values[1]) / (2 * eps)
+            assert numeric == pytest.approx(g[index], rel=0.05, abs=1e-4), (name, index)
+            checked += 1
+    assert checked >= min_checked
+
+
+def test_orpo_step_gradient_is_the_numpy_formulas(llama_chatml, preference_data):
+    from tests.test_losses import Knobs, numpy_loss
+
+    session, config = perturbed_session(
+        llama_chatml, preference_data, loss="orpo", beta=0.5, lora_scale=4.0
+    )
+    split = session.splits["train"]
+    batch = session.collate(split.pairs[:4])
+    arrays = batch_arrays(batch)
+    extras = step_extras(batch, split, None)
+    counts = [np.array(c, dtype=np.float64) for c in response_token_counts(batch)]
+    zeros = np.zeros(4)
+
+    def numpy_loss_now() -> float:
+        rows = np.array(rows_logps(session, *arrays), dtype=np.float64)
+        return numpy_loss(["orpo"], [1.0], rows[:4], rows[4:], zeros, zeros, *counts, Knobs(0.5))
+
+    check_step_gradient(
+        session, make_loss_fn(session, config), (arrays, extras, {}), numpy_loss_now
+    )
+
+
+def test_kto_step_gradient_is_the_numpy_formulas(llama_chatml, thumbs_data):
+    """KTO through the whole step: completions and their KL rows in one batch, the KL rows'
+    reference computed in the step, the completions' from the cache; z held at its value
+    (it is detached), desirable and undesirable weighted differently."""
+    from tests.test_losses import kto_numpy
+
+    session, config = perturbed_session(
+        llama_chatml, thumbs_data, loss="kto", beta=0.5, lora_scale=4.0,
+        desirable_weight=1.3, undesirable_weight=0.7,
+    )  # fmt: skip
+    split = session.splits["train"]
+    positions = list(range(6))
+    desirable = split.desirable[positions]
+    assert desirable.any() and not desirable.all()
+    batch = session.collate_split(split, positions)
+    arrays = batch_arrays(batch)
+    cached = compute_reference(session, split, ("completion",))(list(range(len(split))))[0]
+    reference = cached - 0.3  # a reference the policy has moved away from
+    extras = step_extras(batch, split, {"completion": reference})
+    kl_reference = np.array(reference_rows_logps(session, *second_half(arrays)), np.float64)
+    rows = np.array(rows_logps(session, *arrays), dtype=np.float64)
+    _, z = kto_numpy(rows[:6], reference[:6], desirable, rows[6:], kl_reference, 0.5, 1.3, 0.7)
+    assert z > 0  # the reference point is not clamped: it takes part
+
+    def numpy_loss_now() -> float:
+        policy = np.array(rows_logps(session, *arrays), dtype=np.float64)[:6]
+        return kto_numpy(policy, reference[:6], desirable, None, None, 0.5, 1.3, 0.7, z=z)[0]
+
+    check_step_gradient(
+        session, make_loss_fn(session, config), (arrays, extras, {}), numpy_loss_now
+    )
+
+
+def test_a_steps_kto_metrics_are_means_over_what_they_are_means_of():
+    """Over micro-batches: kto's chosen figures are means over the desirable completions (a
+    micro-batch without any does not count, its NaN neither), the margin their difference,
+    counts are summed; pair losses weigh by pairs; bco's shift is the last one's."""
+    names = metric_names("kto")
+    totals = MetricTotals(names)
+    nan = math.nan
+    # loss, r/chosen, r/rejected, r/margins, r/accuracies, l/chosen, l/rejected, kl, counts
+    totals.add(np.array([0.4, 1.0, nan, nan, 0.5, -10.0, nan, 0.2, 4.0, 0.0]), 4)
+    totals.add(np.array([0.2, 4.0, -2.0, 6.0, 1.0, -20.0, -30.0, 0.4, 1.0, 3.0]), 4)
+    values = totals.means(Ranks(None, 0, 1))
+    assert values["rewards/chosen"] == pytest.approx((4 * 1.0 + 1 * 4.0) / 5)
+    assert values["rewards/rejected"] == pytest.approx(-2.0)
+    assert values["rewards/margins"] == pytest.approx(values["rewards/chosen"] + 2.0)
+    assert values["logps/chosen"] == pytest.approx((4 * -10.0 - 20.0) / 5)
+    assert values["loss"] == pytest.approx(0.3) and values["kl"] == pytest.approx(0.3)
+    assert (values["count/desirable"], values["count/undesirable"]) == (5.0, 3.0)
+    empty = MetricTotals(names)
+    empty.add(np.array([0.4, 1.0, nan, nan, 0.5, -10.0, nan, 0.2, 4.0, 0.0]), 4)
+    assert math.isnan(empty.means(Ranks(None, 0, 1))["rewards/rejected"])
+
+    bco = MetricTotals(metric_names(["sigmoid", "bco_pair"]))
+    bco.add(np.array([0.7, 0.1, 0.0, 0.1, 1.0, -5.0, -6.0, 0.05, 0.02]), 3)
+    bco.add(np.array([0.5, 0.3, 0.1, 0.2, 0.0, -7.0, -8.0, 0.15, 0.04]), 1)
+    values = bco.means(Ranks(None, 0, 1))
+    assert values["loss"] == pytest.approx((3 * 0.7 + 0.5) / 4)
+    assert values["bco_reward_shift"] == pytest.approx(0.04)

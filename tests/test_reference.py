@@ -164,16 +164,16 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     import os
     import signal
 
-    from mlx_dpo import trainer
     from mlx_dpo.config import build_config
     from mlx_dpo.events import read_events
+    from mlx_dpo.trainer import run as trainer
 
     monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
     computed: list[int] = []
     real = trainer.compute_reference
 
-    def counting(session, split):
-        compute = real(session, split)
+    def counting(session, split, columns=reference.PAIR_COLUMNS):
+        compute = real(session, split, columns)
 
         def wrapped(positions):
             computed.extend(positions)
@@ -195,7 +195,7 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     assert status == "stopped"
     assert len(computed) == 8
     assert any(
-        "stopped during the reference log-probs for train (8/24 pairs kept" in x for x in lines
+        "stopped during the reference log-probs (8/24 pairs kept" in x for x in lines
     )
     assert read_events(run_dir)[-1]["status"] == "stopped"
     status = trainer.train(

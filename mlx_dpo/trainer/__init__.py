@@ -1,11 +1,14 @@
 """The training engine, one concern a module (import from the modules; this file re-exports
 nothing):
 
-    session.py      Session (model + LoRA + tokenizer + tokenized splits), open_session
-    batch_logps.py  a batch's model inputs; policy and reference log-probs of its rows
-    evaluation.py   evaluate_split: preference metrics of a whole split (and per pair)
-    step.py         the loss of a batch, compiled_step (the one compiled step), and
-                    TrainingStep: an optimizer step over its micro-batches
+    session.py      Session (model + LoRA + tokenizer + tokenized splits: pairs, or kto's
+                    rated completions), open_session
+    batch_logps.py  a batch's model inputs; policy and reference log-probs of its rows (and
+                    LD-DPO's tails, WPO's terms); which reference columns a run needs
+    evaluation.py   evaluate_split: the loss's metrics over a whole split (and per pair)
+    step.py         the objective of a batch (every loss of mlx_dpo/losses.py), compiled_step
+                    (the one compiled step, the loss state in and out), and TrainingStep:
+                    an optimizer step over its micro-batches
     schedule.py     total_steps, the learning-rate schedule, the AdamW optimizer
     control.py      stop signals, control.jsonl commands (pause, resume, checkpoint, stop)
     resume.py       --resume: tidying the run directory, loading the checkpoint, sharing it

@@ -169,6 +169,8 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     from mlx_dpo.trainer import run as trainer
 
     monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
+    # A cache of its own: other tests' runs on the same model and data fill the shared one.
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))
     computed: list[int] = []
     real = trainer.compute_reference
 

@@ -207,3 +207,27 @@ def test_a_bco_pair_checkpoint_without_its_shift_is_refused(
         path.unlink()
     with pytest.raises(UserError, match="no bco_pair reward shift"):
         run(config, resume=True)
+
+
+def test_kto_resume_is_bit_exact(llama_chatml, thumbs_data, tmp_path):
+    """A KTO run (rated completions, KL rows rebuilt from each batch) stopped and resumed is
+    the uninterrupted one."""
+    options = dict(loss="kto", save_every=2, lora_dropout=0.1)
+    run(config_for(llama_chatml, thumbs_data, tmp_path / "straight", **options))
+    run_dir = tmp_path / "interrupted"
+    interrupted = config_for(llama_chatml, thumbs_data, run_dir, **options)
+
+    def stop_after_third(line: str) -> None:
+        if line.startswith("step 3/"):
+            send_command(run_dir, "stop")
+
+    status = train(interrupted, RunOptions(run_dir, on_line=stop_after_third, handle_signals=False))
+    assert status == "stopped"
+    status, events = run(interrupted, resume=True)
+    assert status == "completed"
+    straight = steps(read_events(tmp_path / "straight"))
+    for name in ("loss", "kl", "count/desirable"):
+        assert [e[name] for e in steps(events)] == [e[name] for e in straight], name
+    a, b = adapters(tmp_path / "straight"), adapters(run_dir)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

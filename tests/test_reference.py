@@ -196,9 +196,7 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     status = trainer.train(config, trainer.RunOptions(run_dir, on_line=lines.append))
     assert status == "stopped"
     assert len(computed) == 8
-    assert any(
-        "stopped during the reference log-probs (8/24 pairs kept" in x for x in lines
-    )
+    assert any("stopped during the reference log-probs (8/24 pairs kept" in x for x in lines)
     assert read_events(run_dir)[-1]["status"] == "stopped"
     status = trainer.train(
         config, trainer.RunOptions(run_dir, resume=True, on_line=lines.append, handle_signals=False)

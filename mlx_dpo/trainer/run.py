@@ -376,7 +376,8 @@ class Run:
             )
             cached[name] = dict(zip(columns, values, strict=True))
             seconds = time.perf_counter() - tic
-            self.say(f"reference log-probs for {name}: {len(split)} pairs in {seconds:.1f}s")
+            unit = "completions" if isinstance(split, CompletionSplit) else "pairs"
+            self.say(f"reference log-probs for {name}: {len(split)} {unit} in {seconds:.1f}s")
         return cached
 
     def start_optimizer(self, resume_from: Path | None) -> None:

@@ -2,6 +2,10 @@
 runs with --no-tui), reference cached. Writes a JSON result.
 
     python benchmarks/bench_mlx_dpo.py --workload DIR --steps N --warmup K --out RESULT.json
+        [--loss sigmoid|orpo|simpo|...] [--reference cached|live]
+
+A reference-free loss (orpo, simpo, cpo) runs no reference pass at all (nothing to precompute,
+nothing computed in the step); `reference_pass` in the result says whether the run had one.
 
 Step times are the intervals between consecutive `step` events of the run's metrics.jsonl
 (the whole loop: data, compiled step, optimizer, event writing, health checks). The work of
@@ -36,6 +40,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--reference", choices=("cached", "live"), default="cached")
     parser.add_argument(
+        "--loss",
+        default="sigmoid",
+        help="the loss (mlx_dpo/loss_catalog.py); reference-free ones ignore --reference",
+    )
+    parser.add_argument(
         "--layout",
         choices=("default", "rows"),
         default="default",
@@ -51,10 +60,12 @@ def main() -> None:
 
     import mlx.core as mx
 
+    from mlx_dpo import loss_catalog
     from mlx_dpo.config import CONFIG_KEYS, build_config
     from mlx_dpo.trainer.run import RunOptions, train
 
     spec, stats = load_workload(args.workload)
+    reference_pass = loss_catalog.needs_reference(args.loss)
     work = Path(tempfile.mkdtemp(prefix="bench-mlx-dpo-"))
     # A fresh cache: the reference is computed (and timed) in this run.
     os.environ["MLX_DPO_CACHE"] = str(work / "cache")
@@ -76,7 +87,9 @@ def main() -> None:
             "lora_scale": spec.lora_scale,
             "lora_keys": list(spec.lora_keys),
             "max_length": spec.max_length,
-            "reference": args.reference,
+            "loss": args.loss,
+            # A reference-free loss takes no `reference` setting (the config refuses one).
+            **({"reference": args.reference} if reference_pass else {}),
             "grad_checkpoint": args.grad_checkpoint,
             "eval_every": 0,
             "save_every": 0,
@@ -135,12 +148,15 @@ def main() -> None:
         args.out,
         {
             "tool": "mlx-dpo"
-            + ("-live" if args.reference == "live" else "")
+            + ("" if args.loss == "sigmoid" else f"-{args.loss}")
+            + ("-live" if args.reference == "live" and reference_pass else "")
             + ("-rows" if args.layout == "rows" else "")
             + ("-gc" if args.grad_checkpoint else ""),
             "prefix_sharing": shared,
             "workload": spec.name,
-            "reference": args.reference,
+            "loss": args.loss,
+            "reference": args.reference if reference_pass else None,
+            "reference_pass": reference_pass,
             "reference_precompute_seconds": reference_seconds,
             "trainable_parameters": run_start["trainable_parameters"],
             "total_parameters": run_start["total_parameters"],

@@ -163,12 +163,16 @@ def measure(spec: str, work: Path) -> dict:
     arrays = batch_arrays(batch)
     chosen_tokens, rejected_tokens = response_token_counts(batch)
     reference = mx.zeros(batch.num_pairs)
+    extras = {
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+        "reference_chosen": reference,
+        "reference_rejected": reference,
+    }
     mx.eval(model.parameters(), optimizer.state)
     for _ in range(3):
         mx.reset_peak_memory()
-        loss, metrics, grads = accumulate(
-            None, arrays, reference, reference, chosen_tokens, rejected_tokens
-        )
+        loss, metrics, grads, _ = accumulate(None, arrays, extras, {})
         mx.eval(loss, metrics, grads)
         grad_norm = apply(grads, 1)
         mx.eval(model.state, optimizer.state, grad_norm)

@@ -103,13 +103,21 @@ def main() -> None:
     ref_chosen = mx.zeros(n) - 400.0
     ref_rejected = mx.zeros(n) - 400.0
     loss_fn = make_loss_fn(session, config)
-    # The loss takes the model inputs flat, or grouped in one tuple (newer trainer).
-    grouped = len(inspect.signature(loss_fn).parameters) == 5
-    inputs = (
-        (arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
-        if grouped
-        else (*arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
-    )
+    # The loss takes (inputs, extras, loss state) (issue 20's trainer); older trainers took
+    # the model inputs grouped in one tuple, or flat.
+    parameters = len(inspect.signature(loss_fn).parameters)
+    if parameters == 3:
+        extras = {
+            "chosen_tokens": chosen_tokens,
+            "rejected_tokens": rejected_tokens,
+            "reference_chosen": ref_chosen,
+            "reference_rejected": ref_rejected,
+        }
+        inputs = (arrays, extras, {})
+    elif parameters == 5:
+        inputs = (arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
+    else:
+        inputs = (*arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
     mx.eval(inputs)
     value_and_grad = nn.value_and_grad(model, loss_fn)
     optimizer = optim.AdamW(learning_rate=config.learning_rate, weight_decay=0.0)
@@ -120,6 +128,8 @@ def main() -> None:
     @partial(mx.compile, inputs=state, outputs=state)
     def accumulate(*batch_inputs):
         (loss, metrics), grads = value_and_grad(*batch_inputs)
+        if isinstance(metrics, tuple):  # (metrics, loss state)
+            metrics = metrics[0]
         return loss, metrics, grads
 
     @partial(mx.compile, inputs=state, outputs=state)

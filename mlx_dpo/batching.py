@@ -95,6 +95,21 @@ def collate(pairs: list[TokenizedPair], pad_id: int = 0, shared_prompt: bool = F
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [
         (p.prompt_ids, p.rejected_ids) for p in pairs
     ]
+    tokens, positions, mask = collate_rows(rows, pad_id)
+    return Batch(
+        response_mask=mask,
+        prompt_lengths=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int32),
+        pair_indices=np.array([p.index for p in pairs], dtype=np.int64),
+        tokens=tokens,
+        response_positions=positions,
+    )
+
+
+def collate_rows(
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, response_positions, response_mask) of (prompt, response) rows, each row
+    prompt + response right-padded (Batch's rows layout, for rows that are not pairs)."""
     # +1: inputs are tokens[:, :-1], so L-1 positions hold the longest sequence.
     length = round_up(max(len(a) + len(b) for a, b in rows)) + 1
     window = round_up(max(len(b) for _, b in rows), 16)
@@ -109,13 +124,7 @@ def collate(pairs: list[TokenizedPair], pad_id: int = 0, shared_prompt: bool = F
         start = len(prompt) - 1
         positions[row] = np.minimum(start + np.arange(window), length - 2)
         mask[row, : len(response)] = 1.0
-    return Batch(
-        response_mask=mask,
-        prompt_lengths=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int32),
-        pair_indices=np.array([p.index for p in pairs], dtype=np.int64),
-        tokens=tokens,
-        response_positions=positions,
-    )
+    return tokens, positions, mask
 
 
 def _collate_shared(pairs: list[TokenizedPair], pad_id: int) -> Batch:

@@ -22,6 +22,7 @@ from mlx_dpo.events import (
     ADAPTER_FILE,
     CHECKPOINT_DIR,
     CHECKPOINT_STATE_FILE,
+    LOSS_STATE_FILE,
     OPTIMIZER_FILE,
     atomic_write_json,
     current_umask,
@@ -80,8 +81,10 @@ def save_checkpoint(
     optimizer_state: Any,
     adapter_cfg: dict,
     extra: dict[str, Any],
+    loss_state: dict[str, mx.array] | None = None,
 ) -> Path:
-    """Write checkpoints/step-N/ into a temporary folder, then rename it into place."""
+    """Write checkpoints/step-N/ into a temporary folder, then rename it into place. A loss
+    with state between steps (bco_pair) has it saved as LOSS_STATE_FILE."""
     root = run_dir / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
@@ -90,6 +93,8 @@ def save_checkpoint(
         os.chmod(tmp, 0o777 & ~current_umask())
         save_adapters(tmp, weights, adapter_cfg)
         save_safetensors_atomic(tmp / OPTIMIZER_FILE, dict(tree_flatten(optimizer_state)))
+        if loss_state:
+            save_safetensors_atomic(tmp / LOSS_STATE_FILE, dict(loss_state))
         atomic_write_json(tmp / CHECKPOINT_STATE_FILE, {"step": step, **extra})
         replaced = None
         if final.exists():
@@ -157,6 +162,19 @@ class DamagedCheckpoint(Exception):
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{path.name}: {reason}")
         self.path, self.reason = path, reason
+
+
+def save_loss_state(directory: Path, loss_state: dict[str, mx.array] | None) -> None:
+    """The loss's state beside a folder's adapters (what `mlx-dpo eval` of the adapters
+    evaluates with); nothing for a loss without state."""
+    if loss_state:
+        save_safetensors_atomic(directory / LOSS_STATE_FILE, dict(loss_state))
+
+
+def load_loss_state(directory: Path) -> dict[str, mx.array] | None:
+    """A checkpoint's (or an adapter folder's) loss state; None when it has none."""
+    path = Path(directory) / LOSS_STATE_FILE
+    return dict(mx.load(str(path))) if path.is_file() else None
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, mx.array], Any, dict]:

@@ -391,26 +391,6 @@ def _list_problems(c: TrainConfig, names: tuple[str, ...]) -> list[str]:
     return problems
 
 
-# Losses and options the training step runs today. The rest is checked above and computed by
-# mlx_dpo/losses.py, but waits for the restructured trainer to wire it in (issue 20): until
-# then it is refused here rather than accepted and run wrongly. Remove with the wiring.
-TRAINABLE_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "simpo")
-
-
-def awaiting_trainer(c: TrainConfig) -> list[str]:
-    names = loss_catalog.loss_names(c.loss)
-    problems = []
-    if len(names) > 1 or any(n not in TRAINABLE_LOSSES for n in names):
-        problems.append(
-            f"'loss: {c.loss}' is not available in training yet (the training step runs "
-            f"{_names_text(TRAINABLE_LOSSES)}, one at a time)"
-        )
-    for option in ("loss_weights", "ld_alpha", "use_weighting"):
-        if getattr(c, option) != _DEFAULTS[option]:
-            problems.append(f"'{option}' is not available in training yet")
-    return problems
-
-
 def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
     """Merge YAML values and flags (flags win; a flag left unset is None and does not count)."""
     merged = dict(yaml_values)
@@ -429,7 +409,6 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
     expand_paths(merged)
     config = TrainConfig(**merged)
     problems = _range_problems(config)
-    problems = problems or awaiting_trainer(config)
     if problems:
         raise UserError("invalid configuration", problems)
     if config.health:

@@ -1,6 +1,8 @@
 """Preference metrics of a model (and adapter) on a data split: the library behind
-`mlx-dpo eval`. The adapter's recorded settings (β, loss, max_length, fields, quantization)
-are used unless given; unset ones are TrainConfig's defaults."""
+`mlx-dpo eval`. The adapter's recorded settings (β, the loss and its options, max_length, fields,
+quantization) are used unless given; unset ones are TrainConfig's defaults. A kto adapter is
+evaluated on rated completions (or pairs read as two completions each), a reference-free one
+without a reference model."""
 
 from __future__ import annotations
 
@@ -10,11 +12,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlx_dpo import checkpoints
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import ADAPTER_CONFIG_FILE, atomic_write_text, finite_or_none
 from mlx_dpo.session import open_session
 from mlx_dpo.trainer.evaluation import evaluate_split
+
+# The loss and its options, as the adapter's run recorded them (adapter_config.json).
+LOSS_KEYS = (
+    "loss",
+    "label_smoothing",
+    "simpo_gamma",
+    "sft_weight",
+    "loss_weights",
+    "discopop_tau",
+    "cpo_alpha",
+    "ld_alpha",
+    "use_weighting",
+    "desirable_weight",
+    "undesirable_weight",
+)
 
 
 def _adapter_settings(adapter_path: str | None) -> dict[str, Any]:
@@ -67,7 +85,7 @@ def evaluate_command(
     data_revision: str | None = None,
 ) -> dict[str, Any]:
     """The split's metrics (evaluation.evaluate_split); with `output`, one JSON line a pair
-    (log-probs and rewards) written there atomically."""
+    (kto: a completion) with its log-probs and rewards, written there atomically."""
     if output is not None:
         check_output_path(output)
     saved = _adapter_settings(adapter_path)
@@ -82,9 +100,7 @@ def evaluate_command(
         data_config=data_config,
         data_revision=data_revision,
         beta=beta if beta is not None else float(saved.get("beta", TrainConfig.beta)),
-        loss=saved.get("loss", TrainConfig.loss),
-        label_smoothing=float(saved.get("label_smoothing", TrainConfig.label_smoothing)),
-        simpo_gamma=saved.get("simpo_gamma"),
+        **{key: saved[key] for key in LOSS_KEYS if saved.get(key) is not None},
         batch_size=batch_size,
         max_length=max_length or int(saved.get("max_length", TrainConfig.max_length)),
         fields=saved.get("fields") or {},
@@ -95,7 +111,11 @@ def evaluate_command(
     if split not in session.splits:
         raise UserError(f"{data}: no {split} split")
     session.model.eval()
-    result = evaluate_split(session, session.splits[split], config, per_pair=output is not None)
+    # bco_pair's reward shift as training left it (beside the adapters, or in a checkpoint).
+    loss_state = checkpoints.load_loss_state(Path(adapter_path)) if adapter_path else None
+    result = evaluate_split(
+        session, session.splits[split], config, per_pair=output is not None, loss_state=loss_state
+    )
     per_pair = result.pop("per_pair", None)
     if output:
         atomic_write_text(output, "".join(json_line(row) + "\n" for row in per_pair))

@@ -40,11 +40,22 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                split, unit "<split> pairs" (a split read from the token cache has none). They
                come before run_start (the model and data are loaded first). The dashboard
                shows the counts and an ETA from the rate since the phase began.
-    step       epoch, METRIC_NAMES, grad_norm, learning_rate, tokens_per_second,
-               pairs_per_second, peak_memory_gb (MLX's peak since the first step), elapsed
-               (seconds since this trainer process began the run, loading included and time
-               spent paused left out: a resumed run counts from 0 again), eta (seconds)
-    eval       split, pairs, METRIC_NAMES
+    step       epoch, METRIC_NAMES, the run's EXTRA_METRIC_NAMES (below), grad_norm,
+               learning_rate, tokens_per_second, pairs_per_second (completions a second for
+               kto), peak_memory_gb (MLX's peak since the first step), elapsed (seconds since
+               this trainer process began the run, loading included and time spent paused
+               left out: a resumed run counts from 0 again), eta (seconds)
+    eval       split, pairs (completions for kto), METRIC_NAMES, the run's EXTRA_METRIC_NAMES
+
+METRIC_NAMES are TRL's and in every step and eval event; for a reference-free loss `kl` is
+null (no reference), for kto the rewards/logps of chosen and rejected are the means over the
+desirable and undesirable completions (null when there are none) and rewards/accuracies the
+share of completions on the side of KTO's reference point the loss pushes them to (there are
+no pairs). EXTRA_METRIC_NAMES appear only for the losses that have them
+(mlx_dpo.loss_catalog.extra_metrics): orpo nll_loss (the chosen answers' token-mean NLL),
+log_odds_ratio (mean logσ of the log odds ratio), log_odds_chosen (its mean); bco_pair
+bco_reward_shift (the running mean reward the rewards are shifted by); kto count/desirable and
+count/undesirable (completions of each kind in the step or split).
     checkpoint path
     state      state: "paused" | "resumed" | "stopping" | "evaluating" | "training"
     export     status: "started" | "done" | "failed", path, message
@@ -95,6 +106,9 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINT_DIR = "checkpoints"
 # Inside checkpoints/step-N/, beside ADAPTER_FILE and ADAPTER_CONFIG_FILE:
 OPTIMIZER_FILE = "optimizer.safetensors"
+# The loss's state between steps (bco_pair's running reward mean), in a checkpoint and beside
+# the run's adapters; only for losses that have state.
+LOSS_STATE_FILE = "loss_state.safetensors"
 CHECKPOINT_STATE_FILE = "state.json"
 LOG_FILE = "train.log"
 # The resolved config the dashboard hands to the trainer process it starts (`mlx-dpo train`).
@@ -159,6 +173,21 @@ METRIC_NAMES = (
     LOGPS_CHOSEN,
     LOGPS_REJECTED,
     KL,
+)
+# Metrics only some losses have (see the docstring); step and eval events carry the run's.
+NLL_LOSS = "nll_loss"
+LOG_ODDS_RATIO = "log_odds_ratio"
+LOG_ODDS_CHOSEN = "log_odds_chosen"
+BCO_REWARD_SHIFT = "bco_reward_shift"
+COUNT_DESIRABLE = "count/desirable"
+COUNT_UNDESIRABLE = "count/undesirable"
+EXTRA_METRIC_NAMES = (
+    NLL_LOSS,
+    LOG_ODDS_RATIO,
+    LOG_ODDS_CHOSEN,
+    BCO_REWARD_SHIFT,
+    COUNT_DESIRABLE,
+    COUNT_UNDESIRABLE,
 )
 
 

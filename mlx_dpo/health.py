@@ -259,12 +259,21 @@ class HealthMonitor:
             ratio = math.inf if mean_chosen_tokens > 0 else 1.0
         if chosen_longer_share < t.length_bias_share or ratio < t.length_bias_ratio:
             return []
-        message = (
-            f"In the training data the chosen response is longer than the rejected one in "
-            f"{chosen_longer_share:.0%} of {pairs} pairs (mean {mean_chosen_tokens:.0f} vs "
-            f"{mean_rejected_tokens:.0f} tokens, {ratio:.2f}x). DPO can learn 'longer is "
-            f"better' instead of the preference you mean."
-        )
+        if loss_catalog.is_unpaired(self.loss_names):
+            message = (
+                f"In the training data the desirable completion is longer than the "
+                f"undesirable one in {chosen_longer_share:.0%} of the (desirable, undesirable) "
+                f"combinations (mean {mean_chosen_tokens:.0f} vs {mean_rejected_tokens:.0f} "
+                f"tokens, {ratio:.2f}x). KTO can learn 'longer is better' instead of what the "
+                f"labels mean."
+            )
+        else:
+            message = (
+                f"In the training data the chosen response is longer than the rejected one in "
+                f"{chosen_longer_share:.0%} of {pairs} pairs (mean {mean_chosen_tokens:.0f} vs "
+                f"{mean_rejected_tokens:.0f} tokens, {ratio:.2f}x). DPO can learn 'longer is "
+                f"better' instead of the preference you mean."
+            )
         suggestion = (
             "Balance the lengths in the data (drop or rewrite the pairs where only length "
             "differs, add pairs where the shorter answer wins), or keep beta high and check "

@@ -12,6 +12,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mlx_dpo.events import (
+    BCO_REWARD_SHIFT,
+    COUNT_DESIRABLE,
+    COUNT_UNDESIRABLE,
+    LOG_ODDS_CHOSEN,
+    LOG_ODDS_RATIO,
+    METRIC_NAMES,
+    NLL_LOSS,
+)
+
 LN2 = math.log(2.0)
 
 # How a loss's rewards (the `rewards/*` metrics) are measured.
@@ -206,6 +216,30 @@ def loss_names(loss: str | Sequence[str]) -> tuple[str, ...]:
 def needs_reference(loss: str | Sequence[str]) -> bool:
     """Whether a run with these losses needs reference log-probs (a pass, or the cache)."""
     return any(CATALOG[name].needs_reference for name in loss_names(loss) if name in CATALOG)
+
+
+def is_unpaired(loss: str | Sequence[str]) -> bool:
+    """Whether the run trains on unpaired completions (kto, which takes no other loss)."""
+    return any(name in UNPAIRED for name in loss_names(loss))
+
+
+# The metrics beyond METRIC_NAMES that a loss's objective reports (mlx_dpo/events.py).
+_EXTRA_METRICS = {
+    "orpo": (NLL_LOSS, LOG_ODDS_RATIO, LOG_ODDS_CHOSEN),
+    "bco_pair": (BCO_REWARD_SHIFT,),
+    "kto": (COUNT_DESIRABLE, COUNT_UNDESIRABLE),
+}
+
+
+def extra_metrics(loss: str | Sequence[str]) -> tuple[str, ...]:
+    """The extra metrics of a run with these losses, in a fixed order."""
+    names = loss_names(loss)
+    return tuple(m for name in names for m in _EXTRA_METRICS.get(name, ()))
+
+
+def metric_names(loss: str | Sequence[str]) -> tuple[str, ...]:
+    """Every metric a step or eval event of such a run carries: METRIC_NAMES, then extras."""
+    return (*METRIC_NAMES, *extra_metrics(loss))
 
 
 def reward_kind(loss: str | Sequence[str]) -> str:

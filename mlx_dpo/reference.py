@@ -5,6 +5,11 @@ switched off. Its log-probs depend only on the weights and the token ids, so the
 computed once per (weights, tokenized data) and kept under the cache folder: a β sweep or a
 resumed run reads them instead of running a second forward pass every step. The precompute is
 chunked and checkpointed (reference_logps), so a kill or Ctrl-C during it loses little.
+
+An entry holds named per-entry columns: "chosen" and "rejected" for pairs (plus LD-DPO's
+"chosen_tail" and "rejected_tail" when a run asks for them), "completion" for KTO's
+completions. An entry missing a column a run needs is recomputed with every column it needs,
+and an entry with more columns than asked serves a run that needs fewer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ CACHE_ENV = "MLX_DPO_CACHE"
 CACHE_VERSION = "1"
 # A precompute saves what it has done at most this often (seconds): a kill loses no more.
 CHECKPOINT_SECONDS = 30.0
+PAIR_COLUMNS = ("chosen", "rejected")
 
 
 def cache_dir() -> Path:
@@ -49,28 +55,31 @@ def _path(key: str) -> Path:
     return cache_dir() / "reference" / f"{key}.safetensors"
 
 
-def load_cached(key: str, num_pairs: int) -> tuple[np.ndarray, np.ndarray] | None:
+def load_cached(
+    key: str, num_pairs: int, columns: tuple[str, ...] = PAIR_COLUMNS
+) -> tuple[np.ndarray, ...] | None:
+    """The cached columns of an entry, in `columns` order; None when it is missing, corrupt,
+    of another length or lacks a column."""
     path = _path(key)
     if not path.exists():
         return None
     try:
         arrays = mx.load(str(path))
-        chosen = np.array(arrays["chosen"], dtype=np.float32)
-        rejected = np.array(arrays["rejected"], dtype=np.float32)
-    except Exception:  # a corrupt cache file is recomputed, never trusted
+        found = tuple(np.array(arrays[name], dtype=np.float32) for name in columns)
+    except Exception:  # a corrupt (or older, narrower) cache file is recomputed, never trusted
         return None
-    if chosen.shape != (num_pairs,) or rejected.shape != (num_pairs,):
+    if any(values.shape != (num_pairs,) for values in found):
         return None
-    return chosen, rejected
+    return found
 
 
-def store(key: str, chosen: np.ndarray, rejected: np.ndarray, meta: dict) -> Path:
+def store(key: str, columns: dict[str, np.ndarray], meta: dict) -> Path:
     path = _path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
     mx.save_safetensors(
         str(tmp),
-        {"chosen": mx.array(chosen), "rejected": mx.array(rejected)},
+        {name: mx.array(values) for name, values in columns.items()},
         metadata={"meta": json.dumps(meta)},
     )
     os.replace(tmp, path)
@@ -90,23 +99,26 @@ def _partial_path(key: str, ranks: Ranks) -> Path:
     return cache_dir() / "reference" / f"{key}.partial-{ranks.rank}of{ranks.size}.npz"
 
 
-def _load_partial(path: Path, total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _load_partial(
+    path: Path, total: int, columns: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as stored:
-            chosen, rejected, done = stored["chosen"], stored["rejected"], stored["done"]
+            values = {name: stored[name].astype(np.float32) for name in columns}
+            done = stored["done"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
-    if not chosen.shape == rejected.shape == done.shape == (total,):
+    if any(v.shape != (total,) for v in values.values()) or done.shape != (total,):
         return None
-    return chosen.astype(np.float32), rejected.astype(np.float32), done.astype(bool)
+    return values, done.astype(bool)
 
 
-def _save_partial(path: Path, chosen: np.ndarray, rejected: np.ndarray, done: np.ndarray) -> None:
+def _save_partial(path: Path, values: dict[str, np.ndarray], done: np.ndarray) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
-            np.savez(handle, chosen=chosen, rejected=rejected, done=done)
+            np.savez(handle, done=done, **values)
         os.replace(tmp, path)
     except OSError:  # no room for the checkpoint: the precompute goes on without one
         tmp.unlink(missing_ok=True)
@@ -115,16 +127,19 @@ def _save_partial(path: Path, chosen: np.ndarray, rejected: np.ndarray, done: np
 def reference_logps(
     key: str,
     split: TokenizedSplit,
-    compute: Callable[[list[int]], tuple[np.ndarray, np.ndarray]],
+    compute: Callable[[list[int]], tuple[np.ndarray, ...]],
     batch_size: int,
     progress: Callable[[int, int, bool, float | None], None] | None = None,
     use_cache: bool = True,
     ranks: Ranks | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair reference log-probs (chosen, rejected) for a split, from the cache or computed
-    in batches with `compute(pair_positions)`. `progress(done, total, cached, eta_seconds)`
-    reports at the start (the pairs a resumed precompute already has) and after each batch.
+    columns: tuple[str, ...] = PAIR_COLUMNS,
+) -> tuple[np.ndarray, ...]:
+    """Per-pair (or per-completion) reference log-probs of a split, one array per column
+    (default chosen, rejected), from the cache or computed in batches with
+    `compute(positions)` (which returns the columns in order). `progress(done, total, cached,
+    eta_seconds)` reports at the start (the pairs a resumed precompute already has) and after
+    each batch.
 
     Chunked and checkpointed: what is done is saved beside the cache entry at most every
     CHECKPOINT_SECONDS, so a killed precompute resumes from its last chunk; `should_stop()`
@@ -133,7 +148,7 @@ def reference_logps(
     rank already has them cached."""
     ranks = ranks or Ranks(None, 0, 1)
     total = len(split)
-    cached = load_cached(key, total) if use_cache else None
+    cached = load_cached(key, total, columns) if use_cache else None
     if ranks.all(cached is not None):
         if progress:
             progress(total, total, True, 0.0)
@@ -141,13 +156,12 @@ def reference_logps(
     # Length-sorted batches pad little; results go back to their pairs' positions.
     order = np.argsort(split.pair_lengths(), kind="stable")[ranks.rank :: ranks.size]
     partial_path = _partial_path(key, ranks)
-    partial = _load_partial(partial_path, total) if use_cache else None
+    partial = _load_partial(partial_path, total, columns) if use_cache else None
     if partial is None:
-        chosen = np.zeros(total, dtype=np.float32)
-        rejected = np.zeros(total, dtype=np.float32)
+        values = {name: np.zeros(total, dtype=np.float32) for name in columns}
         done_mask = np.zeros(total, dtype=bool)
     else:
-        chosen, rejected, done_mask = partial
+        values, done_mask = partial
     resumed = int(done_mask[order].sum())
     done = resumed
     if progress:
@@ -160,25 +174,24 @@ def reference_logps(
             stop = ranks.any(stop)
         if stop:
             if use_cache:
-                _save_partial(partial_path, chosen, rejected, done_mask)
+                _save_partial(partial_path, values, done_mask)
             raise Interrupted(min(done * ranks.size, total), total)
         if done_mask[positions].all():
             continue
-        batch_chosen, batch_rejected = compute(positions.tolist())
-        chosen[positions] = batch_chosen
-        rejected[positions] = batch_rejected
+        for name, batch_values in zip(columns, compute(positions.tolist()), strict=True):
+            values[name][positions] = batch_values
         done_mask[positions] = True
         done += len(positions)
         now = time.monotonic()
         if use_cache and now - last_save >= CHECKPOINT_SECONDS:
-            _save_partial(partial_path, chosen, rejected, done_mask)
+            _save_partial(partial_path, values, done_mask)
             last_save = now
         if progress:
             rate = (done - resumed) / max(now - tic, 1e-9)
             eta = (len(order) - done) / rate if rate > 0 else None
             progress(min(done * ranks.size, total), total, False, eta)
-    chosen, rejected = ranks.sum(chosen), ranks.sum(rejected)
+    values = {name: ranks.sum(column) for name, column in values.items()}
     if use_cache:
-        store(key, chosen, rejected, {"split": split.name, "pairs": total})
+        store(key, values, {"split": split.name, "pairs": total, "columns": list(columns)})
         partial_path.unlink(missing_ok=True)
-    return chosen, rejected
+    return tuple(values[name] for name in columns)

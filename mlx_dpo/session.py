@@ -14,7 +14,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_dpo import reference
+from mlx_dpo import loss_catalog, reference
 from mlx_dpo.batching import Batch, collate
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import TokenizedSplit
@@ -31,6 +31,7 @@ from mlx_dpo.model import (
     snapshot_adapter,
 )
 from mlx_dpo.sources import load_data
+from mlx_dpo.unpaired import CompletionSplit, kl_pairs, load_completion_data
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Session:
     tokenizer: Any
     model_path: Path
     model_config: dict
-    splits: dict[str, TokenizedSplit]
+    splits: dict[str, TokenizedSplit]  # CompletionSplit for kto (unpaired completions)
     lora_parameters: dict
     lora_layers: int
     head_split: HeadSplit | None
@@ -54,8 +55,18 @@ class Session:
     data_notes: list[str] = field(default_factory=list)  # sources.LoadedData.notes
     data_info: dict = field(default_factory=dict)  # sources.LoadedData.info (run_start)
 
+    max_length: int = 0  # the config's: a KTO batch's KL rows are cut to it
+
     def collate(self, pairs: list) -> Batch:
         return collate(pairs, self.pad_id, shared_prompt=self.prefix_sharing)
+
+    def collate_split(self, split: TokenizedSplit, positions: list[int]) -> Batch:
+        """The batch of these entries of a split: pairs as they are; completions
+        (CompletionSplit) with their KL rows (unpaired.kl_pairs)."""
+        pairs = [split.pairs[i] for i in positions]
+        if isinstance(split, CompletionSplit):
+            pairs = kl_pairs(pairs, self.max_length)
+        return self.collate(pairs)
 
 
 def open_session(
@@ -74,7 +85,10 @@ def open_session(
     model, tokenizer, path, model_config = load_model(
         config.model, config.quantize, config.trust_remote_code, progress=progress
     )
-    loaded = load_data(config, tokenizer, splits, progress)
+    if loss_catalog.is_unpaired(config.loss):
+        loaded = load_completion_data(config, tokenizer, splits)
+    else:
+        loaded = load_data(config, tokenizer, splits, progress)
     data = loaded.splits
     if "train" in splits and "train" not in data:
         raise UserError(f"{config.data}: no train split (train.jsonl)")
@@ -124,6 +138,7 @@ def open_session(
         pad_id=pad_token_id(tokenizer),
         data_notes=loaded.notes,
         data_info=loaded.info,
+        max_length=config.max_length,
     )
 
 

@@ -455,7 +455,7 @@ def load_data(
         for role, parts in per_role.items()
         if parts
     }
-    valid_source = _select(config, splits, roles, notes)
+    valid_source = select_splits(config, splits, roles, notes)
     # The records and texts of a large set are garbage now; only the token arrays stay.
     gc.collect()
     return_free_memory()
@@ -468,7 +468,9 @@ def load_data(
     return LoadedData(splits, notes, info)
 
 
-def _select(config: Any, splits: dict, roles: tuple[str, ...], notes: list[str]) -> str | None:
+def select_splits(
+    config: Any, splits: dict, roles: tuple[str, ...], notes: list[str]
+) -> str | None:
     """Carve validation from train when there is none, then --max-pairs; says both."""
     train = splits.get("train")
     valid_source = None

@@ -14,19 +14,32 @@ with the prompt cut from the left first.
 
 KTO's KL estimate needs mismatched rows: `kl_completions` pairs each prompt of a batch with
 the completion of the row before it, cyclically, as TRL's KTO collator does.
+
+The trainer holds a tokenized split of completions as a `CompletionSplit`: a TokenizedSplit
+(numpy arrays, batching, the reference cache and the memory plan work on it unchanged) whose
+entries are (prompt, completion, nothing) with a `desirable` label each. A batch of B
+completions is collated as B "pairs" (prompt i, completion i, KL completion i) by `kl_pairs`:
+its 2B rows are the completions and their KL rows, and prefix sharing computes each prompt
+once for both. `load_completion_data` reads a run's splits (local files, as train/valid/test).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mlx_dpo.data import (
     SPLITS,
     Message,
     PreferenceRecord,
+    SplitBuilder,
+    TokenizedPair,
+    TokenizedSplit,
     parse_messages,
     read_raw_records,
     split_files,
@@ -35,6 +48,7 @@ from mlx_dpo.data import (
     validate_record,
 )
 from mlx_dpo.errors import UserError
+from mlx_dpo.sources import LoadedData, select_splits
 
 UNPAIRED_FIELDS = ("prompt", "completion", "label", "system")
 
@@ -267,9 +281,158 @@ def kl_completions(examples: list[TokenizedCompletion]) -> list[list[int]]:
     """The completion each row's prompt is paired with for KTO's KL estimate: the previous
     row's, cyclically (row 0 gets the last row's), as TRL's KTO collator builds them. A batch
     of one has no mismatched completion, which is why the config asks for batch_size >= 2."""
-    if len(examples) < 2:
+    return _previous([e.completion_ids for e in examples])
+
+
+def _previous(completions: Sequence[Any]) -> list[Any]:
+    """Each row's KL completion: the row before's, cyclically."""
+    if len(completions) < 2:
         raise ValueError("KTO's KL estimate needs at least 2 completions in a batch")
-    return [examples[i - 1].completion_ids for i in range(len(examples))]
+    return [completions[i - 1] for i in range(len(completions))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Completions as the trainer holds them
+
+
+class CompletionSplit(TokenizedSplit):
+    """Rated completions as a TokenizedSplit: entry i is (prompt, completion, no tokens) and
+    `desirable[i]` its label. Everything that works on a split's arrays (batching, the
+    reference cache, subsets for carving validation) works on it; the trainer collates its
+    batches with `kl_pairs`."""
+
+    desirable: np.ndarray
+
+    @classmethod
+    def of(cls, split: TokenizedSplit, desirable: np.ndarray | Sequence[bool]) -> CompletionSplit:
+        """The split's arrays with labels attached (no copy)."""
+        out = cls.__new__(cls)
+        out.__dict__.update(split.__dict__)
+        out.desirable = np.asarray(desirable, dtype=bool)
+        if out.desirable.shape != (len(split),):
+            raise ValueError("one label per completion")
+        return out
+
+    @classmethod
+    def from_unpaired(cls, split: TokenizedUnpairedSplit) -> CompletionSplit:
+        builder = SplitBuilder()
+        for e in split.examples:
+            builder.add(
+                e.source, e.prompt_ids, e.completion_ids, [], e.prompt_cut, e.response_cut,
+                e.prefix_mismatch,
+            )  # fmt: skip
+        built = builder.build(split.name, split.path, "unpaired")
+        return cls.of(built, [e.desirable for e in split.examples])
+
+    def subset(self, positions: np.ndarray | list[int], name: str | None = None) -> CompletionSplit:
+        positions = np.asarray(positions, dtype=np.int64)
+        return CompletionSplit.of(super().subset(positions, name), self.desirable[positions])
+
+    def fingerprint(self) -> str:
+        """TokenizedSplit's token hash and the labels."""
+        digest = hashlib.sha256(super().fingerprint().encode())
+        digest.update(np.packbits(self.desirable).tobytes())
+        return digest.hexdigest()
+
+    @property
+    def desirable_count(self) -> int:
+        return int(self.desirable.sum())
+
+    @property
+    def undesirable_count(self) -> int:
+        return len(self) - self.desirable_count
+
+
+def kl_pairs(pairs: Sequence[TokenizedPair], max_length: int) -> list[TokenizedPair]:
+    """A batch of completions (CompletionSplit entries) as the pairs the trainer collates:
+    (prompt i, completion i, KL completion i), the KL completion being the row before's
+    (`kl_completions`' rule), cut from the right so that prompt i + it fit max_length."""
+    shifted = _previous([p.chosen_ids for p in pairs])
+    return [
+        TokenizedPair(
+            p.index,
+            p.source,
+            p.prompt_ids,
+            p.chosen_ids,
+            kl[: max(1, max_length - len(p.prompt_ids))],
+            p.prompt_cut,
+            p.response_cut,
+            p.prefix_mismatch,
+        )
+        for p, kl in zip(pairs, shifted, strict=True)
+    ]
+
+
+def _role_files(data: Any, roles: tuple[str, ...]) -> dict[str, Path]:
+    """The file of each role: a single file serves the first role asked for (as for pairs),
+    a folder's train/valid/test files their own."""
+    if not isinstance(data, (str, Path)):
+        raise UserError(
+            "kto reads its completions from local files: --data a .jsonl/.json file or a "
+            "folder of train/valid/test files (not a list of data sets)"
+        )
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"{data}: no such data file or folder (kto reads local .jsonl/.json files of "
+            "{prompt, completion, label} records or of pairs)"
+        )
+    files = split_files(path)
+    if path.is_file():
+        return {roles[0]: files["train"]}
+    return {role: files[role] for role in roles if role in files}
+
+
+def load_completion_data(config: Any, tokenizer: Any, roles: tuple[str, ...]) -> LoadedData:
+    """A kto run's splits (CompletionSplit, by role), read and validated together: records
+    {prompt, completion, label} or pairs (their chosen answer desirable, rejected not),
+    tokenized, then validation carved and --max-pairs applied as for pairs (sources)."""
+    files = _role_files(config.data, roles)
+    problems: list[str] = []
+    records: dict[str, list[UnpairedRecord]] = {}
+    for role, path in files.items():
+        try:
+            records[role] = read_unpaired_records(path, config.fields)
+        except UserError as err:
+            problems += err.problems or [str(err)]
+    if problems:
+        raise UserError(f"{config.data}: {len(problems)} problem(s) in the data", problems)
+    splits: dict[str, TokenizedSplit] = {
+        role: CompletionSplit.from_unpaired(
+            tokenize_unpaired(found, tokenizer, config.max_length, role, str(files[role]))
+        )
+        for role, found in records.items()
+    }
+    notes: list[str] = []
+    valid_source = select_splits(config, splits, roles, notes)
+    for role, split in splits.items():
+        notes.append(
+            f"{role}: {len(split)} completions ({split.desirable_count} desirable, "
+            f"{split.undesirable_count} undesirable)"
+        )
+    train = splits.get("train")
+    if train is not None:
+        advice = weight_advice(
+            train.desirable_count,
+            train.undesirable_count,
+            config.desirable_weight,
+            config.undesirable_weight,
+        )
+        if advice:
+            notes.append(f"warning: {advice}")
+    info = {
+        "data_shape": "unpaired",
+        "data_sources": [
+            {
+                "path": str(config.data),
+                "revision": None,
+                "splits": {str(p.name): "unpaired" for p in files.values()},
+                "weight": 1.0,
+            }
+        ],  # fmt: skip
+        "valid_source": valid_source,
+    }
+    return LoadedData(splits, notes, info)
 
 
 def weight_advice(
@@ -294,12 +457,20 @@ def weight_advice(
     )
 
 
-def length_bias_figures(split: TokenizedUnpairedSplit) -> dict[str, float | int]:
+def length_bias_figures(
+    split: TokenizedUnpairedSplit | CompletionSplit,
+) -> dict[str, float | int]:
     """The data's length bias in the terms HealthMonitor.length_bias takes: with no pairs,
     the share of (desirable, undesirable) combinations where the desirable completion is
     longer (ties count half), the two mean lengths, and min(n_D, n_U) as the number judged."""
-    good = sorted(len(e.completion_ids) for e in split.examples if e.desirable)
-    bad = sorted(len(e.completion_ids) for e in split.examples if not e.desirable)
+    if isinstance(split, CompletionSplit):
+        lengths = split.lengths[:, 1].tolist()
+        labels = split.desirable.tolist()
+    else:
+        lengths = [len(e.completion_ids) for e in split.examples]
+        labels = [e.desirable for e in split.examples]
+    good = sorted(n for n, d in zip(lengths, labels, strict=True) if d)
+    bad = sorted(n for n, d in zip(lengths, labels, strict=True) if not d)
     if not good or not bad:
         return {
             "chosen_longer_share": 0.0,

@@ -127,3 +127,25 @@ def smollm2_gguf() -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+def rated_rows(n: int, seed: int = 0, start: int = 0) -> list[dict]:
+    """KTO's records (prompt, completion, label) from preference_rows: each pair's chosen
+    answer rated up and its rejected answer rated down, shuffled so a batch mixes both."""
+    rows = []
+    for row in preference_rows(n, seed, start):
+        rest = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
+        rows.append({**rest, "completion": row["chosen"], "label": True})
+        rows.append({**rest, "completion": row["rejected"], "label": False})
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+@pytest.fixture
+def thumbs_data(tmp_path) -> Path:
+    """Thumbs-up/down data: train 40, valid 12 and test 12 rated completions."""
+    folder = tmp_path / "thumbs"
+    write_jsonl(folder / "train.jsonl", rated_rows(20))
+    write_jsonl(folder / "valid.jsonl", rated_rows(6, seed=1, start=100))
+    write_jsonl(folder / "test.jsonl", rated_rows(6, seed=2, start=200))
+    return folder

@@ -28,7 +28,7 @@ def die() -> None:
 def kill_in_eval(nth: int) -> None:
     from mlx_dpo.trainer import evaluation, run
 
-    evaluate_split, rows_logps = run.evaluate_split, evaluation.rows_logps
+    evaluate_split, row_sums = run.evaluate_split, evaluation.row_sums
     seen = {"evals": 0, "batches": 0, "inside": False}
 
     def counting_evaluate(*args, **kwargs):
@@ -43,11 +43,11 @@ def kill_in_eval(nth: int) -> None:
             seen["batches"] += 1
             if seen["evals"] == nth and seen["batches"] == 2:
                 die()
-        return rows_logps(*args, **kwargs)
+        return row_sums(*args, **kwargs)
 
     run.evaluate_split = counting_evaluate
-    # evaluate_split looks rows_logps up in its module: only calls made inside it count.
-    evaluation.rows_logps = counting_rows
+    # evaluate_split looks row_sums up in its module: only calls made inside it count.
+    evaluation.row_sums = counting_rows
 
 
 def kill_in_write(name: str, nth: int) -> None:

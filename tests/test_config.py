@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 
 from mlx_dpo.config import (
     CONFIG_KEYS,
-    TRAINABLE_LOSSES,
     TrainConfig,
-    awaiting_trainer,
     build_config,
     check_value,
     load_config_file,
@@ -317,29 +315,22 @@ def test_yaml_reads_a_weighted_list_with_line_numbers(tmp_path):
     assert f"{path}:2: 'loss_weights' must be a list of numbers (or null)" in str(caught.value)
 
 
-@pytest.mark.parametrize("loss", TRAINABLE_LOSSES)
-def test_the_losses_the_step_runs_pass_the_gate(loss):
-    assert build_config({}, {"loss": loss}).loss == loss
-
-
 @pytest.mark.parametrize(
     "values",
-    [{"loss": n} for n in LOSSES if n not in TRAINABLE_LOSSES and n not in ("sft", "exo_pair")]
+    [{"loss": n} for n in LOSSES if n not in ("sft", "exo_pair")]
     + [
         {"loss": "exo_pair", "label_smoothing": 1e-3},
         {"loss": ["sigmoid", "sft"]},
         {"loss": "sigmoid", "ld_alpha": 0.5},
         {"loss": "sigmoid", "use_weighting": True},
         {"loss": ["sigmoid"], "loss_weights": [2.0]},
+        {"loss": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
     ],
 )
-def test_what_the_step_does_not_run_yet_is_refused_not_ignored(values):
-    """Valid settings, but the training step cannot run them until it is wired (issue 20)."""
-    assert loss_problems(TrainConfig(**values)) == []
-    assert awaiting_trainer(TrainConfig(**values))
-    with pytest.raises(UserError) as caught:
-        build_config({}, values)
-    assert "not available in training yet" in str(caught.value)
+def test_every_loss_and_option_the_step_runs_is_accepted(values):
+    """The training step runs every loss of the catalog and every option (issue 20)."""
+    config = build_config({}, values)
+    assert config.loss == values["loss"] and loss_problems(config) == []
 
 
 def test_paths_in_a_yaml_expand_the_home_folder_and_variables(tmp_path, monkeypatch):

@@ -45,11 +45,16 @@ def command(model, data, run_dir, batch_size: int) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch not installed")
-def test_two_ranks_equal_one_rank_with_twice_the_batch(llama_chatml, preference_data, tmp_path):
-    single = run_job(command(llama_chatml, preference_data, tmp_path / "one", 4))
+@pytest.mark.parametrize("loss", [[], ["--loss", "bco_pair"]], ids=["sigmoid", "bco_pair"])
+def test_two_ranks_equal_one_rank_with_twice_the_batch(
+    llama_chatml, preference_data, tmp_path, loss
+):
+    """bco_pair too: its running reward mean takes the mean over the ranks' batches (the
+    global batch's, as TRL gathers it)."""
+    single = run_job(command(llama_chatml, preference_data, tmp_path / "one", 4) + loss)
     assert single.returncode == 0, single.stderr
     launch = [shutil.which("mlx.launch"), "-n", "2", "--backend", "ring"]
-    double = run_job(launch + command(llama_chatml, preference_data, tmp_path / "two", 2))
+    double = run_job(launch + command(llama_chatml, preference_data, tmp_path / "two", 2) + loss)
     assert double.returncode == 0, double.stderr + double.stdout
     one, two = read_events(tmp_path / "one"), read_events(tmp_path / "two")
     assert run_start(two)["world_size"] == 2 and run_start(one)["world_size"] == 1
@@ -57,6 +62,11 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(llama_chatml, preference_
     loss_two = [e["loss"] for e in two if e["event"] == "step"]
     assert len(loss_two) == 5
     np.testing.assert_allclose(loss_one, loss_two, rtol=1e-4, atol=1e-5)
+    if loss:
+        shift_one = [e["bco_reward_shift"] for e in one if e["event"] == "step"]
+        shift_two = [e["bco_reward_shift"] for e in two if e["event"] == "step"]
+        assert shift_one[-1] != 0
+        np.testing.assert_allclose(shift_one, shift_two, rtol=1e-4, atol=1e-6)
     a = mx.load(str(tmp_path / "one" / "adapters.safetensors"))
     b = mx.load(str(tmp_path / "two" / "adapters.safetensors"))
     for name in a:

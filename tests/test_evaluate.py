@@ -157,3 +157,37 @@ def test_a_live_run_can_be_evaluated(adapter, preference_data):
     with RunLock(adapter).acquire():
         result = evaluate_command(None, str(adapter), str(preference_data), split="valid")
     assert result["pairs"] == 8
+
+
+@pytest.mark.parametrize("loss", ["kto", "orpo"])
+def test_kto_and_orpo_adapters_evaluate_and_export(
+    llama_chatml, preference_data, thumbs_data, tmp_path, capsys, loss
+):
+    """`mlx-dpo train --loss kto|orpo`, then `mlx-dpo eval` and `mlx-dpo export` of its run:
+    the loss and its options come from the adapter; kto evaluates rated completions, orpo
+    has no reference (kl null in JSON)."""
+    from mlx_lm.utils import load
+
+    from mlx_dpo.cli import main
+    from tests.shared import train_args
+
+    data = thumbs_data if loss == "kto" else preference_data
+    run_dir = tmp_path / "run"
+    assert main(train_args(llama_chatml, data, run_dir, "--loss", loss, "--beta", "0.3")) == 0
+    capsys.readouterr()
+    result = evaluate_command(None, str(run_dir), str(data), split="test")
+    assert math.isfinite(result["loss"]) and result["loss"] > 0
+    if loss == "kto":
+        assert result["pairs"] == 12
+        assert result["count/desirable"] + result["count/undesirable"] == 12
+        assert result["kl"] >= 0
+    else:
+        assert result["pairs"] == 8 and math.isnan(result["kl"]) and result["nll_loss"] > 0
+    assert main(["eval", "--adapter-path", str(run_dir), "--data", str(data), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["loss"] == pytest.approx(result["loss"], rel=1e-6)
+    assert (printed["kl"] is None) == (loss == "orpo")
+    out = tmp_path / "fused"
+    assert main(["export", "--adapter-path", str(run_dir), "--save-path", str(out)]) == 0
+    model, _ = load(str(out))
+    assert model is not None

@@ -13,8 +13,8 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_dpo.config import build_config
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
 from mlx_dpo.session import open_session
-from mlx_dpo.trainer.batch_logps import batch_arrays, response_token_counts
-from mlx_dpo.trainer.step import compiled_step, make_loss_fn
+from mlx_dpo.trainer.batch_logps import batch_arrays
+from mlx_dpo.trainer.step import compiled_step, make_loss_fn, step_extras
 
 
 def session_for(model, data, prefix_sharing: bool):
@@ -34,10 +34,11 @@ def session_for(model, data, prefix_sharing: bool):
 
 
 def step_inputs(session):
-    batch = session.collate(session.splits["train"].pairs[:4])
-    chosen_tokens, rejected_tokens = response_token_counts(batch)
-    reference = mx.zeros(batch.num_pairs) - 40.0
-    return batch_arrays(batch), reference, reference, chosen_tokens, rejected_tokens
+    split = session.splits["train"]
+    batch = session.collate(split.pairs[:4])
+    reference = np.zeros(len(split), np.float32) - 40.0
+    extras = step_extras(batch, split, {"chosen": reference, "rejected": reference})
+    return batch_arrays(batch), extras, {}
 
 
 def loss_and_grads(session, config, checkpointed: bool):
@@ -86,7 +87,7 @@ def test_compiled_step_with_checkpointing_and_sharing(llama_chatml, preference_d
         optimizer = optim.AdamW(learning_rate=1e-4)
         optimizer.init(session.model.trainable_parameters())
         accumulate, _ = compiled_step(session, config, optimizer)
-        _, _, grads = accumulate(None, *step_inputs(session))
+        _, _, grads, _ = accumulate(None, *step_inputs(session))
         mx.eval(grads)
     finally:
         restore()

@@ -661,8 +661,12 @@ def off_kinds(run_start: dict, thresholds: HealthThresholds | None = None, **set
     return {c["kind"]: c["message"] for c in checks}
 
 
+# A run long enough, with data enough, for every check to run.
+LONG_RUN = {"total_steps": 200, "train_pairs": 500, "valid_pairs": 40}
+
+
 def test_a_long_run_with_enough_data_has_every_check_on():
-    assert off_kinds({"total_steps": 200, "train_pairs": 500, "valid_pairs": 40}) == {}
+    assert off_kinds(LONG_RUN) == {}
 
 
 def test_a_small_validation_split_turns_the_validation_checks_off():
@@ -717,3 +721,35 @@ def test_checks_that_are_off_are_not_findings():
     assert summarize([{**off, "severity": "off"}]) == "No problems seen."
     (finding,) = run_monitor(kl_drift_stream())
     assert summarize([off, finding]).splitlines()[0] == "Run health: 1 warning."
+
+
+@pytest.mark.parametrize(
+    ("loss", "off"),
+    [
+        ("orpo", {"reference_mismatch", "kl_drift"}),
+        (["simpo", "sft"], {"reference_mismatch", "kl_drift"}),
+        ("sigmoid", set()),
+        ("kto", set()),  # every check applies to kto (docs/health.md's table)
+    ],
+)
+def test_the_checks_a_loss_turns_off_are_the_docs(loss, off):
+    checks = HealthMonitor(loss=loss).checks_off(LONG_RUN)
+    assert {c["kind"] for c in checks} == off
+    assert all(c["severity"] == "off" and "no reference model" in c["message"] for c in checks)
+    text = DOCS.read_text()
+    assert "| `kl_drift` | `kl` = the batch's mean log-ratio | not checked" in text
+    assert "| `reference_mismatch` | yes (table above) | no:" in text
+
+
+def test_off_checks_in_a_stream_are_not_findings():
+    events = simulate(0, 5, lambda t: -0.5 * t, lambda t: -1.5 * t)
+    events[0]["loss"] = "orpo"
+    for check in HealthMonitor(loss="orpo").checks_off(LONG_RUN):
+        events.insert(1, {"event": "health", "time": 0.0, **check})
+    assert check_events(events) == []
+
+
+def test_kto_length_bias_speaks_of_desirable_and_undesirable_completions():
+    (finding,) = HealthMonitor(loss="kto").length_bias(0.9, 240.0, 150.0, 300)
+    assert "desirable completion is longer than the undesirable one in 90%" in finding["message"]
+    assert "pairs" not in finding["message"]

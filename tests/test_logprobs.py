@@ -137,3 +137,47 @@ def test_prefix_sharing_gives_the_same_logps_and_gradients(fixture, request, tmp
     grad_shared = tree_flatten(nn.value_and_grad(model, lambda: (shared() * weights).sum())()[1])
     for (name, a), (_, b) in zip(grad_rows, grad_shared, strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("budget", [1 << 28, 1], ids=["whole", "chunked"])
+def test_per_token_log_probs_and_wpo_terms(llama_chatml, tmp_path, monkeypatch, budget):
+    """The masked per-token log-probs (R, W) that sum to response_logps, and WPO's per-token
+    terms log p(y_t) − log Σ_v p(v)² from the same logits, against numpy on the full
+    logits; zero past each response; in one pass or in checkpointed chunks."""
+    from mlx_dpo.logprobs import response_token_logps, shared_prompt_token_logps
+
+    model, tokenizer = load(str(llama_chatml))
+    write_jsonl(tmp_path / "train.jsonl", preference_rows(3))
+    pairs = load_splits(tmp_path, tokenizer, 1024)["train"].pairs
+    batch = collate(pairs)
+    arrays = [mx.array(a) for a in (batch.tokens, batch.response_positions, batch.response_mask)]
+    split = find_head_split(model)
+    monkeypatch.setattr(logprobs, "LOGITS_BUDGET_BYTES", budget)
+    values, terms = response_token_logps(model, *arrays, split, wpo=True)
+    logits = np.array(model(arrays[0][:, :-1]).astype(mx.float32), dtype=np.float64)
+    mask = batch.response_mask
+    for row in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if not mask[row, t]:
+                assert values[row, t].item() == 0 and terms[row, t].item() == 0
+                continue
+            position = batch.response_positions[row, t]
+            z = logits[row, position]
+            target = batch.tokens[row, position + 1]
+            lse = np.logaddexp.reduce(z)
+            assert values[row, t].item() == pytest.approx(z[target] - lse, rel=1e-4, abs=1e-4)
+            wpo = z[target] + lse - np.logaddexp.reduce(2 * z)
+            assert terms[row, t].item() == pytest.approx(wpo, rel=1e-4, abs=1e-4)
+    np.testing.assert_allclose(
+        np.array(values.sum(axis=-1)), np.array(response_logps(model, *arrays, split)), rtol=1e-6
+    )
+    shared = collate(pairs, shared_prompt=True)
+    shared_values, shared_terms = shared_prompt_token_logps(
+        model, *[mx.array(a) for a in shared.model_inputs()], split, wpo=True
+    )
+    np.testing.assert_allclose(
+        np.array(shared_terms.sum(-1)), np.array(terms.sum(-1)), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.array(shared_values.sum(-1)), np.array(values.sum(-1)), rtol=1e-4, atol=1e-4
+    )

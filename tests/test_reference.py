@@ -82,10 +82,12 @@ def test_read_back_from_the_cache_instead_of_computed():
 @pytest.mark.parametrize("damage", ["corrupt", "wrong size"])
 def test_a_bad_cache_file_is_recomputed(damage):
     if damage == "corrupt":
-        reference.store("k4", np.zeros(5), np.zeros(5), {})
+        reference.store("k4", {"chosen": np.zeros(5), "rejected": np.zeros(5)}, {})
         reference._path("k4").write_bytes(b"not safetensors")
     else:
-        reference.store("k4", np.zeros(3), np.zeros(3), {})  # another split's length
+        reference.store(
+            "k4", {"chosen": np.zeros(3), "rejected": np.zeros(3)}, {}
+        )  # another split's length
     compute = Computer()
     chosen, _ = reference_logps("k4", split_of(), compute, 8)
     assert compute.calls and chosen[2] == -20
@@ -168,11 +170,13 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     from mlx_dpo.trainer import run as trainer
 
     monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
+    # A cache of its own: other tests' runs on the same model and data fill the shared one.
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))
     computed: list[int] = []
     real = trainer.compute_reference
 
-    def counting(session, split):
-        compute = real(session, split)
+    def counting(session, split, columns=reference.PAIR_COLUMNS):
+        compute = real(session, split, columns)
 
         def wrapped(positions):
             computed.extend(positions)
@@ -205,3 +209,25 @@ def test_ctrl_c_during_the_precompute_stops_the_run_and_the_next_start_continues
     # Each session's precompute starts with what it has: none, then the 8 pairs kept.
     train = [e["done"] for e in events if e["split"] == "train"]
     assert train[0] == 0 and 8 in train and train[-1] == 24
+
+
+def test_named_columns_a_wider_entry_serves_a_narrower_run():
+    """LD-DPO's runs ask for tail sums too: an entry without them is recomputed with every
+    column; an entry with them serves a run that needs only chosen and rejected."""
+    wide = ("chosen", "rejected", "chosen_tail", "rejected_tail")
+
+    def compute(positions):
+        chosen = np.array([-10.0 * i for i in positions], dtype=np.float32)
+        return chosen, chosen - 1, chosen / 2, chosen / 4
+
+    reference_logps("k5", split_of(), Computer(), 8)
+    assert reference.load_cached("k5", 5, wide) is None
+    values = reference_logps("k5", split_of(), compute, 8, columns=wide)
+    assert [v[2] for v in values] == [-20.0, -21.0, -10.0, -5.0]
+    narrow = Computer()
+    chosen, rejected = reference_logps("k5", split_of(), narrow, 8)
+    assert not narrow.calls and chosen[2] == -20 and rejected[2] == -21
+    (completion,) = reference_logps(
+        "k6", split_of(), lambda p: (np.array(p, np.float32),), 8, columns=("completion",)
+    )
+    assert completion.tolist() == [0, 1, 2, 3, 4]

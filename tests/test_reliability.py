@@ -74,13 +74,14 @@ def test_non_finite_loss_fails_cleanly_and_keeps_the_checkpoint(
 ):
     from mlx_dpo.trainer import step
 
-    original = step.preference_loss
+    original = step.pair_objective
 
     def poisoned(*args, **kwargs):
-        loss, per_pair = original(*args, **kwargs)
-        return loss * math.nan, per_pair
+        result = original(*args, **kwargs)
+        result.loss = result.loss * math.nan
+        return result
 
-    monkeypatch.setattr(step, "preference_loss", poisoned)
+    monkeypatch.setattr(step, "pair_objective", poisoned)
     config = build_config(
         {},
         dict(model=str(llama_chatml), data=str(preference_data), adapter_path=str(tmp_path / "run"),

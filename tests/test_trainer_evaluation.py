@@ -88,3 +88,55 @@ def test_cached_reference_log_probs_are_used_as_given(trained_session):
     for row, before in zip(shifted["per_pair"], computed, strict=True):
         assert row["reference_chosen_logp"] == pytest.approx(before["reference_chosen_logp"] + 1)
         assert row["reward_chosen"] == pytest.approx(before["reward_chosen"] - 0.7, abs=1e-4)
+
+
+def test_kto_evaluation_is_the_formula_over_the_split(llama_chatml, thumbs_data):
+    """A split of rated completions: every completion's log-ratio and one reference point z
+    from the whole split's KL rows (completion i-1 with prompt i), against TRL's formula in
+    numpy; the cached completions' reference gives the same numbers."""
+    from tests.test_losses import kto_numpy
+
+    config = config_for(llama_chatml, thumbs_data, loss="kto", beta=0.4, batch_size=5)
+    session = open_session(config, splits=("valid",))
+    rng = np.random.default_rng(4)
+    session.model.update(
+        tree_map(
+            lambda p: p + mx.array(rng.normal(0, 0.05, p.shape).astype(np.float32)),
+            session.model.trainable_parameters(),
+        )
+    )
+    split = session.splits["valid"]
+    result = evaluate_split(session, split, config, per_pair=True)
+    n = len(split)
+    prompts = [split.pairs[i].prompt_ids for i in range(n)]
+    completions = [split.pairs[i].chosen_ids for i in range(n)]
+    rows = [(prompts[i], completions[i]) for i in range(n)]
+    kl_rows = [(prompts[i], completions[i - 1]) for i in range(n)]
+    policy, reference = logps_of_rows(session, rows)
+    kl_policy, kl_reference = logps_of_rows(session, kl_rows)
+    desirable = split.desirable
+    expected, _ = kto_numpy(policy, reference, desirable, kl_policy, kl_reference, 0.4, 1.0, 1.0)
+    assert result["loss"] == pytest.approx(expected, rel=1e-4)
+    assert result["pairs"] == n == 12
+    assert result["count/desirable"] == desirable.sum()
+    rewards = 0.4 * (policy - reference)
+    assert result["rewards/chosen"] == pytest.approx(rewards[desirable].mean(), rel=1e-4)
+    assert result["rewards/rejected"] == pytest.approx(rewards[~desirable].mean(), rel=1e-4)
+    assert [r["desirable"] for r in result["per_pair"]] == desirable.tolist()
+    np.testing.assert_allclose([r["reward"] for r in result["per_pair"]], rewards, rtol=1e-4)
+    cached = evaluate_split(session, split, config, {"completion": reference.astype(np.float32)})
+    assert cached["loss"] == pytest.approx(result["loss"], rel=1e-5)
+
+
+def logps_of_rows(session, rows):
+    """The policy's and the reference's summed response log-probs of (prompt, response) rows,
+    one row at a time (no batching, no KL pairing)."""
+    from mlx_dpo.batching import collate_rows
+    from mlx_dpo.trainer.batch_logps import reference_rows_logps
+
+    policy, reference = [], []
+    for row in rows:
+        arrays = tuple(mx.array(a) for a in collate_rows([row]))
+        policy.append(rows_logps(session, *arrays).item())
+        reference.append(reference_rows_logps(session, *arrays).item())
+    return np.array(policy, np.float64), np.array(reference, np.float64)

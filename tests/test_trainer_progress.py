@@ -24,7 +24,7 @@ def fields(events: list[dict], *names: str) -> list[tuple]:
 
 def test_a_phase_is_written_at_its_start_every_few_seconds_and_at_its_end(tmp_path):
     clock, lines = Clock(), []
-    tell = PhaseProgress(EventWriter(tmp_path), lines.append, clock)
+    tell = PhaseProgress(EventWriter(tmp_path), lines.append, clock=clock)
     tell("tokenizing", 0, 100, "train pairs")
     for done in range(10, 100, 10):  # one report a second
         clock.now += 1.0
@@ -66,7 +66,7 @@ def test_a_new_phase_or_split_starts_over(tmp_path):
 
 def test_a_long_phase_says_lines_with_its_eta_and_how_long_it_took(tmp_path):
     clock, lines = Clock(), []
-    tell = PhaseProgress(EventWriter(tmp_path), lines.append, clock)
+    tell = PhaseProgress(EventWriter(tmp_path), lines.append, clock=clock)
     tell("loading", 0, 1000.0, "MB")
     clock.now += 12.0
     tell("loading", 300.0, 1000.0, "MB")  # 300 MB in 12 s: 700 more take 28 s
@@ -85,7 +85,7 @@ def test_eta_needs_a_rate():
 
 def test_reference_progress_writes_its_start_every_few_seconds_and_its_end(tmp_path):
     clock, lines = Clock(), []
-    tell = ReferenceProgress("train", EventWriter(tmp_path), lines.append, clock)
+    tell = ReferenceProgress("train", EventWriter(tmp_path), lines.append, clock=clock)
     tell(0, 40, False, None)
     for done in range(4, 40, 4):
         clock.now += 0.5
@@ -107,7 +107,7 @@ def test_reference_progress_writes_its_start_every_few_seconds_and_its_end(tmp_p
 def test_reference_progress_says_a_line_every_ten_seconds_while_computing(tmp_path, monkeypatch):
     monkeypatch.setattr(progress_module, "LINE_SECONDS", 10.0)
     clock, lines = Clock(), []
-    tell = ReferenceProgress("valid", EventWriter(tmp_path), lines.append, clock)
+    tell = ReferenceProgress("valid", EventWriter(tmp_path), lines.append, clock=clock)
     clock.now += 11.0
     tell(10, 40, False, 33.0)
     clock.now += 1.0
@@ -116,7 +116,7 @@ def test_reference_progress_says_a_line_every_ten_seconds_while_computing(tmp_pa
 
 
 def test_a_cached_reference_is_one_event(tmp_path):
-    tell = ReferenceProgress("valid", EventWriter(tmp_path), lambda _: None, Clock())
+    tell = ReferenceProgress("valid", EventWriter(tmp_path), lambda _: None, clock=Clock())
     tell(8, 8, True, 0.0)
     (event,) = read_events(tmp_path)
     assert event["done"] == event["total"] == 8 and event["cached"] is True

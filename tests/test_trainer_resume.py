@@ -379,3 +379,82 @@ def test_resume_refuses_a_model_whose_chat_template_changed(
         "the validation split's tokens (its data, the tokenizer, the chat template, max_length "
         "or fields)",
     ]
+
+
+def test_bco_pair_resume_is_bit_exact_with_its_reward_shift(
+    llama_chatml, preference_data, tmp_path
+):
+    """The MPO recipe [sigmoid, bco_pair, sft]: bco_pair's running reward shift is saved in
+    each checkpoint (and beside the adapters) and restored on resume, so a stopped and
+    resumed run is the uninterrupted one, bit for bit."""
+    options = dict(
+        loss=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], grad_accumulation=2,
+        save_every=2, lora_dropout=0.1,
+    )  # fmt: skip
+    run(config_for(llama_chatml, preference_data, tmp_path / "straight", **options))
+    run_dir = tmp_path / "interrupted"
+    interrupted = config_for(llama_chatml, preference_data, run_dir, **options)
+
+    def stop_after_third(line: str) -> None:
+        if line.startswith("step 3/"):
+            send_command(run_dir, "stop")
+
+    status = train(interrupted, RunOptions(run_dir, on_line=stop_after_third, handle_signals=False))
+    assert status == "stopped"
+    saved = mx.load(str(run_dir / "checkpoints" / "step-0000003" / "loss_state.safetensors"))
+    assert saved["bco_reward_count"].item() == 6  # 3 steps of 2 micro-batches
+    status, events = run(interrupted, resume=True)
+    assert status == "completed"
+    straight_events = read_events(tmp_path / "straight")
+    straight = steps(straight_events)
+    resumed = steps(events)
+    # A list with a reference-based loss computes the reference (once, cached).
+    assert any(e["event"] == "reference" for e in straight_events)
+    assert [e["step"] for e in resumed] == [1, 2, 3, 4, 5, 6]
+    for name in ("loss", "bco_reward_shift", "rewards/margins"):
+        assert [e[name] for e in resumed] == [e[name] for e in straight], name
+    assert straight[-1]["bco_reward_shift"] != 0
+    a, b = adapters(tmp_path / "straight"), adapters(run_dir)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    for folder in (tmp_path / "straight", run_dir):
+        state = mx.load(str(folder / "loss_state.safetensors"))
+        assert state["bco_reward_mean"].item() == pytest.approx(straight[-1]["bco_reward_shift"])
+
+
+def test_a_bco_pair_checkpoint_without_its_shift_is_refused(
+    llama_chatml, preference_data, tmp_path
+):
+    run_dir = tmp_path / "run"
+    config = config_for(
+        llama_chatml, preference_data, run_dir, loss="bco_pair", iters=2, save_every=1
+    )
+    run(config)
+    for path in (run_dir / "checkpoints").glob("*/loss_state.safetensors"):
+        path.unlink()
+    with pytest.raises(UserError, match="no bco_pair reward shift"):
+        run(config, resume=True)
+
+
+def test_kto_resume_is_bit_exact(llama_chatml, thumbs_data, tmp_path):
+    """A KTO run (rated completions, KL rows rebuilt from each batch) stopped and resumed is
+    the uninterrupted one."""
+    options = dict(loss="kto", save_every=2, lora_dropout=0.1)
+    run(config_for(llama_chatml, thumbs_data, tmp_path / "straight", **options))
+    run_dir = tmp_path / "interrupted"
+    interrupted = config_for(llama_chatml, thumbs_data, run_dir, **options)
+
+    def stop_after_third(line: str) -> None:
+        if line.startswith("step 3/"):
+            send_command(run_dir, "stop")
+
+    status = train(interrupted, RunOptions(run_dir, on_line=stop_after_third, handle_signals=False))
+    assert status == "stopped"
+    status, events = run(interrupted, resume=True)
+    assert status == "completed"
+    straight = steps(read_events(tmp_path / "straight"))
+    for name in ("loss", "kl", "count/desirable"):
+        assert [e[name] for e in steps(events)] == [e[name] for e in straight], name
+    a, b = adapters(tmp_path / "straight"), adapters(run_dir)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

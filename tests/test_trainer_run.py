@@ -13,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -323,16 +325,16 @@ def test_a_stop_during_an_evaluation_comes_between_its_batches(
 ):
     from mlx_dpo.trainer import evaluation
 
-    rows_logps = evaluation.rows_logps
+    row_sums = evaluation.row_sums
     batches: list[str] = []
 
     def signalling_rows(*args, **kwargs):
         batches.append("batch")
         if len(batches) == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # during the first of its two batches
-        return rows_logps(*args, **kwargs)
+        return row_sums(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "rows_logps", signalling_rows)
+    monkeypatch.setattr(evaluation, "row_sums", signalling_rows)
     run_dir = tmp_path / "run"
     config = config_for(llama_chatml, preference_data, run_dir, iters=6, eval_every=2)
     lines: list[str] = []
@@ -508,3 +510,102 @@ def test_a_stop_while_paused_stops_the_run(llama_chatml, preference_data, tmp_pa
         "step-0000002"
     )
     assert read_status(run_dir)["state"] == "stopped"
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses beyond DPO (issue 20): what each family runs, and what it skips
+
+
+def reference_files(cache: Path) -> list[str]:
+    folder = cache / "reference"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("loss", ["orpo", "simpo"])
+def test_reference_free_runs_skip_the_reference_pass(
+    llama_chatml, preference_data, tmp_path, monkeypatch, loss
+):
+    """No reference pass, no reference events, nothing in the reference cache; kl is null,
+    the checks that need a reference say they are off; orpo streams its extras."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLX_DPO_CACHE", str(cache))
+    config = config_for(
+        llama_chatml, preference_data, tmp_path / "run", loss=loss, iters=4, eval_every=2
+    )
+    status, events = run(config)
+    assert status == "completed"
+    assert not [e for e in events if e["event"] == "reference"]
+    assert reference_files(cache) == []
+    states = [e.get("state") for e in events if e["event"] == "state"]
+    assert "computing_reference" not in states
+    evals = [e for e in events if e["event"] == "eval"]
+    assert len(evals) == 2 and all(e["kl"] is None for e in steps(events) + evals)
+    extras = {"nll_loss", "log_odds_ratio", "log_odds_chosen"}
+    for event in steps(events) + evals:
+        assert (extras <= set(event)) == (loss == "orpo")
+        assert all(math.isfinite(event[k]) for k in METRIC_NAMES if k != "kl")
+    off = {e["kind"]: e for e in events if e["event"] == "health" and e["severity"] == "off"}
+    # A 4-step run turns the trend checks off too; these two are off for the loss itself.
+    for kind in ("reference_mismatch", "kl_drift"):
+        assert f"the {loss} loss uses no reference model" in off[kind]["message"]
+    if loss == "orpo":
+        # The NLL term is the chosen answers' token-mean NLL: -logps/chosen over their tokens.
+        first = steps(events)[0]
+        assert first["nll_loss"] > 0 and first["loss"] > first["nll_loss"]
+    assert steps(events)[-1]["loss"] < steps(events)[0]["loss"]
+
+
+def test_kto_run_trains_on_rated_completions(llama_chatml, thumbs_data, tmp_path, monkeypatch):
+    """KTO end to end: it starts at λ/2 with zero rewards, the reference cache holds the
+    completions' log-probs only (the KL rows' reference is computed in each step), every
+    step counts its desirable and undesirable completions, and the right-side share rises."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLX_DPO_CACHE", str(cache))
+    config = config_for(
+        llama_chatml, thumbs_data, tmp_path / "run", loss="kto", iters=8, eval_every=4,
+        learning_rate=5e-3, lr_schedule="constant",
+    )  # fmt: skip
+    status, events = run(config)
+    assert status == "completed"
+    first = steps(events)[0]
+    assert first["loss"] == pytest.approx(0.5, abs=1e-5)
+    assert first["kl"] == pytest.approx(0, abs=1e-5)
+    for name in ("rewards/chosen", "rewards/rejected"):
+        assert first[name] is None or first[name] == pytest.approx(0, abs=1e-5)
+    for event in steps(events):
+        assert event["count/desirable"] + event["count/undesirable"] == 4
+        assert event["kl"] >= 0
+    done = [e for e in events if e["event"] == "reference" and e["done"] == e["total"]]
+    assert {(e["split"], e["total"]) for e in done} == {("train", 40), ("valid", 12)}
+    assert not [e for e in events if e["event"] == "health" and e["severity"] == "error"]
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["pairs"] for e in evals] == [12, 12]
+    assert evals[0]["count/desirable"] + evals[0]["count/undesirable"] == 12
+    assert evals[-1]["rewards/accuracies"] > 0.5 and evals[-1]["rewards/margins"] > 0
+    files = [f for f in reference_files(cache) if f.endswith(".safetensors")]
+    assert len(files) == 2
+    for name in files:
+        assert set(mx.load(str(cache / "reference" / name))) == {"completion"}
+    start = next(e for e in events if e["event"] == "run_start")
+    assert start["event"] == "run_start" and start["loss"] == "kto" and start["train_pairs"] == 40
+
+
+@pytest.mark.slow
+def test_ld_dpo_caches_its_tail_sums_and_cached_equals_live(
+    llama_chatml, preference_data, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLX_DPO_CACHE", str(cache))
+    options = dict(loss="sigmoid", ld_alpha=0.3, use_weighting=True, iters=3)
+    _, cached = run(config_for(llama_chatml, preference_data, tmp_path / "cached", **options))
+    _, live = run(
+        config_for(llama_chatml, preference_data, tmp_path / "live", reference="live", **options)
+    )
+    np.testing.assert_allclose(
+        [e["loss"] for e in steps(cached)], [e["loss"] for e in steps(live)], rtol=1e-4
+    )
+    entries = [f for f in reference_files(cache) if f.endswith(".safetensors")]
+    assert entries
+    for name in entries:
+        columns = set(mx.load(str(cache / "reference" / name)))
+        assert columns == {"chosen", "rejected", "chosen_tail", "rejected_tail"}

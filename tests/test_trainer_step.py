@@ -15,21 +15,25 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_dpo.batching import batches_per_epoch, collate, epoch_batches
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.events import METRIC_NAMES
-from mlx_dpo.losses import LossSettings
+from mlx_dpo.loss_catalog import metric_names
+from mlx_dpo.losses import LossSettings, settings_from_config
 from mlx_dpo.session import open_session
 from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
+    compute_reference,
     reference_rows_logps,
     response_token_counts,
     rows_logps,
+    second_half,
 )
 from mlx_dpo.trainer.schedule import build_optimizer
 from mlx_dpo.trainer.step import (
+    MetricTotals,
     MicroBatches,
     TrainingStep,
     compiled_step,
-    loss_settings,
     make_loss_fn,
+    step_extras,
 )
 from tests.training import config_for
 
@@ -58,9 +62,14 @@ def test_gradients_match_finite_differences(llama_chatml, preference_data, tmp_p
     arrays = batch_arrays(batch)
     chosen_tokens, rejected_tokens = response_token_counts(batch)
     ref = np.array(reference_rows_logps(session, *arrays))
-    ref_chosen, ref_rejected = mx.array(ref[:4]), mx.array(ref[4:])
+    extras = {
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+        "reference_chosen": mx.array(ref[:4]),
+        "reference_rejected": mx.array(ref[4:]),
+    }
     loss_fn = make_loss_fn(session, config)
-    inputs = (arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
+    inputs = (arrays, extras, {})
     (loss, _), grads = nn.value_and_grad(model, loss_fn)(*inputs)
     assert loss.item() != pytest.approx(math.log(2), abs=1e-3)
     grads = dict(tree_flatten(grads))
@@ -89,9 +98,9 @@ def test_gradients_match_finite_differences(llama_chatml, preference_data, tmp_p
 
 
 def test_loss_settings_come_from_the_config():
-    settings = loss_settings(config_for("m", "d", beta=0.3, label_smoothing=0.1))
+    settings = settings_from_config(config_for("m", "d", beta=0.3, label_smoothing=0.1))
     assert settings == LossSettings(beta=0.3, label_smoothing=0.1, simpo_gamma=0.5)
-    simpo = loss_settings(config_for("m", "d", loss="simpo", simpo_gamma=1.5))
+    simpo = settings_from_config(config_for("m", "d", loss="simpo", simpo_gamma=1.5))
     assert simpo.simpo_gamma == 1.5
 
 
@@ -114,9 +123,13 @@ def test_loss_and_metrics_are_the_dpo_formula_of_the_log_probs(llama_chatml, pre
     arrays = batch_arrays(batch)
     chosen_tokens, rejected_tokens = response_token_counts(batch)
     ref = np.array([-40.0, -41.0, -39.5, -42.0, -44.0, -43.0, -45.5, -41.0], dtype=np.float32)
-    loss, metrics = make_loss_fn(session, config)(
-        arrays, mx.array(ref[:4]), mx.array(ref[4:]), chosen_tokens, rejected_tokens
-    )
+    extras = {
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+        "reference_chosen": mx.array(ref[:4]),
+        "reference_rejected": mx.array(ref[4:]),
+    }
+    loss, (metrics, _) = make_loss_fn(session, config)(arrays, extras, {})
     rows = np.array(rows_logps(session, *arrays), dtype=np.float64)
     ratio_chosen, ratio_rejected = rows[:4] - ref[:4], rows[4:] - ref[4:]
     z = 0.7 * (ratio_chosen - ratio_rejected)
@@ -140,14 +153,21 @@ def test_compiled_step_accumulates_averages_and_reports_the_norm(llama_chatml, p
     session, config = perturbed_session(llama_chatml, preference_data, max_grad_norm=0.0)
     batch = session.collate(session.splits["train"].pairs[:4])
     ref = reference_rows_logps(session, *batch_arrays(batch))
-    inputs = (batch_arrays(batch), ref[:4], ref[4:], *response_token_counts(batch))
+    chosen_tokens, rejected_tokens = response_token_counts(batch)
+    extras = {
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+        "reference_chosen": ref[:4],
+        "reference_rejected": ref[4:],
+    }
+    inputs = (batch_arrays(batch), extras, {})
     (_, _), plain = nn.value_and_grad(session.model, make_loss_fn(session, config))(*inputs)
     plain = {k: np.array(v) for k, v in tree_flatten(plain)}
     optimizer = build_optimizer(config, 0.0)  # learning rate 0: the weights stay
     optimizer.init(session.model.trainable_parameters())
     accumulate, apply = compiled_step(session, config, optimizer)
-    _, _, once = accumulate(None, *inputs)
-    _, _, twice = accumulate(once, *inputs)
+    _, _, once, _ = accumulate(None, *inputs)
+    _, _, twice, _ = accumulate(once, *inputs)
     mx.eval(once, twice)
     for name, value in tree_flatten(twice):
         np.testing.assert_allclose(np.array(value), 2 * plain[name], rtol=1e-4, atol=1e-7)
@@ -176,18 +196,141 @@ def test_a_non_finite_loss_is_a_failure_naming_the_pairs(llama_chatml, preferenc
     batches = MicroBatches(session, split, config, Ranks(None, 0, 1), 6)
     optimizer = build_optimizer(config, config.learning_rate)
     optimizer.init(session.model.trainable_parameters())
-    reference = (np.zeros(len(split), np.float32) - 40, np.zeros(len(split), np.float32) - 40)
+    reference = {
+        "chosen": np.zeros(len(split), np.float32) - 40,
+        "rejected": np.zeros(len(split), np.float32) - 40,
+    }
     step = TrainingStep(session, config, optimizer, batches, reference)
     good = step.accumulate(0)
     assert good.failure is None and good.pairs == 8
     assert good.tokens == sum(batches(k).num_tokens for k in (0, 1))
     assert len(good.pair_indices) == 8
     metrics, pairs, tokens = good.totals(Ranks(None, 0, 1))
-    assert (pairs, tokens) == (good.pairs, good.tokens) and len(metrics) == len(METRIC_NAMES)
+    assert (pairs, tokens) == (good.pairs, good.tokens) and list(metrics) == list(METRIC_NAMES)
     assert math.isfinite(step.apply(good.grads))
-    reference[0][:] = math.nan
+    reference["chosen"][:] = math.nan
     bad = step.accumulate(1)
     first = batches(2)
     assert bad.failure.startswith("non-finite loss at step 2 (pairs ")
     assert split.pairs[int(first.pair_indices[0])].source in bad.failure
     assert bad.pairs == 0  # the first micro-batch already failed
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole step of the losses beyond DPO against finite differences of the numpy formula
+# (tests/test_losses.py's independent implementation), through the model's LoRA weights.
+
+
+def check_step_gradient(session, loss_fn, inputs, numpy_loss_now, min_checked=12):
+    """The step's gradient of each of the largest entries of two LoRA weights against central
+    differences of `numpy_loss_now()` (the numpy formula on the model's log-probs now)."""
+    model = session.model
+    (loss, _), grads = nn.value_and_grad(model, loss_fn)(*inputs)
+    assert loss.item() == pytest.approx(numpy_loss_now(), rel=1e-4)
+    grads = dict(tree_flatten(grads))
+    params = dict(tree_flatten(model.trainable_parameters()))
+    checked = 0
+    for name in [
+        n for n in params if "layers.0.self_attn.q_proj" in n or "layers.1.mlp.down_proj" in n
+    ]:
+        flat = np.array(params[name]).reshape(-1)
+        g = np.array(grads[name]).reshape(-1)
+        for index in np.argsort(-np.abs(g))[:3]:
+            eps = 1e-2
+            values = []
+            for sign in (1, -1):
+                perturbed = flat.copy()
+                perturbed[index] += sign * eps
+                model.update(
+                    tree_unflatten([(name, mx.array(perturbed.reshape(params[name].shape)))])
+                )
+                values.append(numpy_loss_now())
+            model.update(tree_unflatten([(name, params[name])]))
+            numeric = (values[0] - values[1]) / (2 * eps)
+            assert numeric == pytest.approx(g[index], rel=0.05, abs=1e-4), (name, index)
+            checked += 1
+    assert checked >= min_checked
+
+
+def test_orpo_step_gradient_is_the_numpy_formulas(llama_chatml, preference_data):
+    from tests.test_losses import Knobs, numpy_loss
+
+    session, config = perturbed_session(
+        llama_chatml, preference_data, loss="orpo", beta=0.5, lora_scale=4.0
+    )
+    split = session.splits["train"]
+    batch = session.collate(split.pairs[:4])
+    arrays = batch_arrays(batch)
+    extras = step_extras(batch, split, None)
+    counts = [np.array(c, dtype=np.float64) for c in response_token_counts(batch)]
+    zeros = np.zeros(4)
+
+    def numpy_loss_now() -> float:
+        rows = np.array(rows_logps(session, *arrays), dtype=np.float64)
+        return numpy_loss(["orpo"], [1.0], rows[:4], rows[4:], zeros, zeros, *counts, Knobs(0.5))
+
+    check_step_gradient(
+        session, make_loss_fn(session, config), (arrays, extras, {}), numpy_loss_now
+    )
+
+
+def test_kto_step_gradient_is_the_numpy_formulas(llama_chatml, thumbs_data):
+    """KTO through the whole step: completions and their KL rows in one batch, the KL rows'
+    reference computed in the step, the completions' from the cache; z held at its value
+    (it is detached), desirable and undesirable weighted differently."""
+    from tests.test_losses import kto_numpy
+
+    session, config = perturbed_session(
+        llama_chatml, thumbs_data, loss="kto", beta=0.5, lora_scale=4.0,
+        desirable_weight=1.3, undesirable_weight=0.7,
+    )  # fmt: skip
+    split = session.splits["train"]
+    positions = list(range(6))
+    desirable = split.desirable[positions]
+    assert desirable.any() and not desirable.all()
+    batch = session.collate_split(split, positions)
+    arrays = batch_arrays(batch)
+    cached = compute_reference(session, split, ("completion",))(list(range(len(split))))[0]
+    reference = cached - 0.3  # a reference the policy has moved away from
+    extras = step_extras(batch, split, {"completion": reference})
+    kl_reference = np.array(reference_rows_logps(session, *second_half(arrays)), np.float64)
+    rows = np.array(rows_logps(session, *arrays), dtype=np.float64)
+    _, z = kto_numpy(rows[:6], reference[:6], desirable, rows[6:], kl_reference, 0.5, 1.3, 0.7)
+    assert z > 0  # the reference point is not clamped: it takes part
+
+    def numpy_loss_now() -> float:
+        policy = np.array(rows_logps(session, *arrays), dtype=np.float64)[:6]
+        return kto_numpy(policy, reference[:6], desirable, None, None, 0.5, 1.3, 0.7, z=z)[0]
+
+    check_step_gradient(
+        session, make_loss_fn(session, config), (arrays, extras, {}), numpy_loss_now
+    )
+
+
+def test_a_steps_kto_metrics_are_means_over_what_they_are_means_of():
+    """Over micro-batches: kto's chosen figures are means over the desirable completions (a
+    micro-batch without any does not count, its NaN neither), the margin their difference,
+    counts are summed; pair losses weigh by pairs; bco's shift is the last one's."""
+    names = metric_names("kto")
+    totals = MetricTotals(names)
+    nan = math.nan
+    # loss, r/chosen, r/rejected, r/margins, r/accuracies, l/chosen, l/rejected, kl, counts
+    totals.add(np.array([0.4, 1.0, nan, nan, 0.5, -10.0, nan, 0.2, 4.0, 0.0]), 4)
+    totals.add(np.array([0.2, 4.0, -2.0, 6.0, 1.0, -20.0, -30.0, 0.4, 1.0, 3.0]), 4)
+    values = totals.means(Ranks(None, 0, 1))
+    assert values["rewards/chosen"] == pytest.approx((4 * 1.0 + 1 * 4.0) / 5)
+    assert values["rewards/rejected"] == pytest.approx(-2.0)
+    assert values["rewards/margins"] == pytest.approx(values["rewards/chosen"] + 2.0)
+    assert values["logps/chosen"] == pytest.approx((4 * -10.0 - 20.0) / 5)
+    assert values["loss"] == pytest.approx(0.3) and values["kl"] == pytest.approx(0.3)
+    assert (values["count/desirable"], values["count/undesirable"]) == (5.0, 3.0)
+    empty = MetricTotals(names)
+    empty.add(np.array([0.4, 1.0, nan, nan, 0.5, -10.0, nan, 0.2, 4.0, 0.0]), 4)
+    assert math.isnan(empty.means(Ranks(None, 0, 1))["rewards/rejected"])
+
+    bco = MetricTotals(metric_names(["sigmoid", "bco_pair"]))
+    bco.add(np.array([0.7, 0.1, 0.0, 0.1, 1.0, -5.0, -6.0, 0.05, 0.02]), 3)
+    bco.add(np.array([0.5, 0.3, 0.1, 0.2, 0.0, -7.0, -8.0, 0.15, 0.04]), 1)
+    values = bco.means(Ranks(None, 0, 1))
+    assert values["loss"] == pytest.approx((3 * 0.7 + 0.5) / 4)
+    assert values["bco_reward_shift"] == pytest.approx(0.04)

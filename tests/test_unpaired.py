@@ -6,13 +6,16 @@ from __future__ import annotations
 import pytest
 from mlx_lm.utils import load
 
-from mlx_dpo.data import load_splits
+from mlx_dpo.data import TokenizedPair, TokenizedSplit, load_splits
 from mlx_dpo.errors import UserError
 from mlx_dpo.unpaired import (
+    CompletionSplit,
     TokenizedCompletion,
     TokenizedUnpairedSplit,
     kl_completions,
+    kl_pairs,
     length_bias_figures,
+    load_completion_data,
     load_unpaired_splits,
     read_unpaired_records,
     weight_advice,
@@ -244,3 +247,70 @@ def test_length_bias_figures_compare_every_desirable_with_every_undesirable():
     assert figures["pairs"] == 3
     only_good = TokenizedUnpairedSplit("train", "p", [example([0] * 3, True)])
     assert length_bias_figures(only_good)["pairs"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# What the trainer holds: CompletionSplit, its batches with KL rows, a run's splits
+
+
+def test_completion_split_keeps_labels_through_subsets_and_figures():
+    good, bad = [3, 5, 5, 9], [5, 1, 7]
+    unpaired_split = TokenizedUnpairedSplit(
+        "train",
+        "p",
+        [example([0] * n, True) for n in good] + [example([0] * n, False) for n in bad],
+    )
+    split = CompletionSplit.from_unpaired(unpaired_split)
+    assert len(split) == 7 and split.desirable.tolist() == [True] * 4 + [False] * 3
+    assert split.lengths[:, 2].tolist() == [0] * 7  # nothing in the rejected slot
+    assert length_bias_figures(split) == length_bias_figures(unpaired_split)
+    sub = split.subset([6, 0, 4])
+    assert isinstance(sub, CompletionSplit) and sub.desirable.tolist() == [False, True, False]
+    assert [len(p.chosen_ids) for p in sub.pairs] == [7, 3, 5]
+    flipped = CompletionSplit.of(split, ~split.desirable)
+    assert flipped.fingerprint() != split.fingerprint()
+
+
+def test_kl_pairs_give_each_prompt_the_previous_answer_cut_to_max_length():
+    rows = [([1] * 5, [10, 11]), ([2] * 2, [20] * 9), ([3] * 7, [30])]
+    split = TokenizedSplit.from_pairs(
+        "train", "p", [TokenizedPair(i, f"s{i}", p, c, []) for i, (p, c) in enumerate(rows)]
+    )
+    pairs = kl_pairs(split.pairs[:], max_length=10)
+    assert [list(p.chosen_ids) for p in pairs] == [[10, 11], [20] * 9, [30]]
+    # Row 0 gets row 2's answer; row 2 (7 prompt tokens) gets row 1's, cut to 10 - 7 = 3.
+    assert [list(p.rejected_ids) for p in pairs] == [[30], [10, 11], [20, 20, 20]]
+    assert [list(p.prompt_ids) for p in pairs] == [r[0] for r in rows]
+
+
+def test_a_runs_completions_by_role(chatml_tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    folder = tmp_path / "thumbs"
+    rated = [{"prompt": f"q{i}?", "completion": f"a{i}.", "label": i % 3 == 0} for i in range(9)]
+    write_jsonl(folder / "train.jsonl", rated + preference_rows(2))  # pairs read as 2 each
+    write_jsonl(folder / "test.jsonl", rated[:4])
+    config = SimpleNamespace(
+        data=str(folder), fields={}, max_length=256, seed=0, valid_fraction=None,
+        max_pairs=None, desirable_weight=1.0, undesirable_weight=1.0,
+    )  # fmt: skip
+    loaded = load_completion_data(config, chatml_tokenizer, ("train", "valid"))
+    train = loaded.splits["train"]
+    assert isinstance(train, CompletionSplit) and len(train) == 13
+    assert train.desirable_count == 3 + 2 and "valid" not in loaded.splits
+    assert any("13 completions (5 desirable, 8 undesirable)" in n for n in loaded.notes)
+    assert any("KTO paper advises" in n for n in loaded.notes)  # 5 : 8 is outside [1, 4/3]
+    assert loaded.info["data_shape"] == "unpaired"
+    # A single file serves the first role asked for (`mlx-dpo eval --split test FILE`).
+    single = SimpleNamespace(**{**vars(config), "data": str(folder / "test.jsonl")})
+    assert len(load_completion_data(single, chatml_tokenizer, ("test",)).splits["test"]) == 4
+    with pytest.raises(UserError, match="local files"):
+        load_completion_data(
+            SimpleNamespace(**{**vars(config), "data": [{"path": "x"}]}),
+            chatml_tokenizer,
+            ("train",),
+        )
+    write_jsonl(folder / "valid.jsonl", [{"prompt": "q", "completion": "a", "label": "yes"}])
+    with pytest.raises(UserError) as caught:
+        load_completion_data(config, chatml_tokenizer, ("train", "valid"))
+    assert any("valid.jsonl:1" in p and "'label'" in p for p in caught.value.problems)

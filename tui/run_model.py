@@ -9,16 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import FINAL_STATES, METRIC_NAMES, RUN_END_STATES
+from ..events import EXTRA_METRIC_NAMES, FINAL_STATES, METRIC_NAMES, RUN_END_STATES
 from ..formatting import finite_number, format_duration
 from ..health import KIND_TITLES
 from .formatting import format_fixed, format_number, format_percent
 from .run_watcher import RunUpdate
 from .series import MetricSeries
 
-# Per-step numbers kept as series: the TRL metrics and the run's vital signs.
+# Per-step numbers kept as series: the TRL metrics (and the extras of the losses that have
+# them), and the run's vital signs.
 TRAIN_SERIES = (
     *METRIC_NAMES,
+    *EXTRA_METRIC_NAMES,
     "grad_norm",
     "learning_rate",
     "tokens_per_second",
@@ -146,6 +148,18 @@ class RunModel:
     @property
     def model_name(self) -> str:
         return str(self.info.get("model") or self.status.get("model") or "")
+
+    @property
+    def loss(self) -> Any:
+        """The run's loss as run_start gives it (a name or a list; None before it)."""
+        return self.info.get("loss")
+
+    def _accuracy_word(self) -> str:
+        """kto has no pairs: its accuracy is the share on the right side of its reference
+        point (tui/loss_view.py)."""
+        loss = self.loss
+        names = [loss] if isinstance(loss, str) else loss if isinstance(loss, list) else []
+        return "right side" if "kto" in names else "accuracy"
 
     @property
     def data_name(self) -> str:
@@ -556,8 +570,9 @@ class RunModel:
     def _on_eval(self, event: dict[str, Any], step: int) -> list[LogEntry]:
         split = str(event.get("split") or "valid")
         by_name = self.evals.setdefault(split, {})
-        for name in METRIC_NAMES:
-            by_name.setdefault(name, MetricSeries()).append(step, event.get(name))
+        for name in (*METRIC_NAMES, *EXTRA_METRIC_NAMES):
+            if name in METRIC_NAMES or name in event:
+                by_name.setdefault(name, MetricSeries()).append(step, event.get(name))
         self.last_eval[split] = dict(event)
         if self.state == "evaluating":
             self.state = "training"
@@ -568,7 +583,8 @@ class RunModel:
             LogEntry(
                 "info",
                 f"Eval ({split}{size}): loss {format_fixed(finite_number(event.get('loss')))}, "
-                f"accuracy {format_percent(finite_number(event.get('rewards/accuracies')))}, "
+                f"{self._accuracy_word()} "
+                f"{format_percent(finite_number(event.get('rewards/accuracies')))}, "
                 f"margin {format_fixed(finite_number(event.get('rewards/margins')))}",
                 step,
             )

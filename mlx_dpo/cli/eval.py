@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from mlx_dpo.cli.flags import (
@@ -33,7 +34,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_batch_size(parser, allow_auto=False)
     add_max_length(parser, f"default: the adapter's, else {d.max_length}")
     add_json(parser)
-    parser.add_argument("--output", help="write per-pair log-probs and rewards (JSON lines)")
+    parser.add_argument(
+        "--output",
+        help="write per-pair (kto: per-completion) log-probs and rewards (JSON lines)",
+    )
     add_trust_remote_code(parser)
     return parser
 
@@ -58,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_line(result))
     else:
-        print(f"{result['pairs']} pairs ({args.split} split of {args.data})")
+        # kto counts completions; a reference-free loss has no kl (NaN: printed as "-").
+        unit = "completions" if "count/desirable" in result else "pairs"
+        print(f"{result['pairs']} {unit} ({args.split} split of {args.data})")
         for key, value in result.items():
             if key != "pairs":
-                print(f"  {key:22s} {value:.4f}")
+                shown = f"{value:.4f}" if math.isfinite(value) else "-"
+                print(f"  {key:22s} {shown}")
     return 0

@@ -464,7 +464,9 @@ def format_plan(plan: MemoryPlan) -> list[str]:
         "logits": f"response positions only, {batch.window} a row",
         "reference": "live: computed in the step"
         if settings.live_reference
-        else f"cached log-probs of {settings.reference_pairs} pairs (host memory)",
+        else f"cached log-probs of {settings.reference_pairs} pairs (host memory)"
+        if settings.reference_pairs
+        else "none: the loss uses no reference model",
     }
     lines = [
         f"memory plan (MLX memory, as mx.get_peak_memory() measures it; the Python process "

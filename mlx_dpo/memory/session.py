@@ -8,11 +8,13 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_dpo import loss_catalog
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import PairsView, TokenizedPair
 from mlx_dpo.memory.arithmetic import Lengths, ModelShape, Settings
 from mlx_dpo.model import ADAPTER_LEAVES
 from mlx_dpo.session import Session
+from mlx_dpo.unpaired import CompletionSplit
 
 # mlx-lm quantizes layers whose input size is a multiple of its group size.
 QUANTIZATION_GROUP = 64
@@ -104,15 +106,21 @@ def session_settings(
 ) -> Settings:
     """The plan's view of a run's settings (batch_size given where the config says auto)."""
     splits = session.splits
+    # A reference-free loss has no reference pass and no cache; kto computes the reference of
+    # its KL rows in every step, whatever `reference` says.
+    reference = loss_catalog.needs_reference(config.loss)
+    unpaired = loss_catalog.is_unpaired(config.loss)
     return Settings(
         batch_size=int(batch_size or config.batch_size),
         grad_accumulation=config.grad_accumulation,
         grad_checkpoint=config.grad_checkpoint,
-        live_reference=config.reference == "live",
+        live_reference=reference and (config.reference == "live" or unpaired),
         shared_prompt=bool(session.prefix_sharing),
         max_length=config.max_length,
         quantize=config.quantize,
-        reference_pairs=sum(len(splits[n]) for n in ("train", "valid") if n in splits),
+        reference_pairs=sum(len(splits[n]) for n in ("train", "valid") if n in splits)
+        if reference
+        else 0,
     )
 
 
@@ -127,5 +135,10 @@ def session_shape(session: Session, config: TrainConfig) -> ModelShape:
 
 
 def session_lengths(session: Session) -> Lengths:
-    """The lengths of the train pairs: the plan's longest batch comes from them."""
-    return data_lengths(session.splits["train"].pairs)
+    """The lengths of the train pairs: the plan's longest batch comes from them. A kto
+    batch's second rows are KL rows, other completions of the same data: the completions'
+    lengths stand for them."""
+    lengths = data_lengths(session.splits["train"].pairs)
+    if isinstance(session.splits["train"], CompletionSplit):
+        lengths = Lengths(prompt=lengths.prompt, chosen=lengths.chosen, rejected=lengths.chosen)
+    return lengths

@@ -3,10 +3,12 @@ nothing). A run works on a Session (mlx_dpo/session.py: the model, its LoRA laye
 tokenizer and the tokenized splits), which the memory plan, eval and compare also open.
 
 
-    batch_logps.py  a batch's model inputs; policy and reference log-probs of its rows
-    evaluation.py   evaluate_split: preference metrics of a whole split (and per pair)
-    step.py         the loss of a batch, compiled_step (the one compiled step), and
-                    TrainingStep: an optimizer step over its micro-batches
+    batch_logps.py  a batch's model inputs; policy and reference log-probs of its rows (and
+                    LD-DPO's tails, WPO's terms); which reference columns a run needs
+    evaluation.py   evaluate_split: the loss's metrics over a whole split (and per pair)
+    step.py         the objective of a batch (every loss of mlx_dpo/losses.py), compiled_step
+                    (the one compiled step, the loss state in and out), and TrainingStep:
+                    an optimizer step over its micro-batches
     schedule.py     total_steps, the learning-rate schedule, the AdamW optimizer
     control.py      stop signals, control.jsonl commands (pause, resume, checkpoint, stop)
     resume.py       --resume: tidying the run directory, loading the checkpoint, sharing it

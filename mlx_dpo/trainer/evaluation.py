@@ -1,5 +1,6 @@
-"""Preference metrics of a whole split: the loss and the TRL metrics as means over its pairs,
-and per pair on request (`mlx-dpo eval --output`)."""
+"""Preference metrics of a whole split: the loss and the TRL metrics (and the loss's extras)
+over its pairs, or for kto over its completions, and per pair or completion on request
+(`mlx-dpo eval --output`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,37 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from mlx_dpo import loss_catalog
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import TokenizedSplit
+from mlx_dpo.errors import UserError
 from mlx_dpo.events import LOSS
-from mlx_dpo.losses import PairLogps, pair_metrics, pair_rewards, preference_loss
+from mlx_dpo.losses import (
+    LossSettings,
+    LossState,
+    PairLogps,
+    UnpairedLogps,
+    initial_loss_state,
+    kto_objective,
+    pair_objective,
+    pair_rewards,
+    settings_from_config,
+)
 from mlx_dpo.session import Session
-from mlx_dpo.trainer.batch_logps import batch_arrays, reference_rows_logps, rows_logps
-from mlx_dpo.trainer.step import loss_settings
+from mlx_dpo.trainer.batch_logps import (
+    RowSums,
+    batch_arrays,
+    pair_logps,
+    reference_columns,
+    reference_of_rows,
+    reference_rows_logps,
+    row_sums,
+    rows_logps,
+    second_half,
+)
+from mlx_dpo.unpaired import CompletionSplit, kl_pairs
+
+ReferenceColumns = dict[str, np.ndarray]
 
 
 class EvaluationStopped(Exception):
@@ -26,84 +51,199 @@ def evaluate_split(
     session: Session,
     split: TokenizedSplit,
     config: TrainConfig,
-    reference_logps: tuple[np.ndarray, np.ndarray] | None = None,
+    reference_logps: ReferenceColumns | tuple[np.ndarray, ...] | None = None,
     per_pair: bool = False,
+    loss_state: LossState | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Preference metrics over a whole split (means over pairs). With per_pair, also the
-    per-pair log-probs and rewards (for `mlx-dpo eval --output`). `reference_logps` are the
-    cached (chosen, rejected) reference log-probs of the split; without them the reference
-    is computed batch by batch. `should_stop()` is asked between batches: when true,
+    """The loss and metrics over a whole split (means over its pairs, or completions for
+    kto). With per_pair, also one record a pair (or completion) with its log-probs and
+    rewards. `reference_logps` are the split's cached reference columns (batch_logps.
+    reference_columns; a tuple in that order also works); without them the reference is
+    computed batch by batch, and a reference-free loss computes none. `loss_state` is the
+    run's loss state (bco_pair's reward shift), used as it is: evaluating never advances it;
+    None starts from the initial state. `should_stop()` is asked between batches: when true,
     EvaluationStopped is raised."""
-    logps = split_logps(session, split, config.batch_size, reference_logps, should_stop)
-    loss, _ = preference_loss(config.loss, logps, loss_settings(config), config.sft_weight)
-    metrics = {
-        LOSS: loss.item(),
-        **{k: v.item() for k, v in pair_metrics(logps, config.beta).items()},
-    }
+    settings = settings_from_config(config)
+    state = initial_loss_state(settings) if loss_state is None else loss_state
+    if isinstance(reference_logps, tuple):
+        reference_logps = dict(zip(reference_columns(config), reference_logps, strict=True))
+    if isinstance(split, CompletionSplit):
+        return _evaluate_completions(
+            session, split, config, settings, reference_logps, per_pair, should_stop
+        )
+    logps = split_logps(session, split, config, reference_logps, should_stop)
+    result = pair_objective(logps, settings, state, advance=False)
+    metrics = {LOSS: result.loss.item(), **{k: v.item() for k, v in result.metrics.items()}}
     metrics["pairs"] = len(split)
     if per_pair:
-        metrics["per_pair"] = pair_rows(split, logps, config.beta)
+        metrics["per_pair"] = pair_rows(split, logps, settings)
     return metrics
 
 
 def split_logps(
     session: Session,
     split: TokenizedSplit,
-    batch_size: int,
-    reference_logps: tuple[np.ndarray, np.ndarray] | None = None,
+    config: TrainConfig,
+    reference_logps: ReferenceColumns | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> PairLogps:
-    """The policy's (and, unless given, the reference's) summed response log-probs and the
-    response token counts of every pair of the split, in the split's order."""
-    policy = np.zeros((len(split), 2), dtype=np.float32)
-    ref = np.zeros((len(split), 2), dtype=np.float32)
-    tokens = np.zeros((len(split), 2), dtype=np.float32)
-    for start in range(0, len(split), batch_size):
+    """The policy's (and, unless given, the reference's) summed response log-probs of every
+    pair of the split, in the split's order, with what the loss's options read (LD-DPO's
+    tails, WPO's terms) and the response token counts. No reference for a reference-free
+    loss."""
+    settings = settings_from_config(config)
+    columns = reference_columns(config)
+    tails = settings.ld_alpha is not None
+    n_pairs = len(split)
+    policy = {name: np.zeros(2 * n_pairs, np.float32) for name in ("sums", "tails", "wpo")}
+    reference = {name: np.zeros(n_pairs, np.float32) for name in columns}
+    tokens = np.zeros(2 * n_pairs, np.float32)
+    for start in range(0, n_pairs, config.batch_size):
         if should_stop is not None and should_stop():
             raise EvaluationStopped
-        positions = list(range(start, min(start + batch_size, len(split))))
-        batch = session.collate([split.pairs[i] for i in positions])
+        positions = np.arange(start, min(start + config.batch_size, n_pairs))
+        rows = np.concatenate([positions, positions + n_pairs])
+        batch = session.collate_split(split, positions.tolist())
         arrays = batch_arrays(batch)
-        rows = rows_logps(session, *arrays)
-        ref_rows = reference_rows_logps(session, *arrays) if reference_logps is None else None
-        mx.eval(rows, ref_rows)
-        n = len(positions)
-        rows = np.array(rows)
-        policy[positions] = np.stack([rows[:n], rows[n:]], axis=1)
-        if ref_rows is not None:
-            ref_rows = np.array(ref_rows)
-            ref[positions] = np.stack([ref_rows[:n], ref_rows[n:]], axis=1)
-        counts = batch.response_mask.sum(axis=1)
-        tokens[positions] = np.stack([counts[:n], counts[n:]], axis=1)
+        found = row_sums(session, arrays, tails=tails, wpo=settings.use_weighting)
+        live = reference_of_rows(session, arrays, columns) if reference_logps is None else {}
+        mx.eval(found.sums, found.tails, found.wpo, live)
+        for name in ("sums", "tails", "wpo"):
+            if getattr(found, name) is not None:
+                policy[name][rows] = np.array(getattr(found, name))
+        for name, values in live.items():
+            reference[name][positions] = np.array(values)
+        tokens[rows] = batch.response_mask.sum(axis=1)
     if reference_logps is not None:
-        ref = np.stack(reference_logps, axis=1)
-    return PairLogps(
-        policy_chosen=mx.array(policy[:, 0]),
-        policy_rejected=mx.array(policy[:, 1]),
-        reference_chosen=mx.array(ref[:, 0]),
-        reference_rejected=mx.array(ref[:, 1]),
-        chosen_tokens=mx.array(tokens[:, 0]),
-        rejected_tokens=mx.array(tokens[:, 1]),
+        reference = {name: np.asarray(reference_logps[name], np.float32) for name in columns}
+
+    def column(values: np.ndarray | None) -> mx.array | None:
+        return None if values is None else mx.array(values)
+
+    return pair_logps(
+        RowSums(  # the whole split's rows: chosen, then rejected
+            column(policy["sums"]),
+            column(policy["tails"]) if tails else None,
+            column(policy["wpo"]) if settings.use_weighting else None,
+        ),
+        {name: mx.array(values) for name, values in reference.items()} or None,
+        mx.array(tokens[:n_pairs]),
+        mx.array(tokens[n_pairs:]),
     )
 
 
-def pair_rows(split: TokenizedSplit, logps: PairLogps, beta: float) -> list[dict[str, Any]]:
-    """One record a pair: where it comes from, its four log-probs and its two rewards."""
-    chosen_rewards, rejected_rewards = (np.array(r) for r in pair_rewards(logps, beta))
+def pair_rows(
+    split: TokenizedSplit, logps: PairLogps, settings: LossSettings
+) -> list[dict[str, Any]]:
+    """One record a pair: where it comes from, its four log-probs (the reference's null for a
+    reference-free loss) and its two rewards (measured as the loss measures them)."""
+    kind = loss_catalog.reward_kind(settings.losses)
+    if kind == loss_catalog.REWARD_NONE:
+        kind = loss_catalog.REWARD_MEAN_LOGP
+    chosen_rewards, rejected_rewards = (
+        np.array(r) for r in pair_rewards(logps, settings.beta, kind)
+    )
+
+    def values(array: mx.array | None) -> list[float | None]:
+        return [None] * len(split) if array is None else np.array(array).tolist()
+
     columns = {
-        "policy_chosen_logp": np.array(logps.policy_chosen),
-        "policy_rejected_logp": np.array(logps.policy_rejected),
-        "reference_chosen_logp": np.array(logps.reference_chosen),
-        "reference_rejected_logp": np.array(logps.reference_rejected),
-        "reward_chosen": chosen_rewards,
-        "reward_rejected": rejected_rewards,
+        "policy_chosen_logp": values(logps.policy_chosen),
+        "policy_rejected_logp": values(logps.policy_rejected),
+        "reference_chosen_logp": values(logps.reference_chosen),
+        "reference_rejected_logp": values(logps.reference_rejected),
+        "reward_chosen": chosen_rewards.tolist(),
+        "reward_rejected": rejected_rewards.tolist(),
     }
     return [
         {
             "index": i,
             "source": split.pairs[i].source,
-            **{name: float(values[i]) for name, values in columns.items()},
+            **{name: column[i] for name, column in columns.items()},
         }
         for i in range(len(split))
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# KTO: completions
+
+
+def _evaluate_completions(
+    session: Session,
+    split: CompletionSplit,
+    config: TrainConfig,
+    settings: LossSettings,
+    reference_logps: ReferenceColumns | None,
+    per_pair: bool,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """KTO's loss and metrics over a split. Its reference point z is estimated from the whole
+    split's KL rows (completion i-1 with prompt i, in the split's order): the same estimate
+    as a training batch's, over more rows."""
+    logps = completion_logps(session, split, config, reference_logps, should_stop)
+    result = kto_objective(logps, settings)
+    metrics = {LOSS: result.loss.item(), **{k: v.item() for k, v in result.metrics.items()}}
+    metrics["pairs"] = len(split)
+    if per_pair:
+        rewards = (settings.beta * (np.array(logps.policy) - np.array(logps.reference))).tolist()
+        policy, reference = np.array(logps.policy).tolist(), np.array(logps.reference).tolist()
+        metrics["per_pair"] = [
+            {
+                "index": i,
+                "source": split.sources[i],
+                "desirable": bool(split.desirable[i]),
+                "policy_logp": policy[i],
+                "reference_logp": reference[i],
+                "reward": rewards[i],
+            }
+            for i in range(len(split))
+        ]
+    return metrics
+
+
+def completion_logps(
+    session: Session,
+    split: CompletionSplit,
+    config: TrainConfig,
+    reference_logps: ReferenceColumns | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> UnpairedLogps:
+    """The policy's and the reference's log-probs of every completion of the split and of
+    its KL row, in the split's order; the completions' reference from `reference_logps`
+    ("completion") when given, the KL rows' always computed."""
+    if len(split) < 2:
+        raise UserError(
+            f"{split.path}: kto needs at least 2 completions to evaluate (its reference point "
+            "comes from mismatched prompt/completion rows)"
+        )
+    pairs = kl_pairs(split.pairs[:], config.max_length)
+    n_items = len(split)
+    policy = np.zeros(2 * n_items, np.float32)
+    reference = np.zeros(2 * n_items, np.float32)
+    for start in range(0, n_items, config.batch_size):
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
+        positions = np.arange(start, min(start + config.batch_size, n_items))
+        rows = np.concatenate([positions, positions + n_items])
+        arrays = batch_arrays(session.collate([pairs[i] for i in positions]))
+        found = rows_logps(session, *arrays)
+        if reference_logps is None:
+            live = reference_rows_logps(session, *arrays)
+            mx.eval(found, live)
+            reference[rows] = np.array(live)
+        else:
+            live = reference_rows_logps(session, *second_half(arrays))
+            mx.eval(found, live)
+            reference[positions + n_items] = np.array(live)
+        policy[rows] = np.array(found)
+    if reference_logps is not None:
+        reference[:n_items] = reference_logps["completion"]
+    return UnpairedLogps(
+        mx.array(policy[:n_items]),
+        mx.array(reference[:n_items]),
+        mx.array(split.desirable.astype(np.float32)),
+        mx.array(policy[n_items:]),
+        mx.array(reference[n_items:]),
+    )

@@ -86,9 +86,11 @@ class ReferenceProgress:
         split: str,
         events: EventWriter,
         say: Callable[[str], None],
+        unit: str = "pairs",
         clock: Callable[[], float] = time.monotonic,
     ):
         self.split, self.events, self.say, self.clock = split, events, say, clock
+        self.unit = unit  # "completions" for kto
         self.last_event = float("-inf")
         self.last_line = clock()
 
@@ -102,4 +104,4 @@ class ReferenceProgress:
         if not from_cache and done < total and now - self.last_line >= LINE_SECONDS:
             self.last_line = now
             left = "" if eta is None else f", ETA {format_duration(eta)}"
-            self.say(f"reference log-probs for {self.split}: {done}/{total} pairs{left}")
+            self.say(f"reference log-probs for {self.split}: {done}/{total} {self.unit}{left}")

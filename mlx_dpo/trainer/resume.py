@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
@@ -73,21 +74,34 @@ def prepare_run_dir(
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a run starts: the step, and the best evaluation so far (kept in checkpoints)."""
+    """Where a run starts: the step, the best evaluation so far (kept in checkpoints) and the
+    loss's state (bco_pair's reward shift; None for a loss without state)."""
 
     step: int = 0
     best_eval: dict | None = None
+    loss_state: dict[str, mx.array] | None = None
 
 
 def restore_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> ResumePoint:
-    """Load a checkpoint's adapter weights into the model and its state into the optimizer.
-    Strict: the checkpoint's LoRA weights must be exactly the model's (names and shapes), so
-    a run never goes on with some tensors of another shape or none at all."""
+    """Load a checkpoint's adapter weights into the model and its state into the optimizer;
+    its step, best evaluation and loss state. Strict: the checkpoint's LoRA weights must be
+    exactly the model's (names and shapes), so a run never goes on with some tensors of
+    another shape or none at all."""
     weights, optimizer_state, saved = checkpoints.load_checkpoint(path)
     check_weights_match(weights, adapter_weights(model), path)
     model.load_weights(list(weights.items()), strict=False)
     optimizer.state = optimizer_state
-    return ResumePoint(int(saved["step"]), saved.get("best_eval"))
+    return ResumePoint(
+        int(saved["step"]), saved.get("best_eval"), checkpoints.load_loss_state(path)
+    )
+
+
+def share_loss_state(ranks: Ranks, loss_state: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Rank 0's loss state on every rank (the others pass their initial state: same names and
+    shapes)."""
+    if ranks.size == 1 or not loss_state:
+        return loss_state
+    return ranks.broadcast(loss_state)
 
 
 def check_weights_match(saved: dict, expected: dict, path: Path) -> None:

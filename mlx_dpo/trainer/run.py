@@ -17,11 +17,11 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx_dpo import checkpoints, distributed, reference, rundir
+from mlx_dpo import checkpoints, distributed, loss_catalog, reference, rundir
 from mlx_dpo.batching import batches_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
 from mlx_dpo.errors import UserError, resource_failure
-from mlx_dpo.events import CONFIG_FILE, LOSS, METRIC_NAMES, EventWriter, read_events
+from mlx_dpo.events import CONFIG_FILE, LOSS, EventWriter, read_events
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
 from mlx_dpo.health import HealthMonitor, summarize
 from mlx_dpo.memory.arithmetic import MemoryPlan, plan_dict, summary_lines
@@ -37,7 +37,7 @@ from mlx_dpo.model import adapter_weights, count_parameters, is_quantized
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
 from mlx_dpo.rounds import round_fields
 from mlx_dpo.session import Session, open_session
-from mlx_dpo.trainer.batch_logps import compute_reference
+from mlx_dpo.trainer.batch_logps import compute_reference, reference_columns
 from mlx_dpo.trainer.control import PAUSE_POLL_SECONDS, RunControl, StopRequest, stop_on_signals
 from mlx_dpo.trainer.evaluation import EvaluationStopped, evaluate_split
 from mlx_dpo.trainer.progress import PhaseProgress, ReferenceProgress
@@ -60,6 +60,7 @@ from mlx_dpo.trainer.resume import (
     prepare_run_dir,
     restore_checkpoint,
     run_inputs,
+    share_loss_state,
     share_resume_point,
 )
 from mlx_dpo.trainer.samples import SampleWatch, read_sample_prompts, start_samples
@@ -71,6 +72,7 @@ from mlx_dpo.trainer.schedule import (
     total_steps,
 )
 from mlx_dpo.trainer.step import MicroBatches, TrainingStep
+from mlx_dpo.unpaired import CompletionSplit, length_bias_figures
 
 
 class TrainingFailed(Exception):
@@ -152,7 +154,7 @@ class Run:
     memory_plan: MemoryPlan
     run_start: dict
     health: HealthReport
-    cached_reference: dict[str, tuple[np.ndarray, np.ndarray]]
+    cached_reference: dict[str, dict[str, np.ndarray]]  # split -> column -> values
     schedule: Schedule
     optimizer: optim.AdamW
     training_step: TrainingStep
@@ -349,8 +351,9 @@ class Run:
             f"{trainable / 1e6:.3f}M trainable (LoRA rank {session.lora_parameters['rank']} "
             f"on {session.lora_layers} layers)"
         )
+        unit = "completions" if isinstance(train_split, CompletionSplit) else "pairs"
         self.say(
-            f"data {config.data}: {len(train_split)} train pairs"
+            f"data {config.data}: {len(train_split)} train {unit}"
             + (f", {len(valid_split)} valid" if valid_split else "")
             + f"; {self.steps} steps"
         )
@@ -380,41 +383,40 @@ class Run:
         self.health = HealthReport(monitor, self.reporter)
         self.health.report_off(monitor.checks_off(self.run_start), self.kept_events)
         if resume_from is None:
-            lengths = data_lengths(self.train_split.pairs)
-            for finding in monitor.length_bias(
-                float((lengths.chosen > lengths.rejected).mean()),
-                float(lengths.chosen.mean()),
-                float(lengths.rejected.mean()),
-                lengths.pairs,
-            ):
+            for finding in monitor.length_bias(**_length_bias(self.train_split)):
                 self.health.report(finding)
         for name, split in self.session.splits.items():
             for message in truncation_warnings(name, split.truncation, self.config.max_length):
                 self.reporter.warn(message)
 
-    def reference_logps(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The reference log-probs of train and valid, once, from the on-disk cache when
-        possible; none with a live reference (the step computes them). A stop request during
+    def reference_logps(self) -> dict[str, dict[str, np.ndarray]]:
+        """The reference log-probs of train and valid (batch_logps.reference_columns), once,
+        from the on-disk cache when possible; none with a live reference (the step computes
+        them) or a reference-free loss (no pass and no cache at all). A stop request during
         the pass raises reference.Interrupted once the pairs done so far are kept."""
-        cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if self.config.reference != "cached":
+        cached: dict[str, dict[str, np.ndarray]] = {}
+        columns = reference_columns(self.config)
+        if self.config.reference != "cached" or not columns:
             return cached
         self.status.update(state="computing_reference", total_steps=self.steps)
         for name, split in (("train", self.train_split), ("valid", self.valid_split)):
             if split is None:
                 continue
             tic = time.perf_counter()
-            cached[name] = reference.reference_logps(
+            unit = "completions" if isinstance(split, CompletionSplit) else "pairs"
+            values = reference.reference_logps(
                 reference.cache_key(self.session.weights_fingerprint, split),
                 split,
-                compute_reference(self.session, split),
+                compute_reference(self.session, split, columns),
                 self.config.batch_size,
-                ReferenceProgress(name, self.events, self.say),
+                ReferenceProgress(name, self.events, self.say, unit),
                 ranks=self.ranks,
                 should_stop=self.control.stop_requested,
+                columns=columns,
             )
+            cached[name] = dict(zip(columns, values, strict=True))
             seconds = time.perf_counter() - tic
-            self.say(f"reference log-probs for {name}: {len(split)} pairs in {seconds:.1f}s")
+            self.say(f"reference log-probs for {name}: {len(split)} {unit} in {seconds:.1f}s")
         return cached
 
     def start_optimizer(self, resume_from: Path | None) -> None:
@@ -423,9 +425,11 @@ class Run:
         self.schedule = build_schedule(config, self.steps)
         self.optimizer = build_optimizer(config, self.schedule)
         self.optimizer.init(self.model.trainable_parameters())
+        loss_state = None
         if resume_from is not None:
             point = restore_checkpoint(resume_from, self.model, self.optimizer)
             self.step, self.best_eval = point.step, point.best_eval
+            loss_state = _checked_loss_state(point.loss_state, config, resume_from)
             self.status.record(last_checkpoint=str(resume_from))
             self.events.write("log", self.step, level="info", message=f"resumed from {resume_from}")
             self.say(f"resumed from {resume_from} at step {self.step}")
@@ -435,10 +439,13 @@ class Run:
         batches = MicroBatches(
             self.session, self.train_split, config, self.ranks, self.micro_per_epoch
         )
-        train_reference = None if config.reference == "live" else self.cached_reference["train"]
         self.training_step = TrainingStep(
-            self.session, config, self.optimizer, batches, train_reference
-        )
+            self.session, config, self.optimizer, batches, self.cached_reference.get("train"),
+            loss_state,
+        )  # fmt: skip
+        if self.resume and self.ranks.size > 1:
+            state = share_loss_state(self.ranks, self.training_step.loss_state)
+            self.training_step.loss_state = state
 
     # ---- between and during steps ----------------------------------------------------------
 
@@ -463,7 +470,7 @@ class Run:
         tic = time.perf_counter()
         accumulated = self.training_step.accumulate(self.step)
         self.check_failures(accumulated.failure)
-        metric_sums, pairs, tokens = accumulated.totals(self.ranks)
+        values, pairs, tokens = accumulated.totals(self.ranks)
         grad_norm = self.training_step.apply(accumulated.grads)
         if not math.isfinite(grad_norm):
             raise TrainingFailed(
@@ -476,7 +483,6 @@ class Run:
         self.step_times.append(seconds)
         eta = float(np.mean(self.step_times[-20:])) * (self.steps - self.step)
         epoch = self.step * self.config.grad_accumulation / self.micro_per_epoch
-        values = dict(zip(METRIC_NAMES, (metric_sums / pairs).tolist(), strict=True))
         step_event = self.events.write(
             "step",
             self.step,
@@ -534,6 +540,7 @@ class Run:
                 self.valid_split,
                 self.config,
                 self.cached_reference.get("valid"),
+                loss_state=self.training_step.loss_state,
                 should_stop=self.control.stop_requested,
             )
         except EvaluationStopped:
@@ -554,8 +561,10 @@ class Run:
         if not self.ranks.is_main:
             return None
         weights = adapter_weights(self.model)
+        loss_state = self.training_step.loss_state
         try:
             checkpoints.save_adapters(self.run_dir, weights, self.adapter_config)
+            checkpoints.save_loss_state(self.run_dir, loss_state)
             path = checkpoints.save_checkpoint(
                 self.run_dir,
                 self.step,
@@ -563,6 +572,7 @@ class Run:
                 self.optimizer.state,
                 self.adapter_config,
                 {"best_eval": self.best_eval, "seed": self.config.seed, INPUTS_KEY: self.inputs},
+                loss_state,
             )
         except Exception as err:
             if resource_failure(err) is None:
@@ -590,6 +600,32 @@ class Run:
 
     def _last_checkpoint(self) -> str | None:
         return self.status.status.last_checkpoint
+
+
+def _length_bias(split) -> dict[str, float | int]:
+    """The training data's length-bias figures (HealthMonitor.length_bias): chosen vs
+    rejected of each pair, or for kto desirable vs undesirable completions."""
+    if isinstance(split, CompletionSplit):
+        return length_bias_figures(split)
+    lengths = data_lengths(split.pairs)
+    return {
+        "chosen_longer_share": float((lengths.chosen > lengths.rejected).mean()),
+        "mean_chosen_tokens": float(lengths.chosen.mean()),
+        "mean_rejected_tokens": float(lengths.rejected.mean()),
+        "pairs": lengths.pairs,
+    }
+
+
+def _checked_loss_state(state: dict | None, config: TrainConfig, path: Path) -> dict | None:
+    """A checkpoint's loss state, refused when the run's loss needs one it does not have (a
+    checkpoint of a run with another loss): starting the shift again at 0 would not be the
+    run that was interrupted."""
+    if "bco_pair" in loss_catalog.loss_names(config.loss) and not state:
+        raise UserError(
+            f"{path}: this checkpoint has no bco_pair reward shift (loss_state.safetensors), "
+            "so the run cannot be resumed with loss bco_pair"
+        )
+    return state
 
 
 def _adapter_config(config: TrainConfig, session: Session) -> dict:

@@ -20,74 +20,136 @@ import numpy as np
 from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map
 
+from mlx_dpo import loss_catalog
 from mlx_dpo.batching import Batch, epoch_batches
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.distributed import Ranks
-from mlx_dpo.events import METRIC_NAMES
-from mlx_dpo.losses import LossSettings, PairLogps, pair_metrics, preference_loss
+from mlx_dpo.events import (
+    COUNT_DESIRABLE,
+    COUNT_UNDESIRABLE,
+    LOGPS_CHOSEN,
+    LOGPS_REJECTED,
+    REWARDS_CHOSEN,
+    REWARDS_MARGINS,
+    REWARDS_REJECTED,
+)
+from mlx_dpo.losses import (
+    LossState,
+    RankMean,
+    UnpairedLogps,
+    initial_loss_state,
+    kto_objective,
+    pair_objective,
+    settings_from_config,
+)
 from mlx_dpo.session import Session
 from mlx_dpo.trainer.batch_logps import (
     batch_arrays,
-    reference_rows_logps,
+    pair_logps,
+    reference_columns,
+    reference_of_rows,
+    reference_row_sums,
     response_token_counts,
-    rows_logps,
+    row_sums,
+    second_half,
 )
+from mlx_dpo.unpaired import CompletionSplit
 
 # Dropout noise of micro-batch k is drawn from seed * DROPOUT_SEED_STRIDE + k: a function of the
 # step, so a resumed run draws the same.
 DROPOUT_SEED_STRIDE = 1_000_003
 
-
-def loss_settings(config: TrainConfig) -> LossSettings:
-    """The loss's settings of a run (simpo's γ, when the config leaves it unset, is
-    LossSettings')."""
-    return LossSettings(
-        beta=config.beta,
-        label_smoothing=config.label_smoothing,
-        simpo_gamma=LossSettings.simpo_gamma if config.simpo_gamma is None else config.simpo_gamma,
-    )
+LossFn = Callable[..., tuple[mx.array, tuple[mx.array, LossState]]]
 
 
-def make_loss_fn(session: Session, config: TrainConfig) -> Callable[..., tuple[mx.array, mx.array]]:
-    """The training objective of one batch: (mean loss, the other METRIC_NAMES stacked).
-    With a live reference the reference log-probs are computed inside (LoRA switched off
-    inside the traced function); otherwise they are inputs from the cache."""
-    settings = loss_settings(config)
+def make_loss_fn(
+    session: Session, config: TrainConfig, rank_mean: RankMean | None = None
+) -> LossFn:
+    """The training objective of one batch: `loss_fn(inputs, extras, state)` -> (mean loss,
+    (the run's other metrics stacked in loss_catalog.metric_names order, the loss state
+    after this batch)). `inputs` are the batch's model inputs (batch_arrays); `extras`
+    (step_extras) its token counts, KTO's labels and the cached reference columns; with a
+    live reference those are computed inside (LoRA switched off inside the traced
+    function), and a reference-free loss computes no reference at all."""
+    if loss_catalog.is_unpaired(config.loss):
+        return _kto_loss_fn(session, config, rank_mean)
+    settings = settings_from_config(config)
+    columns = reference_columns(config)
     live = config.reference == "live"
+    names = loss_catalog.metric_names(config.loss)[1:]
 
-    def loss_fn(inputs, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens):
-        rows = rows_logps(session, *inputs)
-        n = chosen_tokens.shape[0]
-        if live:
-            ref_rows = reference_rows_logps(session, *inputs)
-            ref_chosen, ref_rejected = ref_rows[:n], ref_rows[n:]
-        logps = PairLogps(
-            rows[:n], rows[n:], ref_chosen, ref_rejected, chosen_tokens, rejected_tokens
+    def loss_fn(inputs, extras, state):
+        policy = row_sums(
+            session, inputs, tails=settings.ld_alpha is not None, wpo=settings.use_weighting
         )
-        loss, _ = preference_loss(config.loss, logps, settings, config.sft_weight)
-        metrics = pair_metrics(logps, config.beta)
-        return loss, mx.stack([metrics[k] for k in METRIC_NAMES[1:]])
+        if live:
+            reference = reference_of_rows(session, inputs, columns)
+        else:
+            reference = {name: extras[f"reference_{name}"] for name in columns}
+        logps = pair_logps(policy, reference, extras["chosen_tokens"], extras["rejected_tokens"])
+        result = pair_objective(logps, settings, state, rank_mean=rank_mean)
+        return result.loss, (mx.stack([result.metrics[k] for k in names]), result.state)
 
     return loss_fn
 
 
+def _kto_loss_fn(session: Session, config: TrainConfig, rank_mean: RankMean | None) -> LossFn:
+    """KTO's objective of a batch of completions with their KL rows (rows B..2B-1): the KL
+    rows' policy log-probs carry no gradient, and their reference is always computed here
+    (which completion a prompt meets changes with every batch); the completions' reference
+    comes from the cache unless the reference is live."""
+    settings = settings_from_config(config)
+    live = config.reference == "live"
+    names = loss_catalog.metric_names(config.loss)[1:]
+
+    def loss_fn(inputs, extras, state):
+        desirable = extras["desirable"]
+        n = desirable.shape[0]
+        policy = row_sums(session, inputs).sums
+        if live:
+            reference = reference_row_sums(session, inputs).sums
+            completion_reference, kl_reference = reference[:n], reference[n:]
+        else:
+            completion_reference = extras["reference_completion"]
+            kl_reference = reference_row_sums(session, second_half(inputs)).sums
+        logps = UnpairedLogps(
+            policy[:n], completion_reference, desirable, mx.stop_gradient(policy[n:]), kl_reference
+        )
+        result = kto_objective(logps, settings, rank_mean)
+        return result.loss, (mx.stack([result.metrics[k] for k in names]), state)
+
+    return loss_fn
+
+
+def rank_mean_of(ranks: Ranks) -> RankMean | None:
+    """The mean over data-parallel ranks of a scalar (None with one process)."""
+    if ranks.size == 1:
+        return None
+    return lambda x: mx.distributed.all_sum(x, group=ranks.group, stream=mx.cpu) / ranks.size
+
+
 def compiled_step(
-    session: Session, config: TrainConfig, optimizer: optim.Optimizer
+    session: Session,
+    config: TrainConfig,
+    optimizer: optim.Optimizer,
+    rank_mean: RankMean | None = None,
 ) -> tuple[Callable, Callable]:
     """The training step, compiled once with the model's, optimizer's and RNG state explicit:
-    `accumulate(grads_so_far, inputs, ...)` -> (loss, metrics, summed grads), and
-    `apply(grads, count)` -> grad norm (averaged over micro-batches and ranks, clipped)."""
+    `accumulate(grads_so_far, inputs, extras, loss_state)` -> (loss, metrics, summed grads,
+    the loss state after this micro-batch), and `apply(grads, count)` -> grad norm
+    (averaged over micro-batches and ranks, clipped). The loss state (bco_pair's running
+    reward mean; {} for other losses) goes in and out as arrays, like the other state."""
     model = session.model
-    value_and_grad = nn.value_and_grad(model, make_loss_fn(session, config))
+    value_and_grad = nn.value_and_grad(model, make_loss_fn(session, config, rank_mean))
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def accumulate(accumulated, *batch):
-        (loss, metrics), grads = value_and_grad(*batch)
+    def accumulate(accumulated, inputs, extras, loss_state):
+        (loss, (metrics, loss_state)), grads = value_and_grad(inputs, extras, loss_state)
         if accumulated is not None:
             grads = tree_map(lambda a, b: a + b, accumulated, grads)
-        return loss, metrics, grads
+        return loss, metrics, grads, loss_state
 
     @partial(mx.compile, inputs=state, outputs=state)
     def apply(grads, count):
@@ -109,7 +171,8 @@ def _leaves(tree: Any) -> list[mx.array]:
 class MicroBatches:
     """Micro-batch k of a run: position k % per_epoch of epoch k // per_epoch's order, which is
     a pure function of the seed and the epoch (so a resumed run reads the same batches). The
-    current epoch's order is kept."""
+    current epoch's order is kept. Pairs are batched in length buckets; kto's completions
+    shuffled plainly, and collated with their KL rows (Session.collate_split)."""
 
     def __init__(
         self,
@@ -136,37 +199,106 @@ class MicroBatches:
                 self.config.batch_size,
                 self.config.seed,
                 epoch,
-                True,
+                # Not for kto's completions: their length often goes with their label, and
+                # length buckets would then make batches of one label only.
+                not isinstance(self.split, CompletionSplit),
                 self.ranks.rank,
                 self.ranks.size,
             )
-        return self.session.collate([self.split.pairs[i] for i in order[position]])
+        return self.session.collate_split(self.split, order[position])
+
+
+class MetricTotals:
+    """A step's metrics over its micro-batches (and ranks), each a mean over what it is a
+    mean of: pairs (kto: completions); kto's chosen and rejected figures over the desirable
+    and undesirable completions (micro-batches without any do not count) with the margin
+    their difference; counts (count/*) summed; bco's reward shift as it stands after the
+    last micro-batch. `names` are loss_catalog.metric_names of the run, loss first."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.sums = np.zeros(len(names), dtype=np.float64)
+        self.weights = np.zeros(len(names), dtype=np.float64)
+        self.unpaired = COUNT_DESIRABLE in names
+
+    def _weight(self, name: str, values: dict[str, float], items: int) -> float:
+        if self.unpaired and name in (REWARDS_CHOSEN, LOGPS_CHOSEN):
+            return values[COUNT_DESIRABLE]
+        if self.unpaired and name in (REWARDS_REJECTED, LOGPS_REJECTED):
+            return values[COUNT_UNDESIRABLE]
+        return float(items)
+
+    def add(self, values: np.ndarray, items: int) -> None:
+        """One micro-batch's metrics (loss first) over `items` pairs or completions."""
+        named = dict(zip(self.names, values.tolist(), strict=True))
+        for i, name in enumerate(self.names):
+            value = named[name]
+            if name.startswith("count/"):
+                self.sums[i] += value
+                self.weights[i] = 1.0
+            elif name == "bco_reward_shift":
+                self.sums[i], self.weights[i] = value, 1.0
+            else:
+                weight = self._weight(name, named, items)
+                if weight > 0 and math.isfinite(value):
+                    self.sums[i] += weight * value
+                    self.weights[i] += weight
+
+    def means(self, ranks: Ranks) -> dict[str, float]:
+        """The step's value of each metric over every rank (NaN where nothing counted)."""
+        summed = ranks.sum(np.concatenate([self.sums, self.weights]))
+        sums, weights = summed[: len(self.names)], summed[len(self.names) :]
+        out = {}
+        for name, total, weight in zip(self.names, sums, weights, strict=True):
+            if name.startswith("count/"):
+                out[name] = float(total)
+            else:
+                out[name] = float(total / weight) if weight > 0 else math.nan
+        if self.unpaired:
+            out[REWARDS_MARGINS] = out[REWARDS_CHOSEN] - out[REWARDS_REJECTED]
+        return out
 
 
 @dataclass
 class Accumulated:
-    """One rank's micro-batches of an optimizer step: the summed gradients, the metric sums
-    (weighted by pairs, METRIC_NAMES order), the work, and the pairs' indices. `failure` says
-    why the step cannot be applied (a non-finite loss), with the pairs to look at."""
+    """One rank's micro-batches of an optimizer step: the summed gradients, the metrics, the
+    work (pairs, or completions for kto) and the pairs' indices. `failure` says why the step
+    cannot be applied (a non-finite loss), with the pairs to look at."""
 
     grads: Any
-    metric_sums: np.ndarray
+    metrics: MetricTotals
     pairs: int
     tokens: int
     pair_indices: list[int]
     failure: str | None = None
 
-    def totals(self, ranks: Ranks) -> tuple[np.ndarray, int, int]:
-        """(metric sums, pairs, tokens) over every rank."""
-        summed = ranks.sum(np.array([*self.metric_sums, self.pairs, self.tokens], dtype=np.float64))
-        return summed[:-2], int(summed[-2]), int(summed[-1])
+    def totals(self, ranks: Ranks) -> tuple[dict[str, float], int, int]:
+        """(metric values, pairs, tokens) over every rank."""
+        summed = ranks.sum(np.array([self.pairs, self.tokens], dtype=np.float64))
+        return self.metrics.means(ranks), int(summed[0]), int(summed[1])
+
+
+def step_extras(
+    batch: Batch, split: TokenizedSplit, reference: dict[str, np.ndarray] | None
+) -> dict[str, mx.array]:
+    """What the loss reads besides the model inputs: the pairs' response token counts, KTO's
+    labels, and the batch's rows of the cached reference columns (`reference_<column>`)."""
+    chosen_tokens, rejected_tokens = response_token_counts(batch)
+    extras = {"chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens}
+    if isinstance(split, CompletionSplit):
+        extras["desirable"] = mx.array(split.desirable[batch.pair_indices].astype(np.float32))
+    for name, values in (reference or {}).items():
+        extras[f"reference_{name}"] = mx.array(values[batch.pair_indices])
+    return extras
 
 
 class TrainingStep:
     """One optimizer step: `accumulate(step)` runs its micro-batches through the compiled
     step, `apply(grads)` averages, clips and updates. The reference log-probs of the train
-    split come from the cache, or are computed inside the step when `train_reference` is
-    None (a live reference)."""
+    split come from the cache (`train_reference`: column -> per-entry array), or are computed
+    inside the step when it is None (a live reference, or none for a reference-free loss).
+    `loss_state` is the loss's state between micro-batches (bco_pair's reward shift): the
+    initial one, or a checkpoint's; it advances once per micro-batch."""
 
     def __init__(
         self,
@@ -174,31 +306,36 @@ class TrainingStep:
         config: TrainConfig,
         optimizer: optim.Optimizer,
         batches: MicroBatches,
-        train_reference: tuple[np.ndarray, np.ndarray] | None,
+        train_reference: dict[str, np.ndarray] | None,
+        loss_state: LossState | None = None,
     ):
         self.model = session.model
         self.config = config
         self.optimizer = optimizer
         self.batches = batches
         self.train_reference = train_reference
-        self.accumulate_fn, self.apply_fn = compiled_step(session, config, optimizer)
+        self.metric_names = loss_catalog.metric_names(config.loss)
+        if loss_state is None:
+            loss_state = initial_loss_state(settings_from_config(config))
+        self.loss_state = loss_state
+        self.accumulate_fn, self.apply_fn = compiled_step(
+            session, config, optimizer, rank_mean_of(batches.ranks)
+        )
 
     def accumulate(self, step: int) -> Accumulated:
         """The micro-batches of optimizer step `step` (0-based); stops at a non-finite loss."""
         accumulation = self.config.grad_accumulation
         split = self.batches.split
-        done = Accumulated(None, np.zeros(len(METRIC_NAMES), dtype=np.float64), 0, 0, [])
+        done = Accumulated(None, MetricTotals(self.metric_names), 0, 0, [])
         for micro in range(accumulation):
             k = step * accumulation + micro
             batch = self.batches(k)
             mx.random.seed(self.config.seed * DROPOUT_SEED_STRIDE + k)
-            arrays = batch_arrays(batch)
-            chosen_tokens, rejected_tokens = response_token_counts(batch)
-            ref_chosen, ref_rejected = self._reference(batch)
-            loss, metrics, done.grads = self.accumulate_fn(
-                done.grads, arrays, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens
+            extras = step_extras(batch, split, self.train_reference)
+            loss, metrics, done.grads, self.loss_state = self.accumulate_fn(
+                done.grads, batch_arrays(batch), extras, self.loss_state
             )
-            mx.eval(loss, metrics, done.grads)
+            mx.eval(loss, metrics, done.grads, self.loss_state)
             loss_value = loss.item()
             done.pair_indices += [split.pairs[i].index for i in batch.pair_indices]
             if not math.isfinite(loss_value):
@@ -208,19 +345,10 @@ class TrainingStep:
                     "learning rate or check these pairs"
                 )
                 return done
-            done.metric_sums += batch.num_pairs * np.array(
-                [loss_value, *np.array(metrics).tolist()]
-            )
+            done.metrics.add(np.array([loss_value, *np.array(metrics).tolist()]), batch.num_pairs)
             done.pairs += batch.num_pairs
             done.tokens += batch.num_tokens
         return done
-
-    def _reference(self, batch: Batch) -> tuple[mx.array, mx.array]:
-        if self.train_reference is None:  # live: the loss computes it; a placeholder
-            placeholder = mx.zeros(batch.num_pairs)
-            return placeholder, placeholder
-        chosen, rejected = self.train_reference
-        return mx.array(chosen[batch.pair_indices]), mx.array(rejected[batch.pair_indices])
 
     def apply(self, grads: Any) -> float:
         """Average the accumulated gradients (over micro-batches and ranks), clip, update the

@@ -67,6 +67,23 @@ def eval_metrics(step: int) -> dict[str, Any]:
     return {name: metrics[name] + (0.02 if name == "loss" else -0.01) for name in METRIC_NAMES}
 
 
+def for_loss(metrics: dict[str, Any], loss: str) -> dict[str, Any]:
+    """A step's or eval's numbers as a run with this loss writes them: a reference-free loss
+    has no kl (null) and orpo its NLL extras; kto counts its desirable and undesirable
+    completions and its kl is its reference point (>= 0)."""
+    out = dict(metrics)
+    if loss in ("orpo", "simpo", "cpo"):
+        out["kl"] = None
+    if loss == "orpo":
+        out["nll_loss"] = round(2.5 - 0.5 * out["rewards/accuracies"], 6)
+        out["log_odds_ratio"] = round(-0.7 + 0.3 * out["rewards/accuracies"], 6)
+        out["log_odds_chosen"] = round(out["rewards/margins"], 6)
+    if loss == "kto":
+        out["kl"] = round(abs(out["kl"] or 0.0), 6)
+        out["count/desirable"], out["count/undesirable"] = 2.0, 2.0
+    return out
+
+
 def at(step: float) -> float:
     return START_TIME + 10.0 + step * SECONDS_PER_STEP
 
@@ -87,12 +104,18 @@ def write_run(
     first_step: int = 1,
     noisy: bool = False,
     start_time: float = START_TIME,
+    loss: str = "sigmoid",
 ) -> Path:
     """Write a run directory with `steps` step events (and evals/checkpoints), ending as
-    `end` ("completed" | "stopped" | "failed") or still going."""
+    `end` ("completed" | "stopped" | "failed") or still going, as a run with `loss` writes
+    them (for_loss)."""
     run_dir = Path(run_dir)
     writer = EventWriter(run_dir)
-    metrics = noisy_step_metrics if noisy else step_metrics
+    chosen = noisy_step_metrics if noisy else step_metrics
+
+    def metrics(step: int) -> dict[str, Any]:
+        return for_loss(chosen(step), loss)
+
     offset = start_time - START_TIME
     writer.write(
         "run_start",
@@ -109,7 +132,7 @@ def write_run(
         batch_size=4,
         grad_accumulation=1,
         beta=0.1,
-        loss="sigmoid",
+        loss=loss,
         reference="cached",
         trainable_parameters=1_000_000,
         total_parameters=135_000_000,
@@ -139,7 +162,7 @@ def write_run(
                 time=at(step + 0.5) + offset,
                 split="valid",
                 pairs=20,
-                **eval_metrics(step),
+                **for_loss(eval_metrics(step), loss),
             )
         if checkpoint_every and step % checkpoint_every == 0:
             last_checkpoint = str(run_dir / "checkpoints" / f"{step:07d}")

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer
 
 from ..formatting import format_fixed, format_number, format_percent, format_rate
+from ..loss_view import loss_view
 from ..messages import RunChanged
 from ..panels import LOG_PANEL_KEY, PANEL_SETS, chart_data
 from ..run_model import RunModel
@@ -185,6 +186,8 @@ class DashboardScreen(Screen):
             eval_detail("loss", format_fixed),
             train["loss"].smoothed(weight),
         )
+        view = loss_view(model.loss)
+        tile("tile-accuracy").retitle(view.accuracy_title)
         tile("tile-accuracy").show(
             format_percent(smooth("rewards/accuracies")),
             eval_detail("rewards/accuracies", format_percent),
@@ -195,8 +198,12 @@ class DashboardScreen(Screen):
             eval_detail("rewards/margins", format_fixed),
             train["rewards/margins"].smoothed(weight),
         )
+        log_ratio = view.log_ratio_metric
+        tile("tile-log-ratio").retitle(view.log_ratio_title)
         tile("tile-log-ratio").show(
-            format_fixed(smooth("kl")), "π − ref", train["kl"].smoothed(weight)
+            format_fixed(smooth(log_ratio)),
+            view.log_ratio_detail,
+            train[log_ratio].smoothed(weight),
         )
         lr = train["learning_rate"]
         tile("tile-lr").show(
@@ -217,11 +224,14 @@ class DashboardScreen(Screen):
 
     def refresh_charts(self) -> None:
         """The data of the charts shown (the others get theirs when their set is shown)."""
+        view = loss_view(self.model.loss)
         for panel in PANEL_SETS:
             if panel.key != self.panel:
                 continue
             for spec in panel.charts:
+                spec = view.adapt(spec)  # e.g. kto has no pair accuracy: what replaces it
                 chart = self.query_one(f"#{spec.chart_id}", MetricChart)
+                chart.retitle(spec.title)
                 chart.show(chart_data(spec, self.model, self.smoothing))
         self.query_one(ChartKey).show(self.panel, self.smoothing)
 

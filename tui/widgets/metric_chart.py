@@ -182,6 +182,12 @@ class MetricChart(Vertical):
     def plot(self) -> StepPlot:
         return self.query_one(StepPlot)
 
+    def retitle(self, title: str) -> None:
+        """A new title (what a chart shows can depend on the run's loss)."""
+        if title != self.chart_title:
+            self.chart_title = title
+            self.border_title = escape(title)
+
     def show(self, data: ChartData) -> None:
         self.data = data
         self._data_version += 1

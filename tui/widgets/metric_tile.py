@@ -31,6 +31,15 @@ class MetricTile(Vertical):
         yield Static("", classes="tile-detail")
         yield Sparkline([], summary_function=fmean)
 
+    def retitle(self, title: str) -> None:
+        """A new title (what the tile shows depends on the run's loss)."""
+        if title != self.title:
+            self.title = title
+            self.border_title = title
+            self.query_one(".tile-compact", Static).update(
+                f"[dim]{escape(title)}[/] [b]{escape(self.value_text)}[/]", layout=False
+            )
+
     def show(self, value: str, detail: str, history: Sequence[float]) -> None:
         # Tiles have a fixed size: no layout pass needed for new text.
         if value != self.value_text:

@@ -18,7 +18,7 @@ from conftest import (
 )
 from mlx_dpo.tui.formatting import format_fixed, format_percent
 from mlx_dpo.tui.widgets import EventLog, HealthBanner, MetricTile
-from tui_runs import MODEL, at, eval_metrics, make_round, step_metrics, write_run
+from tui_runs import MODEL, at, eval_metrics, for_loss, make_round, step_metrics, write_run
 
 from mlx_dpo.events import (
     EventWriter,
@@ -272,3 +272,38 @@ async def test_long_runs_are_downsampled_to_the_plot_width(tmp_path):
         # Redrawing unchanged data is skipped.
         assert loss_chart.redraw() is False
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize(
+    "loss, accuracy, log_ratio, detail, series",
+    [
+        ("kto", "Right side", "KL point", "KTO's z", "kl"),
+        ("orpo", "Accuracy", "Chosen NLL", "no reference", "nll_loss"),
+        ("simpo", "Accuracy", "Log-ratio", "no reference", None),
+    ],
+)
+async def test_the_loss_decides_what_replaces_pair_accuracy_and_kl(
+    tmp_path, loss, accuracy, log_ratio, detail, series
+):
+    """kto has no pairs (its accuracy is the share on the right side of its reference
+    point); a reference-free loss has no kl (orpo shows its chosen NLL there)."""
+    write_run(tmp_path / "run", steps=40, loss=loss)
+    app = make_app(tmp_path / "run")
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert tile(app, "accuracy").border_title == accuracy
+        assert chart(app, "accuracy").chart_title == accuracy
+        assert tile(app, "log-ratio").border_title == log_ratio
+        assert tile(app, "log-ratio").detail_text == detail
+        if series is None:
+            assert tile(app, "log-ratio").value_text == "–"
+        else:
+            values = [for_loss(step_metrics(s), loss)[series] for s in range(1, 41)]
+            expected = format_fixed(ema(values, 0.9)[-1])
+            assert tile(app, "log-ratio").value_text == expected
+        await pilot.press("2")
+        await pilot.pause()
+        log_chart = chart(app, "log-ratio")
+        assert log_chart.chart_title == {"kto": "KTO reference point z"}.get(
+            loss, "Chosen NLL (orpo)" if loss == "orpo" else "Log-ratio π−ref"
+        )

@@ -90,3 +90,15 @@ def test_narrow_terminal(in_tmp, snap_compare):
 def test_narrow_terminal_log_panel(in_tmp, snap_compare):
     write_run(Path("run"), steps=40, health=True, noisy=True)
     assert snap_compare(dashboard(), terminal_size=NARROW, press=["4"])
+
+
+def test_kto_run(in_tmp, snap_compare):
+    """No pairs: the accuracy tile and chart are "Right side", the log-ratio tile KTO's z."""
+    write_run(Path("run"), steps=40, noisy=True, loss="kto")
+    assert snap_compare(dashboard(), terminal_size=WIDE)
+
+
+def test_orpo_run_log_probs_panel(in_tmp, snap_compare):
+    """No reference: ORPO's chosen NLL where the log-ratio to the reference would be."""
+    write_run(Path("run"), steps=40, noisy=True, loss="orpo")
+    assert snap_compare(dashboard(), terminal_size=WIDE, press=["2"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,65 @@ def _lengths(record: PreferenceRecord, tokenizer: Any) -> tuple[list[int], list[
     )
 
 
+@dataclass
+class _Lengths:
+    """Token lengths of a split's pairs, as training would see them, and what max_length cuts."""
+
+    prompt: list[int] = field(default_factory=list)
+    chosen: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    same_tokens: int = 0  # pairs whose answers tokenize the same: training refuses them
+    refused: int = 0  # pairs the chat template refuses
+    cut: dict[str, int] = field(
+        default_factory=lambda: {"pairs": 0, "prompt": 0, "response": 0, "identical_after_cut": 0}
+    )
+
+
+def _validated(raw: list, fields: dict[str, str], problems: list[str]):
+    """The rows that are pairs, and how many were identical answers or invalid (their
+    problems appended to `problems`)."""
+    records: list[PreferenceRecord] = []
+    identical = invalid = 0
+    for source, value in raw:
+        record, record_problems = validate_record(source, value, fields)
+        if record is not None:
+            records.append(record)
+        elif _identical_responses(value, fields):
+            identical += 1
+        else:
+            invalid += 1
+            problems += record_problems
+    return records, identical, invalid
+
+
+def _token_lengths(
+    records: list[PreferenceRecord], tokenizer: Any, max_length: int | None, problems: list[str]
+) -> _Lengths:
+    found = _Lengths()
+    for record in records:
+        try:
+            prompt, chosen, rejected = _lengths(record, tokenizer)
+        except TemplateRefused as err:
+            found.refused += 1
+            problems.append(f"{record.source}: the chat template refuses this conversation ({err})")
+            continue
+        if tokenizer is not None and chosen == rejected:
+            found.same_tokens += 1
+            continue
+        found.prompt.append(len(prompt))
+        found.chosen.append(len(chosen))
+        found.rejected.append(len(rejected))
+        if tokenizer is not None and max_length is not None:
+            _, kept_chosen, kept_rejected, prompt_cut, response_cut = truncate(
+                prompt, chosen, rejected, max_length
+            )
+            found.cut["pairs"] += bool(prompt_cut or response_cut)
+            found.cut["prompt"] += bool(prompt_cut)
+            found.cut["response"] += bool(response_cut)
+            found.cut["identical_after_cut"] += kept_chosen == kept_rejected
+    return found
+
+
 def audit_split(
     files: list,
     fields: dict[str, str],
@@ -93,55 +153,18 @@ def audit_split(
     """The figures of one split (its files: sources.DataFile), and the set of its prompts
     (for cross-split overlap). Rows are read in the data's shape, as training reads them."""
     shape, raw, problems = read_split(files, fields)
-    fields = shape.fields
     unparsed = len(problems)  # lines that are not JSON (or not UTF-8), rows the shape refuses
-    invalid = unparsed
-    identical = 0
-    records: list[PreferenceRecord] = []
-    for source, value in raw:
-        record, record_problems = validate_record(source, value, fields)
-        if record is not None:
-            records.append(record)
-        elif _identical_responses(value, fields):
-            identical += 1
-        else:
-            invalid += 1
-            problems += record_problems
-
+    records, identical, invalid = _validated(raw, shape.fields, problems)
     record_keys = Counter(_key(r.prompt, r.chosen, r.rejected) for r in records)
     prompt_keys = Counter(_key(r.prompt) for r in records)
     repeated = {k: n for k, n in prompt_keys.items() if n > 1}
+    lengths = _token_lengths(records, tokenizer, max_length, problems)
 
-    prompt_lengths, chosen_lengths, rejected_lengths = [], [], []
-    same_tokens = 0
-    cut = {"pairs": 0, "prompt": 0, "response": 0, "identical_after_cut": 0}
-    for record in records:
-        try:
-            prompt, chosen, rejected = _lengths(record, tokenizer)
-        except TemplateRefused as err:
-            invalid += 1
-            problems.append(f"{record.source}: the chat template refuses this conversation ({err})")
-            continue
-        if tokenizer is not None and chosen == rejected:
-            same_tokens += 1  # training refuses these: nothing to prefer
-            continue
-        prompt_lengths.append(len(prompt))
-        chosen_lengths.append(len(chosen))
-        rejected_lengths.append(len(rejected))
-        if tokenizer is not None and max_length is not None:
-            _, kept_chosen, kept_rejected, prompt_cut, response_cut = truncate(
-                prompt, chosen, rejected, max_length
-            )
-            cut["pairs"] += bool(prompt_cut or response_cut)
-            cut["prompt"] += bool(prompt_cut)
-            cut["response"] += bool(response_cut)
-            cut["identical_after_cut"] += kept_chosen == kept_rejected
-
-    pairs = len(chosen_lengths)
-    chosen_longer = sum(c > r for c, r in zip(chosen_lengths, rejected_lengths, strict=True))
-    rejected_longer = sum(c < r for c, r in zip(chosen_lengths, rejected_lengths, strict=True))
-    mean_chosen = float(np.mean(chosen_lengths)) if pairs else 0.0
-    mean_rejected = float(np.mean(rejected_lengths)) if pairs else 0.0
+    pairs = len(lengths.chosen)
+    chosen_longer = sum(c > r for c, r in zip(lengths.chosen, lengths.rejected, strict=True))
+    rejected_longer = sum(c < r for c, r in zip(lengths.chosen, lengths.rejected, strict=True))
+    mean_chosen = float(np.mean(lengths.chosen)) if pairs else 0.0
+    mean_rejected = float(np.mean(lengths.rejected)) if pairs else 0.0
     findings = HealthMonitor(thresholds).length_bias(
         chosen_longer / pairs if pairs else 0.0, mean_chosen, mean_rejected, pairs
     )
@@ -150,18 +173,18 @@ def audit_split(
         "shape": shape.name,
         "records": len(raw) + unparsed,
         "valid_pairs": len(records),
-        "invalid_records": invalid,
+        "invalid_records": unparsed + invalid + lengths.refused,
         "problems": problems[:SHOWN_PROBLEMS],
         "chosen_equals_rejected": identical,
-        "same_tokens": same_tokens,
+        "same_tokens": lengths.same_tokens,
         "duplicate_records": sum(n - 1 for n in record_keys.values()),
         "repeated_prompts": len(repeated),
         "records_with_repeated_prompt": sum(repeated.values()),
         "pairs": pairs,
         "lengths": {
-            "prompt": length_stats(prompt_lengths),
-            "chosen": length_stats(chosen_lengths),
-            "rejected": length_stats(rejected_lengths),
+            "prompt": length_stats(lengths.prompt),
+            "chosen": length_stats(lengths.chosen),
+            "rejected": length_stats(lengths.rejected),
         },
         "chosen_longer_share": chosen_longer / pairs if pairs else 0.0,
         "rejected_longer_share": rejected_longer / pairs if pairs else 0.0,
@@ -171,14 +194,11 @@ def audit_split(
         "length_bias": bool(findings),
         "truncation": None
         if max_length is None or tokenizer is None
-        else {
-            "max_length": max_length,
-            **cut,
-        },
+        else {"max_length": max_length, **lengths.cut},
         "pair_lengths": {
-            "prompt": prompt_lengths,
-            "chosen": chosen_lengths,
-            "rejected": rejected_lengths,
+            "prompt": lengths.prompt,
+            "chosen": lengths.chosen,
+            "rejected": lengths.rejected,
         },
     }
     return result, set(prompt_keys)

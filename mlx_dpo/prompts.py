@@ -29,7 +29,7 @@ from typing import Any
 from mlx_dpo.data import (
     Message,
     decode_lines,
-    parse_messages,
+    parse_message_fields,
     read_raw_records,
     split_files,
     with_system,
@@ -106,13 +106,13 @@ def _record_prompts(path: Path, fields: dict[str, str]) -> tuple[list[Prompt], l
         if not isinstance(value, dict):
             problems.append(f"{source}: a record must be a JSON object, got {type(value).__name__}")
             continue
-        if name not in value:
-            problems.append(f"{source}: field '{name}': missing")
+        parsed, field_problems = parse_message_fields(
+            source, value, {"prompt": name}, (("prompt", None),)
+        )
+        if field_problems:
+            problems += field_problems
             continue
-        messages, problem = parse_messages(value[name], name, None)
-        if problem:
-            problems.append(f"{source}: {problem}")
-            continue
+        messages = parsed["prompt"]
         system = value.get(system_name)
         if system is not None and not isinstance(system, str):
             problems.append(f"{source}: field '{system_name}': must be a string")

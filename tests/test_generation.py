@@ -7,7 +7,6 @@ import mlx_lm
 import numpy as np
 import pytest
 
-from mlx_dpo.compare import generate_answer
 from mlx_dpo.errors import UserError
 from mlx_dpo.generation import load_generator, prompt_tokens, sample_answer, stream_answer
 from mlx_dpo.sampling import Sampling, check_sampling, describe_sampling
@@ -39,8 +38,10 @@ def test_answers_are_mlx_lms_for_the_seed(llama_chatml, tiny, sampling):
 
 
 def test_greedy_is_what_compare_generates(tiny):
+    """compare asks for top_p 0 (mlx-lm's make_sampler(temp=temp)); greedy ignores top_p."""
     greedy = sample_answer(tiny.model, tiny.tokenizer, PROMPT, Sampling(0.0, 1.0, 10), seed=0)
-    assert greedy.text == generate_answer(tiny.model, tiny.tokenizer, PROMPT, 10, 0.0, 0)
+    compared = mlx_lm_sample(tiny.model, tiny.tokenizer, PROMPT, Sampling(0.0, 0.0, 10), 0)
+    assert greedy.text == compared
 
 
 def test_token_count_and_why_it_ended(tiny):
@@ -78,5 +79,5 @@ def test_greedy_answer_is_mlx_lms_and_draws_no_random_numbers(llama_chatml, tiny
     state = np.array(mx.random.state[0])
     answer = greedy_answer(tiny.model, tiny.tokenizer, ids, 10)
     assert np.array_equal(np.array(mx.random.state[0]), state)
-    assert answer.text == generate_answer(model, tokenizer, PROMPT, 10, 0.0, 0)
+    assert answer.text == mlx_lm_sample(model, tokenizer, PROMPT, Sampling(0.0, 0.0, 10), 0)
     assert answer.finish_reason in ("stop", "length") and 0 < answer.tokens <= 10

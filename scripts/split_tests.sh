@@ -36,12 +36,8 @@ if [ -n "$(git status --porcelain)" ]; then
 fi
 mkdir -p tests/unit tests/e2e
 
-# Text files that may name a test file by path (tests/test_x.py) or as a module
-# (tests.test_x): sources, docs, configuration, CI. Snapshots are left alone.
-mapfile -t TEXT_FILES < <(git ls-files '*.py' '*.md' '*.toml' '*.sh' '*.cfg' '.ci/*' \
-    | grep -v '__snapshots__')
-
-move() {  # move <folder> <name>...
+MOVED=()
+move() {  # move <folder> <name>...: git mv, then the moved file's own paths one folder deeper
     local folder=$1
     shift
     for name in "$@"; do
@@ -51,17 +47,12 @@ move() {  # move <folder> <name>...
             continue
         fi
         git mv "$file" "tests/$folder/test_${name}.py"
-        # Paths from the moved file: it is one folder deeper now.
         sed -i -E \
             -e 's#Path\(__file__\)\.resolve\(\)\.parents\[1\]#Path(__file__).resolve().parents[2]#g' \
             -e 's#Path\(__file__\)\.parent\.parent\b#Path(__file__).parents[2]#g' \
             -e 's#Path\(__file__\)\.parent / #Path(__file__).parent.parent / #g' \
             "tests/$folder/test_${name}.py"
-        # Mentions anywhere: tests/test_x.py -> tests/<folder>/test_x.py, tests.test_x -> ...
-        sed -i -E \
-            -e "s#tests/test_${name}\.py#tests/${folder}/test_${name}.py#g" \
-            -e "s#\btests\.test_${name}\b#tests.${folder}.test_${name}#g" \
-            "${TEXT_FILES[@]}" "tests/$folder/test_${name}.py"
+        MOVED+=("$folder/$name")
     done
 }
 
@@ -69,6 +60,18 @@ move() {  # move <folder> <name>...
 move unit $UNIT
 # shellcheck disable=SC2086
 move e2e $E2E
+
+# Mentions anywhere (sources, docs, configuration, CI; not snapshots): tests/test_x.py ->
+# tests/<folder>/test_x.py, and the module tests.test_x -> tests.<folder>.test_x.
+mapfile -t TEXT_FILES < <(git ls-files '*.py' '*.md' '*.toml' '*.sh' '*.cfg' '.ci/*' \
+    | grep -v '__snapshots__' | grep -v '^scripts/split_tests.sh$')
+expressions=()
+for moved in "${MOVED[@]}"; do
+    folder=${moved%%/*} name=${moved#*/}
+    expressions+=(-e "s#tests/test_${name}\.py#tests/${folder}/test_${name}.py#g")
+    expressions+=(-e "s#\btests\.test_${name}\b#tests.${folder}.test_${name}#g")
+done
+sed -i -E "${expressions[@]}" "${TEXT_FILES[@]}"
 
 # The README's test command: the whole suite stays `python3 -m pytest` (testpaths = tests takes
 # every folder below it); say how to run each part alone.
@@ -79,7 +82,7 @@ readme = Path("README.md")
 text = readme.read_text(encoding="utf-8")
 old = "```\nscripts/setup.sh test && python3 -m pytest\n```\n"
 new = old + (
-    "\nThe unit tests alone (seconds): `python3 -m pytest tests/unit tests/tui`; the end-to-end\n"
+    "\nThe unit tests alone: `python3 -m pytest tests/unit tests/tui`; the end-to-end\n"
     "tests (training runs, the CLI and its child processes): `python3 -m pytest tests/e2e`.\n"
 )
 if old in text and "tests/unit" not in text:

@@ -85,7 +85,7 @@ new = old + (
     "\nThe unit tests alone: `python3 -m pytest tests/unit tests/tui`; the end-to-end\n"
     "tests (training runs, the CLI and its child processes): `python3 -m pytest tests/e2e`.\n"
 )
-if old in text and "tests/unit" not in text:
+if old in text and "The unit tests alone" not in text:
     readme.write_text(text.replace(old, new, 1), encoding="utf-8")
 else:
     print("split_tests.sh: README.md's test command not found as expected: add the line by hand")

@@ -98,6 +98,10 @@ if old in text:
     pyproject.write_text(text.replace(old, new, 1), encoding="utf-8")
 PY
 
+# A renamed import (tests.test_x -> tests.unit.test_x) may now sort elsewhere in its block.
+python3 -m ruff check --select I --fix -q tests \
+    || echo "split_tests.sh: sort the imports: ruff check --select I --fix tests" >&2
+
 left=$(ls tests/test_*.py 2>/dev/null || true)
 if [ -n "$left" ]; then
     echo "split_tests.sh: not in either list, left in tests/ (move them by hand):" >&2

@@ -96,12 +96,17 @@ def collate(pairs: list[TokenizedPair], pad_id: int = 0, shared_prompt: bool = F
         (p.prompt_ids, p.rejected_ids) for p in pairs
     ]
     tokens, positions, mask = collate_rows(rows, pad_id)
+    return _pairs_batch(pairs, mask, tokens=tokens, response_positions=positions)
+
+
+def _pairs_batch(pairs: list[TokenizedPair], mask: np.ndarray, **layout: np.ndarray) -> Batch:
+    """A Batch of `pairs` in either layout (`layout`: its token arrays), with what every
+    batch of pairs records: the response mask, prompt lengths and the pairs' indices."""
     return Batch(
         response_mask=mask,
         prompt_lengths=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int32),
         pair_indices=np.array([p.index for p in pairs], dtype=np.int64),
-        tokens=tokens,
-        response_positions=positions,
+        **layout,
     )
 
 
@@ -141,10 +146,9 @@ def _collate_shared(pairs: list[TokenizedPair], pad_id: int) -> Batch:
     for row, response in enumerate(responses):
         response_tokens[row, : len(response)] = response
         mask[row, : len(response)] = 1.0
-    return Batch(
-        response_mask=mask,
-        prompt_lengths=np.array([len(p.prompt_ids) for p in pairs], dtype=np.int32),
-        pair_indices=np.array([p.index for p in pairs], dtype=np.int64),
+    return _pairs_batch(
+        pairs,
+        mask,
         prompt_tokens=prompt_tokens,
         prompt_padding=padding,
         response_tokens=response_tokens,

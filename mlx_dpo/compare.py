@@ -4,18 +4,18 @@ One model in memory: the reference is the same weights with the adapter switched
 (model.reference_mode), exactly as in training — the base, or base + the init adapter for a
 run that started from one. Prompts are formatted as training formatted them (the chat
 template with the generation prompt, or the plain text without one), and the answers come
-from mlx-lm's own `generate`: greedy by default, sampled with a seed when temp > 0 (the same
+from mlx_dpo/generation.py (mlx-lm's own generation and sampler; loading a run's adapters and
+its reference is there too): greedy by default, sampled with a seed when temp > 0 (the same
 seed for both sides, so they draw the same random stream).
 
 The flags of `mlx-dpo compare` are read in mlx_dpo/cli/compare.py; these functions take plain
-arguments. Only generating needs MLX, so it is imported there: the CLI imports this module for
-every command, `--help` included.
+arguments. Only generating needs MLX, so generation.py is imported there: the CLI imports this
+module for every command, `--help` included.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,57 +24,15 @@ import yaml
 from mlx_dpo.data import (
     Message,
     PreferenceRecord,
-    as_token_ids,
-    has_chat_template,
     plain_text,
     read_records,
     split_files,
 )
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import ADAPTER_FILE, CONFIG_FILE
-from mlx_dpo.export import base_model_of, read_adapter_config
+from mlx_dpo.events import CONFIG_FILE
 
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_LIMIT = 8
-
-
-@dataclass
-class Policy:
-    """What a comparison needs: a model with LoRA layers, its tokenizer and, for a run that
-    started from an init adapter, that adapter (the reference). A trainer Session fits too."""
-
-    model: Any
-    tokenizer: Any
-    frozen_adapter: dict | None = None
-    reference_name: str = "base"
-
-
-def prompt_tokens(tokenizer: Any, messages: list[Message]) -> list[int]:
-    """The prompt as training saw it (data.tokenize_record): the chat template with the
-    generation prompt, or without a template the plain text."""
-    if has_chat_template(tokenizer):
-        return as_token_ids(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        )
-    return as_token_ids(tokenizer.encode(plain_text(messages)))
-
-
-def generate_answer(
-    model: Any, tokenizer: Any, messages: list[Message], max_tokens: int, temp: float, seed: int
-) -> str:
-    import mlx.core as mx
-    from mlx_lm.generate import generate
-    from mlx_lm.sample_utils import make_sampler
-
-    mx.random.seed(seed)
-    return generate(
-        model,
-        tokenizer,
-        prompt_tokens(tokenizer, messages),
-        max_tokens=max_tokens,
-        sampler=make_sampler(temp=temp),
-        verbose=False,
-    )
 
 
 def compare_answers(
@@ -85,8 +43,13 @@ def compare_answers(
     seed: int = 0,
 ) -> list[dict]:
     """[{prompt, reference, policy}] for each prompt. `session` is a trainer Session or a
-    Policy: anything with .model, .tokenizer and (optionally) .frozen_adapter."""
+    generation.Policy: anything with .model, .tokenizer and (optionally) .frozen_adapter."""
+    from mlx_dpo.generation import sample_answer
     from mlx_dpo.model import reference_mode
+    from mlx_dpo.sampling import Sampling
+
+    # top_p 0: off, as mlx-lm's make_sampler(temp=temp) has it.
+    sampling = Sampling(temp, 0.0, max_tokens)
 
     model, tokenizer = session.model, session.tokenizer
     frozen = getattr(session, "frozen_adapter", None)
@@ -96,8 +59,8 @@ def compare_answers(
     try:
         for messages in prompts:
             with reference_mode(model, frozen):
-                reference = generate_answer(model, tokenizer, messages, max_tokens, temp, seed)
-            policy = generate_answer(model, tokenizer, messages, max_tokens, temp, seed)
+                reference = sample_answer(model, tokenizer, messages, sampling, seed).text
+            policy = sample_answer(model, tokenizer, messages, sampling, seed).text
             results.append({"prompt": messages, "reference": reference, "policy": policy})
     finally:
         model.train(was_training)
@@ -136,53 +99,6 @@ def compare_records(
         row["reference_match"] = closer_to(row["reference"], chosen, rejected)
         row["policy_match"] = closer_to(row["policy"], chosen, rejected)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a run for comparison
-
-
-def _init_adapter_weights(adapter_config: dict, model: Any) -> dict | None:
-    """The frozen init adapter of a run that started from one (its reference), or None."""
-    import mlx.core as mx
-
-    from mlx_dpo.model import named_lora_modules
-
-    provenance = adapter_config.get("init_adapter_provenance") or {}
-    path = provenance.get("path")
-    if not path:
-        return None
-    weights_file = Path(path) / ADAPTER_FILE
-    if not weights_file.is_file():
-        raise UserError(
-            f"this run started from the init adapter {path}, which is gone: its reference "
-            "(base + that adapter) cannot be rebuilt"
-        )
-    weights = mx.load(str(weights_file))
-    frozen = {}
-    for name, _ in named_lora_modules(model):
-        a, b = weights.get(f"{name}.lora_a"), weights.get(f"{name}.lora_b")
-        if a is None or b is None:
-            raise UserError(f"{weights_file}: no LoRA weights for {name}")
-        frozen[name] = (a, b)
-    return frozen
-
-
-def load_policy(
-    adapter_path: str, model: str | None = None, trust_remote_code: bool = False
-) -> Policy:
-    """Load the base model once and the run's adapters into it; the reference is the run's
-    own (the base, or base + its init adapter)."""
-    from mlx_dpo.model import load_adapter_into, load_model
-
-    adapter_config = read_adapter_config(adapter_path)
-    base = model or base_model_of(adapter_config, adapter_path)
-    net, tokenizer, _, _ = load_model(base, adapter_config.get("quantize"), trust_remote_code)
-    load_adapter_into(net, adapter_path)
-    frozen = _init_adapter_weights(adapter_config, net)
-    net.eval()
-    name = "base + init adapter" if frozen is not None else "base"
-    return Policy(net, tokenizer, frozen, name)
 
 
 def read_prompts(data: str, split: str | None, limit: int, fields: dict) -> list[PreferenceRecord]:

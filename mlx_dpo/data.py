@@ -305,7 +305,9 @@ def split_files(data: str | Path) -> dict[str, Path]:
 # Reading and validating
 
 
-def _decode_lines(raw: bytes, label: str) -> tuple[list[tuple[int, str]], list[str]]:
+def decode_lines(raw: bytes, label: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """(line number, text) of every UTF-8 line (a leading byte-order mark dropped), and a
+    problem naming `label`:line for each line that is not UTF-8."""
     problems = []
     lines = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
@@ -341,7 +343,7 @@ def read_raw_records(
     problems of lines that are not JSON. `label` names the file in sources (default: path)."""
     path = Path(path)
     label = label or str(path)
-    lines, problems = _decode_lines(read_bytes(path), label)
+    lines, problems = decode_lines(read_bytes(path), label)
     records = []
     if path.name.removesuffix(".gz").endswith(".json"):
         text = "\n".join(t for _, t in lines)
@@ -403,9 +405,28 @@ def validate_record(
     names = {name: fields.get(name, name) for name in ("prompt", "chosen", "rejected", "system")}
     if not isinstance(value, dict):
         return None, [f"{source}: a record must be a JSON object, got {type(value).__name__}"]
+    parsed, problems = parse_message_fields(
+        source, value, names, (("prompt", None), ("chosen", "assistant"), ("rejected", "assistant"))
+    )
+    system = value.get(names["system"])
+    if system is not None and not isinstance(system, str):
+        problems.append(f"{source}: field '{names['system']}': must be a string")
+    if problems:
+        return None, problems
+    if parsed["chosen"] == parsed["rejected"]:
+        return None, [f"{source}: fields '{names['chosen']}' and '{names['rejected']}': identical"]
+    prompt = with_system(parsed["prompt"], system)
+    return PreferenceRecord(source, prompt, parsed["chosen"], parsed["rejected"]), []
+
+
+def parse_message_fields(
+    source: str, value: dict, names: dict[str, str], roles: tuple[tuple[str, str | None], ...]
+) -> tuple[dict[str, list[Message]], list[str]]:
+    """The message fields of a record ((key, role) pairs: the role responses must have, None
+    for a prompt), parsed by their names in the data; a problem for each missing or bad one."""
     problems = []
     parsed: dict[str, list[Message]] = {}
-    for key, role in (("prompt", None), ("chosen", "assistant"), ("rejected", "assistant")):
+    for key, role in roles:
         name = names[key]
         if name not in value:
             problems.append(f"{source}: field '{name}': missing")
@@ -415,33 +436,72 @@ def validate_record(
             problems.append(f"{source}: {problem}")
         else:
             parsed[key] = messages
-    system = value.get(names["system"])
-    if system is not None and not isinstance(system, str):
-        problems.append(f"{source}: field '{names['system']}': must be a string")
-    if problems:
-        return None, problems
-    if parsed["chosen"] == parsed["rejected"]:
-        return None, [f"{source}: fields '{names['chosen']}' and '{names['rejected']}': identical"]
-    prompt = parsed["prompt"]
+    return parsed, problems
+
+
+def with_system(prompt: list[Message], system: str | None) -> list[Message]:
+    """The prompt after the record's `system` text, unless it is blank or the prompt already
+    starts with a system message."""
     if system and system.strip() and prompt[0]["role"] != "system":
-        prompt = [{"role": "system", "content": system}, *prompt]
-    return PreferenceRecord(source, prompt, parsed["chosen"], parsed["rejected"]), []
+        return [{"role": "system", "content": system}, *prompt]
+    return prompt
+
+
+def validate_pair(
+    source: str, value: Any, fields: dict[str, str]
+) -> tuple[list[PreferenceRecord], list[str]]:
+    """validate_record's answer as a list (no record or one): the form validated_records takes."""
+    record, problems = validate_record(source, value, fields)
+    return ([] if record is None else [record]), problems
+
+
+def validated_records(
+    label: str,
+    rows: list[tuple[str, Any]],
+    problems: list[str],
+    validate: Callable[[str, Any, dict[str, str]], tuple[list[Any], list[str]]],
+    fields: dict[str, str],
+) -> list[Any]:
+    """The records of a file's (source, value) rows, each validated by `validate`. Raises
+    UserError listing every problem (`problems`: those found while reading, first) under
+    `label`, or saying the file holds no records."""
+    problems = list(problems)
+    records = []
+    for source, value in rows:
+        found, record_problems = validate(source, value, fields)
+        problems += record_problems
+        records += found
+    if not rows and not problems:
+        problems.append(f"{label}: empty (no records)")
+    if problems:
+        raise UserError(f"{label}: {len(problems)} problem(s) in the data", problems)
+    return records
 
 
 def read_records(path: str | Path, fields: dict[str, str] | None = None) -> list[PreferenceRecord]:
     """Read and validate one data file. Raises UserError listing every problem."""
     path = Path(path)
     raw, problems = read_raw_records(path)
-    records = []
-    for source, value in raw:
-        record, record_problems = validate_record(source, value, fields or {})
-        problems += record_problems
-        if record is not None:
-            records.append(record)
-    if not raw and not problems:
-        problems.append(f"{path}: empty (no records)")
+    return validated_records(str(path), raw, problems, validate_pair, fields or {})
+
+
+def read_files(
+    data: str | Path,
+    files: dict[str, Path],
+    read: Callable[[Path, dict[str, str] | None], list[Any]],
+    fields: dict[str, str] | None,
+) -> dict[str, list[Any]]:
+    """Every split's file read by `read` (read_records, unpaired.read_unpaired_records). The
+    problems of all files are reported together, under `data`."""
+    records: dict[str, list[Any]] = {}
+    problems: list[str] = []
+    for split, path in files.items():
+        try:
+            records[split] = read(path, fields)
+        except UserError as err:
+            problems += err.problems or [str(err)]
     if problems:
-        raise UserError(f"{path}: {len(problems)} problem(s) in the data", problems)
+        raise UserError(f"{data}: {len(problems)} problem(s) in the data", problems)
     return records
 
 
@@ -818,18 +878,8 @@ def load_splits(
     """Read, validate and tokenize every split of a local .jsonl/.json folder or file.
     Problems of all files are reported together. (Every other form of --data, with shapes,
     selection and the on-disk cache: mlx_dpo.sources.load_data.)"""
-    files = split_files(data)
-    records: dict[str, list[PreferenceRecord]] = {}
-    problems: list[str] = []
-    for split, path in files.items():
-        if split not in splits:
-            continue
-        try:
-            records[split] = read_records(path, fields)
-        except UserError as err:
-            problems += err.problems or [str(err)]
-    if problems:
-        raise UserError(f"{data}: {len(problems)} problem(s) in the data", problems)
+    files = {split: path for split, path in split_files(data).items() if split in splits}
+    records = read_files(data, files, read_records, fields)
     return {
         split: tokenize_records(recs, tokenizer, max_length, split, str(files[split]))
         for split, recs in records.items()

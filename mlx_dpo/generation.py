@@ -5,22 +5,27 @@ or the plain text without a template), so a pair made from these answers tokeniz
 it was generated. Sampling draws from MLX's global random state, seeded right before each
 answer: the same (model, prompt, settings, seed) gives the same answer in any process.
 Answers are drawn one after another, never interleaved, for that reason.
+
+A trained run is loaded here too (load_policy): the base model once, the run's adapter in it,
+and its reference (the base, or base + the run's init adapter), as training had them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
-from mlx_dpo.compare import load_policy
 from mlx_dpo.data import Message, as_token_ids, has_chat_template, plain_text
 from mlx_dpo.errors import UserError
-from mlx_dpo.model import load_model
+from mlx_dpo.events import ADAPTER_FILE
+from mlx_dpo.export import base_model_of, read_adapter_config
+from mlx_dpo.model import load_adapter_into, load_model, named_lora_modules
 from mlx_dpo.sampling import Sampling
 
 
@@ -29,6 +34,18 @@ class Answer:
     text: str
     tokens: int  # tokens generated (the end-of-turn token not counted)
     finish_reason: str  # "stop" (the model ended its turn) or "length" (max_tokens reached)
+
+
+@dataclass
+class Policy:
+    """A trained run ready to answer as policy and as reference (`mlx-dpo compare`,
+    load_generator): a model with LoRA layers, its tokenizer and, for a run that started from
+    an init adapter, that adapter (the reference). A trainer Session fits where a Policy goes."""
+
+    model: Any
+    tokenizer: Any
+    frozen_adapter: dict | None = None
+    reference_name: str = "base"
 
 
 @dataclass
@@ -64,6 +81,51 @@ def load_generator(
         raise UserError("--model is needed (or an --adapter-path that records its model)")
     generator.model.eval()
     return generator
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a trained run: the policy and its reference
+
+
+def _init_adapter_weights(adapter_config: dict, model: Any) -> dict | None:
+    """The frozen init adapter of a run that started from one (its reference), or None."""
+    provenance = adapter_config.get("init_adapter_provenance") or {}
+    path = provenance.get("path")
+    if not path:
+        return None
+    weights_file = Path(path) / ADAPTER_FILE
+    if not weights_file.is_file():
+        raise UserError(
+            f"this run started from the init adapter {path}, which is gone: its reference "
+            "(base + that adapter) cannot be rebuilt"
+        )
+    weights = mx.load(str(weights_file))
+    frozen = {}
+    for name, _ in named_lora_modules(model):
+        a, b = weights.get(f"{name}.lora_a"), weights.get(f"{name}.lora_b")
+        if a is None or b is None:
+            raise UserError(f"{weights_file}: no LoRA weights for {name}")
+        frozen[name] = (a, b)
+    return frozen
+
+
+def load_policy(
+    adapter_path: str, model: str | None = None, trust_remote_code: bool = False
+) -> Policy:
+    """Load the base model once and the run's adapters into it; the reference is the run's
+    own (the base, or base + its init adapter)."""
+    adapter_config = read_adapter_config(adapter_path)
+    base = model or base_model_of(adapter_config, adapter_path)
+    net, tokenizer, _, _ = load_model(base, adapter_config.get("quantize"), trust_remote_code)
+    load_adapter_into(net, adapter_path)
+    frozen = _init_adapter_weights(adapter_config, net)
+    net.eval()
+    name = "base + init adapter" if frozen is not None else "base"
+    return Policy(net, tokenizer, frozen, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers
 
 
 def prompt_tokens(tokenizer: Any, messages: list[Message]) -> list[int]:

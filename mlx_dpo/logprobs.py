@@ -147,22 +147,6 @@ def shared_prompt_token_logps(
     return values * mask, None if terms is None else terms * mask
 
 
-def shared_prompt_logps(
-    model: nn.Module,
-    prompt_tokens: mx.array,
-    prompt_padding: mx.array,
-    response_tokens: mx.array,
-    mask: mx.array,
-    split: HeadSplit,
-) -> mx.array:
-    """The same sums as `response_logps`, computing each prompt once (prefix sharing;
-    shared_prompt_token_logps summed)."""
-    values, _ = shared_prompt_token_logps(
-        model, prompt_tokens, prompt_padding, response_tokens, mask, split
-    )
-    return values.sum(axis=-1)
-
-
 def supports_prefix_sharing(model: nn.Module, split: HeadSplit | None) -> bool:
     """Whether this architecture gives the same log-probs with a shared prompt (it needs the
     batch KV cache to work as in plain attention layers); checked on a tiny batch."""
@@ -178,9 +162,8 @@ def supports_prefix_sharing(model: nn.Module, split: HeadSplit | None) -> bool:
     try:
         rows = response_logps(model, *[mx.array(a) for a in collate(pairs).model_inputs()], split)
         shared_batch = collate(pairs, shared_prompt=True)
-        shared = shared_prompt_logps(
-            model, *[mx.array(a) for a in shared_batch.model_inputs()], split
-        )
+        shared_inputs = [mx.array(a) for a in shared_batch.model_inputs()]
+        shared = shared_prompt_token_logps(model, *shared_inputs, split)[0].sum(axis=-1)
         mx.eval(rows, shared)
     except Exception:  # an architecture whose layers or caches work differently
         return False

@@ -24,9 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# data.py's readers: the same JSON-lines parsing and message validation as training data.
-# (Private there today; the restructured data.py exposes them publicly.)
-from mlx_dpo.data import Message, parse_messages, read_raw_records, split_files
+# data.py's readers: the same line decoding, JSON-lines parsing and message validation as
+# training data.
+from mlx_dpo.data import (
+    Message,
+    decode_lines,
+    parse_message_fields,
+    read_raw_records,
+    split_files,
+    with_system,
+)
 from mlx_dpo.errors import UserError
 
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -82,15 +89,9 @@ def _text_prompts(path: Path) -> tuple[list[Prompt], list[str]]:
         raw = path.read_bytes()
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    prompts, problems = [], []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            problems.append(f"{path}:{number}: not valid UTF-8 (byte {err.start} of the line)")
-            continue
-        if number == 1:
-            text = text.lstrip("\ufeff")
+    lines, problems = decode_lines(raw, str(path))
+    prompts = []
+    for number, text in lines:
         text = text.strip()
         if text:
             prompts.append(make_prompt(f"{path}:{number}", [{"role": "user", "content": text}]))
@@ -105,13 +106,13 @@ def _record_prompts(path: Path, fields: dict[str, str]) -> tuple[list[Prompt], l
         if not isinstance(value, dict):
             problems.append(f"{source}: a record must be a JSON object, got {type(value).__name__}")
             continue
-        if name not in value:
-            problems.append(f"{source}: field '{name}': missing")
+        parsed, field_problems = parse_message_fields(
+            source, value, {"prompt": name}, (("prompt", None),)
+        )
+        if field_problems:
+            problems += field_problems
             continue
-        messages, problem = parse_messages(value[name], name, None)
-        if problem:
-            problems.append(f"{source}: {problem}")
-            continue
+        messages = parsed["prompt"]
         system = value.get(system_name)
         if system is not None and not isinstance(system, str):
             problems.append(f"{source}: field '{system_name}': must be a string")
@@ -119,9 +120,7 @@ def _record_prompts(path: Path, fields: dict[str, str]) -> tuple[list[Prompt], l
         if not any(m["role"] == "user" and m["content"].strip() for m in messages):
             problems.append(f"{source}: field '{name}': no user message with text")
             continue
-        if system and system.strip() and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": system}, *messages]
-        prompts.append(make_prompt(source, messages))
+        prompts.append(make_prompt(source, with_system(messages, system)))
     return prompts, problems
 
 

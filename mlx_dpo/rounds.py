@@ -484,6 +484,18 @@ class ChildProcesses:
         return self.run(argv)
 
 
+@dataclass(frozen=True)
+class RoundsCommand:
+    """What every round of one `train --rounds` command works with: the run's config and round
+    settings, the record of what is done, how the phases run, and where its lines go."""
+
+    config: TrainConfig
+    settings: RoundsSettings
+    record: RoundsRecord
+    phases: Phases
+    say: Callable[[str], None]
+
+
 def run_rounds(
     config: TrainConfig,
     settings: RoundsSettings,
@@ -497,9 +509,10 @@ def run_rounds(
     record = RoundsRecord.open(
         Path(config.adapter_path or "."), shared_settings(config, settings), settings.rounds
     )
+    command = RoundsCommand(config, settings, record, phases, say)
     for number in range(1, settings.rounds + 1):
         round_ = plan_round(config, number, settings.rounds)
-        code = run_round(config, settings, round_, record, phases, say)
+        code = run_round(command, round_)
         if code is not None:
             return code
     last = round_dir(record.path.parent, settings.rounds)
@@ -508,16 +521,11 @@ def run_rounds(
     return 0
 
 
-def run_round(
-    config: TrainConfig,
-    settings: RoundsSettings,
-    round_: Round,
-    record: RoundsRecord,
-    phases: Phases,
-    say: Callable[[str], None],
-) -> int | None:
+def run_round(command: RoundsCommand, round_: Round) -> int | None:
     """One round from wherever it stands; None once it is finished, else the exit status to
     end with (the round stopped, failed or was interrupted)."""
+    config, settings, record = command.config, command.settings, command.record
+    phases, say = command.phases, command.say
     run_dir = round_.run_dir
     status = read_status(run_dir)
     if status.get("state") == "finished":
@@ -532,7 +540,7 @@ def run_round(
         )
     started = (run_dir / CONFIG_FILE).exists()
     if not started and not record.has("pairs_made", round_.number):
-        code = make_round_pairs(config, settings, round_, record, phases, say)
+        code = make_round_pairs(command, round_)
         if code is not None:
             return code
     make_run_dir(run_dir)
@@ -571,16 +579,11 @@ def run_round(
     return code or 1
 
 
-def make_round_pairs(
-    config: TrainConfig,
-    settings: RoundsSettings,
-    round_: Round,
-    record: RoundsRecord,
-    phases: Phases,
-    say: Callable[[str], None],
-) -> int | None:
+def make_round_pairs(command: RoundsCommand, round_: Round) -> int | None:
     """The round's pairs phase; None once its pairs are made, else the exit status to end
     with. A round whose judge kept no pair cannot train: a UserError says so."""
+    config, settings, record = command.config, command.settings, command.record
+    phases, say = command.phases, command.say
     source = f"{round_.start_adapter}'s policy" if round_.start_adapter else "the base model"
     say(
         f"{round_.label}: {settings.candidates} answers per prompt from {source}, judged by "

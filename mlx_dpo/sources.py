@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from mlx_dpo import hub, token_cache
-from mlx_dpo.data import TokenizedSplit, read_raw_records, tokenize_records, validate_record
+from mlx_dpo.data import (
+    TokenizedSplit,
+    read_raw_records,
+    tokenize_records,
+    validate_pair,
+    validated_records,
+)
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import Progress
 from mlx_dpo.layout import DATA_SUFFIXES, data_suffix, split_layout
@@ -349,16 +355,7 @@ def tokenized_split(
             notes.extend(meta.get("notes", []))
             return split
     shape, rows, problems = read_split(files, fields)
-    records = []
-    for source, value in rows:
-        record, record_problems = validate_record(source, value, shape.fields)
-        problems += record_problems
-        if record is not None:
-            records.append(record)
-    if not rows and not problems:
-        problems.append(f"{label}: empty (no records)")
-    if problems:
-        raise UserError(f"{label}: {len(problems)} problem(s) in the data", problems)
+    records = validated_records(label, rows, problems, validate_pair, shape.fields)
     split_notes: list[str] = []
     told = None if progress is None else partial(_tell_tokenizing, progress, name)
     split = tokenize_records(

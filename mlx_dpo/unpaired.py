@@ -40,12 +40,15 @@ from mlx_dpo.data import (
     SplitBuilder,
     TokenizedPair,
     TokenizedSplit,
-    parse_messages,
+    parse_message_fields,
+    read_files,
     read_raw_records,
     split_files,
     tokenize_record,
     truncate,
     validate_record,
+    validated_records,
+    with_system,
 )
 from mlx_dpo.errors import UserError
 from mlx_dpo.sources import LoadedData, select_splits
@@ -145,18 +148,9 @@ def validate_unpaired_record(
 def _validate_rated(
     source: str, value: dict, names: dict[str, str]
 ) -> tuple[list[UnpairedRecord], list[str]]:
-    problems = []
-    parsed: dict[str, list[Message]] = {}
-    for key, role in (("prompt", None), ("completion", "assistant")):
-        name = names[key]
-        if name not in value:
-            problems.append(f"{source}: field '{name}': missing")
-            continue
-        messages, problem = parse_messages(value[name], name, role)
-        if problem:
-            problems.append(f"{source}: {problem}")
-        else:
-            parsed[key] = messages
+    parsed, problems = parse_message_fields(
+        source, value, names, (("prompt", None), ("completion", "assistant"))
+    )
     label = value.get(names["label"])
     if names["label"] not in value:
         problems.append(f"{source}: field '{names['label']}': missing")
@@ -170,9 +164,7 @@ def _validate_rated(
         problems.append(f"{source}: field '{names['system']}': must be a string")
     if problems:
         return [], problems
-    prompt = parsed["prompt"]
-    if system and system.strip() and prompt[0]["role"] != "system":
-        prompt = [{"role": "system", "content": system}, *prompt]
+    prompt = with_system(parsed["prompt"], system)
     return [UnpairedRecord(source, prompt, parsed["completion"], label)], []
 
 
@@ -182,16 +174,7 @@ def read_unpaired_records(
     """Read and validate one data file. Raises UserError listing every problem."""
     path = Path(path)
     raw, problems = read_raw_records(path)
-    records = []
-    for source, value in raw:
-        rated, record_problems = validate_unpaired_record(source, value, fields or {})
-        problems += record_problems
-        records += rated
-    if not raw and not problems:
-        problems.append(f"{path}: empty (no records)")
-    if problems:
-        raise UserError(f"{path}: {len(problems)} problem(s) in the data", problems)
-    return records
+    return validated_records(str(path), raw, problems, validate_unpaired_record, fields or {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,18 +238,8 @@ def load_unpaired_splits(
 ) -> dict[str, TokenizedUnpairedSplit]:
     """Read, validate and tokenize every split found (train/valid/test files of a folder, or
     one file). Problems of all files are reported together."""
-    files = split_files(data)
-    records: dict[str, list[UnpairedRecord]] = {}
-    problems: list[str] = []
-    for split, path in files.items():
-        if split not in splits:
-            continue
-        try:
-            records[split] = read_unpaired_records(path, fields)
-        except UserError as err:
-            problems += err.problems or [str(err)]
-    if problems:
-        raise UserError(f"{data}: {len(problems)} problem(s) in the data", problems)
+    files = {split: path for split, path in split_files(data).items() if split in splits}
+    records = read_files(data, files, read_unpaired_records, fields)
     return {
         split: tokenize_unpaired(recs, tokenizer, max_length, split, str(files[split]))
         for split, recs in records.items()
@@ -388,15 +361,7 @@ def load_completion_data(config: Any, tokenizer: Any, roles: tuple[str, ...]) ->
     {prompt, completion, label} or pairs (their chosen answer desirable, rejected not),
     tokenized, then validation carved and --max-pairs applied as for pairs (sources)."""
     files = _role_files(config.data, roles)
-    problems: list[str] = []
-    records: dict[str, list[UnpairedRecord]] = {}
-    for role, path in files.items():
-        try:
-            records[role] = read_unpaired_records(path, config.fields)
-        except UserError as err:
-            problems += err.problems or [str(err)]
-    if problems:
-        raise UserError(f"{config.data}: {len(problems)} problem(s) in the data", problems)
+    records = read_files(config.data, files, read_unpaired_records, config.fields)
     splits: dict[str, TokenizedSplit] = {
         role: CompletionSplit.from_unpaired(
             tokenize_unpaired(found, tokenizer, config.max_length, role, str(files[role]))

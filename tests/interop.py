@@ -10,11 +10,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mlx_dpo.config import build_config
-from mlx_dpo.events import read_events
 from mlx_dpo.logprobs import find_head_split, response_logps
-from mlx_dpo.trainer.run import RunOptions, train
 from tests.conftest import corpus
+from tests.training import config_for, run
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -46,23 +44,11 @@ def quantize_folder(source: Path, destination: Path, bits: int) -> Path:
 
 
 def train_run(model: Path, data: Path, run_dir: Path, **overrides) -> tuple[str, list[dict]]:
-    values = dict(
-        model=str(model),
-        data=str(data),
-        adapter_path=str(run_dir),
-        iters=4,
-        batch_size=4,
-        learning_rate=5e-3,
-        beta=0.5,
-        eval_every=0,
-        save_every=0,
-        lora_rank=4,
-        sample_max_tokens=8,
-    )
-    values.update(overrides)
-    config = build_config({}, values)
-    status = train(config, RunOptions(run_dir, on_line=lambda s: None, handle_signals=False))
-    return status, read_events(run_dir)
+    """A short run (4 steps at learning rate 5e-3 unless `overrides` say otherwise) in this
+    process: its final state and its events."""
+    settings = dict(iters=4, learning_rate=5e-3)
+    settings.update(overrides)
+    return run(config_for(model, data, run_dir, **settings))
 
 
 def step_events(events: list[dict]) -> list[dict]:

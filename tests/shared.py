@@ -157,3 +157,21 @@ def read_only_folder(tmp_path):
         folder.chmod(0o555)
         yield folder
         folder.chmod(0o755)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face sets (tests/hub_fixtures.py) in a local hub cache: test_sources.py,
+# test_token_cache.py, test_hub.py
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory) -> Path:
+    from tests import hub_fixtures
+
+    return hub_fixtures.build_hub_cache(tmp_path_factory.mktemp("hf-hub"))
+
+
+@pytest.fixture
+def use_hub_cache(hub_cache, monkeypatch):
+    """The hub cache of the fixture sets, where huggingface_hub looks (HF_HUB_OFFLINE is set)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))

@@ -13,11 +13,10 @@ from mlx_dpo.compare import (
     closer_to,
     compare_answers,
     format_comparison,
-    load_policy,
-    prompt_tokens,
     user_prompts,
 )
 from mlx_dpo.data import load_splits, read_records
+from mlx_dpo.generation import load_policy, prompt_tokens
 from tests.conftest import preference_rows, write_jsonl
 from tests.interop import train_run
 

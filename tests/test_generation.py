@@ -7,10 +7,9 @@ import mlx_lm
 import numpy as np
 import pytest
 
-from mlx_dpo.compare import generate_answer
 from mlx_dpo.errors import UserError
 from mlx_dpo.generation import load_generator, prompt_tokens, sample_answer, stream_answer
-from mlx_dpo.sampling import Sampling, check_sampling, describe_sampling
+from mlx_dpo.sampling import Sampling
 from tests.collect_models import mlx_lm_sample
 
 PROMPT = [{"role": "user", "content": "what color is item 3?"}]
@@ -39,8 +38,10 @@ def test_answers_are_mlx_lms_for_the_seed(llama_chatml, tiny, sampling):
 
 
 def test_greedy_is_what_compare_generates(tiny):
+    """compare asks for top_p 0 (mlx-lm's make_sampler(temp=temp)); greedy ignores top_p."""
     greedy = sample_answer(tiny.model, tiny.tokenizer, PROMPT, Sampling(0.0, 1.0, 10), seed=0)
-    assert greedy.text == generate_answer(tiny.model, tiny.tokenizer, PROMPT, 10, 0.0, 0)
+    compared = mlx_lm_sample(tiny.model, tiny.tokenizer, PROMPT, Sampling(0.0, 0.0, 10), 0)
+    assert greedy.text == compared
 
 
 def test_token_count_and_why_it_ended(tiny):
@@ -48,18 +49,6 @@ def test_token_count_and_why_it_ended(tiny):
     assert (cut.tokens, cut.finish_reason) == (3, "length")
     ids = prompt_tokens(tiny.tokenizer, PROMPT)
     assert ids == list(tiny.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True))
-
-
-def test_sampling_flags_are_checked():
-    assert check_sampling(0.7, 0.9, 5) == Sampling(0.7, 0.9, 5)
-    for args, flag in (((-1, 0.9, 5), "--temp"), ((1, 1.5, 5), "--top-p"), ((1, 1, 0), "--max")):
-        with pytest.raises(UserError, match=flag):
-            check_sampling(*args)
-    assert describe_sampling(Sampling(0.8, 0.95, 256).as_dict()) == (
-        "temp 0.8, top-p 0.95, up to 256 tokens"
-    )
-    assert Sampling(0.0, 1.0, 9).describe() == "greedy, up to 9 tokens"
-    assert Sampling(0.5, 1.0, 9).describe() == "temp 0.5, up to 9 tokens"
 
 
 def test_a_model_is_needed():
@@ -78,5 +67,5 @@ def test_greedy_answer_is_mlx_lms_and_draws_no_random_numbers(llama_chatml, tiny
     state = np.array(mx.random.state[0])
     answer = greedy_answer(tiny.model, tiny.tokenizer, ids, 10)
     assert np.array_equal(np.array(mx.random.state[0]), state)
-    assert answer.text == generate_answer(model, tokenizer, PROMPT, 10, 0.0, 0)
+    assert answer.text == mlx_lm_sample(model, tokenizer, PROMPT, Sampling(0.0, 0.0, 10), 0)
     assert answer.finish_reason in ("stop", "length") and 0 < answer.tokens <= 10

@@ -221,20 +221,6 @@ def test_metadata_without_the_model_shape_is_refused(tmp_path):
         load_model(str(_minimal_gguf(tmp_path / "bare.gguf", "llama")))
 
 
-def test_token_list_is_padded_to_the_embedding_rows(llama_chatml):
-    """llama.cpp wants one token per embedding row; spare rows (Qwen2 has them) get unused
-    [PADn] tokens, as its converter writes them."""
-    from mlx_dpo.gguf_tokenizer import UNUSED, tokenizer_metadata
-
-    _, tokenizer, _, config = load_model(str(llama_chatml))
-    rows = config["vocab_size"] + 6
-    metadata = tokenizer_metadata(tokenizer, "test", rows)
-    assert len(metadata["tokenizer.ggml.tokens"]) == rows
-    assert metadata["tokenizer.ggml.tokens"][-1] == f"[PAD{rows - 1}]"
-    assert metadata["tokenizer.ggml.token_type"][-6:] == [UNUSED] * 6
-    assert UNUSED not in metadata["tokenizer.ggml.token_type"][:-6]
-
-
 def llama_cpp_rope_factors(theta, head_dim, factor, low, high, original):
     """llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel) for Llama 3.1 rope scaling."""
     out = []

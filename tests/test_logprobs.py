@@ -111,7 +111,7 @@ def test_prefix_sharing_gives_the_same_logps_and_gradients(fixture, request, tmp
     import mlx.nn as nn
     from mlx.utils import tree_flatten, tree_map
 
-    from mlx_dpo.logprobs import shared_prompt_logps, supports_prefix_sharing
+    from mlx_dpo.logprobs import shared_prompt_token_logps, supports_prefix_sharing
     from mlx_dpo.model import apply_lora
 
     model, tokenizer = load(str(request.getfixturevalue(fixture)))
@@ -129,7 +129,7 @@ def test_prefix_sharing_gives_the_same_logps_and_gradients(fixture, request, tmp
         return response_logps(model, *rows_inputs, split)
 
     def shared():
-        return shared_prompt_logps(model, *shared_inputs, split)
+        return shared_prompt_token_logps(model, *shared_inputs, split)[0].sum(axis=-1)
 
     np.testing.assert_allclose(np.array(shared()), np.array(rows()), rtol=1e-5, atol=1e-4)
     weights = mx.array(np.linspace(-1, 1, 2 * len(pairs)).astype(np.float32))

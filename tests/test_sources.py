@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from mlx_lm.utils import load
 
-from mlx_dpo import sources, token_cache
+from mlx_dpo import sources
 from mlx_dpo.cli import main
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import (
@@ -24,20 +23,12 @@ from mlx_dpo.data import (
 )
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events
-from mlx_dpo.layout import split_layout
 from mlx_dpo.sources import load_data, resolve_source
 from tests import hub_fixtures as hub
 from tests.conftest import write_jsonl
 
-
-@pytest.fixture(scope="session")
-def hub_cache(tmp_path_factory) -> Path:
-    return hub.build_hub_cache(tmp_path_factory.mktemp("hf-hub"))
-
-
-@pytest.fixture(autouse=True)
-def use_hub_cache(hub_cache, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+# Every test here reads the Hugging Face sets of tests/hub_fixtures.py from a local cache.
+pytestmark = pytest.mark.usefixtures("use_hub_cache")
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +70,6 @@ def test_hub_layouts_give_the_sets_own_split_names():
     assert h4.revision == hub.commit_of("HuggingFaceH4/ultrafeedback_binarized")
 
 
-def test_split_layout_rules():
-    files = ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
-             "data/validation-00000-of-00001.parquet", "notes.txt"]  # fmt: skip
-    layout, ignored = split_layout(files)
-    assert layout == {"train": files[:2], "validation": [files[2]]} and not ignored
-    assert split_layout(["en/train-00000-of-00001.parquet", "fr/train-00000-of-00001.parquet"],
-                        config="fr")[0] == {"train": ["fr/train-00000-of-00001.parquet"]}  # fmt: skip
-    assert split_layout(["my_data.jsonl"])[0] == {"train": ["my_data.jsonl"]}
-    assert split_layout(["train.jsonl", "valid.jsonl"])[0] == {
-        "train": ["train.jsonl"],
-        "valid": ["valid.jsonl"],
-    }
-
-
 def test_a_cached_set_downloads_nothing(monkeypatch, tokenizer):
     """Offline, from the cache; the second run reads the tokenized set from mlx-dpo's cache."""
     import huggingface_hub
@@ -107,27 +84,6 @@ def test_a_cached_set_downloads_nothing(monkeypatch, tokenizer):
     monkeypatch.setattr(sources, "tokenize_records", no_tokenizing)
     second = load_data(config, tokenizer, ("train",)).splits["train"]
     assert np.array_equal(first.tokens, second.tokens) and first.sources == second.sources
-
-
-def test_token_cache_key_follows_data_and_settings(tmp_path, tokenizer):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
-    fingerprint = token_cache.tokenizer_fingerprint(tokenizer)
-    key = token_cache.split_key([data], {}, fingerprint, 64)
-    assert key != token_cache.split_key([data], {}, fingerprint, 65)
-    assert key != token_cache.split_key([data], {"prompt": "q"}, fingerprint, 64)
-    other = copy.deepcopy(tokenizer._tokenizer)
-    other.chat_template = "{{ messages[0]['content'] }}"
-    assert token_cache.tokenizer_fingerprint(other) != fingerprint
-    write_jsonl(data, [{"prompt": "a", "chosen": "b", "rejected": "d"}])
-    assert token_cache.split_key([data], {}, fingerprint, 64) != key
-
-
-def test_a_torn_cache_entry_is_recomputed(tmp_path, tokenizer):
-    config = TrainConfig(data="Intel/orca_dpo_pairs")
-    load_data(config, tokenizer, ("train",))
-    for entry in (token_cache.cache_dir() / "tokenized").glob("*.npz"):
-        entry.write_bytes(entry.read_bytes()[:100])
-    assert len(load_data(config, tokenizer, ("train",)).splits["train"]) == 12
 
 
 def test_local_parquet_file_and_folder(tmp_path, tokenizer):
@@ -332,30 +288,6 @@ def test_an_id_not_in_the_cache_offline_names_id_cache_and_offline(hub_cache, ca
     assert "nobody/no-such-set" in err and "HF_HUB_OFFLINE" in err
     assert str(hub_cache) in err
     assert "Traceback" not in err
-
-
-@pytest.mark.parametrize(
-    "error,expected",
-    [("GatedRepoError", "hf auth login"), ("RepositoryNotFoundError", "no such dataset")],
-)
-def test_gated_and_missing_sets_online(monkeypatch, error, expected):
-    import huggingface_hub.errors as hub_errors
-
-    from mlx_dpo import hub as mlx_hub
-
-    class FakeResponse:
-        status_code = 401
-        headers: dict = {}
-        request = None
-
-    def refuse(*args, **kwargs):
-        raise getattr(hub_errors, error)("refused", response=FakeResponse())
-
-    monkeypatch.setattr(mlx_hub, "snapshot_download", refuse)
-    with pytest.raises(UserError) as caught:
-        resolve_source("someone/private-set")
-    assert expected in str(caught.value) and "someone/private-set" in str(caught.value)
-    assert "HF_HUB_OFFLINE" in str(caught.value)
 
 
 def test_a_parquet_file_that_is_not_parquet_names_the_file(llama_chatml, tmp_path, capsys):

@@ -22,7 +22,6 @@ from mlx_dpo.compare import (
     compare_answers,
     compare_records,
     format_comparison,
-    load_policy,
     read_prompts,
     run_fields,
     user_prompts,
@@ -77,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     records = None
     if args.data:
         records = read_prompts(args.data, args.split, args.limit, run_fields(args.adapter_path))
+    from mlx_dpo.generation import load_policy  # loads MLX: not for --help
+
     policy = load_policy(args.adapter_path, args.model, args.trust_remote_code)
     settings = (args.max_tokens, args.temp, args.seed)
     if records is not None:

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from mlx_dpo.tui.formatting import format_fixed, format_number, format_percent, format_rate
 
-from mlx_dpo.formatting import format_duration
-
 
 def test_formatting():
-    assert format_duration(None) == "–"
-    assert format_duration(45.2) == "45s"
-    assert format_duration(725) == "12m 05s"
-    assert format_duration(3 * 3600 + 125) == "3h 02m"
     assert format_number(0.693147) == "0.693"
     assert format_number(5e-6) == "5.00e-06"
     assert format_number(float("nan")) == "–"

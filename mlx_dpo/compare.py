@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from mlx_dpo.adapter_config import read_adapter_config
 from mlx_dpo.data import (
     Message,
     PreferenceRecord,
@@ -32,7 +33,8 @@ from mlx_dpo.data import (
 )
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import ADAPTER_FILE, CONFIG_FILE
-from mlx_dpo.export import base_model_of, read_adapter_config
+from mlx_dpo.export import base_model_of
+from mlx_dpo.safetensors_header import check_safetensors
 
 DEFAULT_MAX_TOKENS = 64
 DEFAULT_LIMIT = 8
@@ -158,6 +160,7 @@ def _init_adapter_weights(adapter_config: dict, model: Any) -> dict | None:
             f"this run started from the init adapter {path}, which is gone: its reference "
             "(base + that adapter) cannot be rebuilt"
         )
+    check_safetensors(weights_file, "the init adapter's weights")
     weights = mx.load(str(weights_file))
     frozen = {}
     for name, _ in named_lora_modules(model):
@@ -202,8 +205,8 @@ def run_fields(adapter_path: str) -> dict[str, str]:
     path = Path(adapter_path) / CONFIG_FILE
     try:
         fields = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("fields")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return {}
+    except (OSError, ValueError, RecursionError, yaml.YAMLError, AttributeError):
+        return {}  # ValueError: not UTF-8, or a number past Python's limit on digits
     return fields if isinstance(fields, dict) else {}
 
 

@@ -86,10 +86,9 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
                 f"{args.adapter_path}: no run has started here (no {CONFIG_FILE}); "
                 "run the same command without --resume"
             )
-        yaml_values = read_yaml(saved)
         # Running a model's own code is allowed by the person at the keyboard, each time: a
-        # run directory (perhaps copied from elsewhere) cannot grant it.
-        yaml_values.pop("trust_remote_code", None)
+        # run directory (perhaps copied from elsewhere) cannot grant it (run_record ignores it).
+        yaml_values = read_yaml(saved, run_record=True)
     if args.config:
         yaml_values.update(read_yaml(args.config))
     is_demo = (
@@ -178,6 +177,8 @@ def run_with_dashboard(config: TrainConfig, resume: bool = False) -> int:
     launch_config = run_dir / LAUNCH_CONFIG_FILE
     save_config(config, launch_config)
     command = [sys.executable, "-m", "mlx_dpo.cli", "train", str(launch_config), "--no-tui"]
+    if config.trust_remote_code:  # granted on this command line; the file cannot say it
+        command.append("--trust-remote-code")
     if resume:
         command += ["--resume", "--adapter-path", str(run_dir)]
     # The trainer counts this process as its dashboard while it lives (trainer/control.py).

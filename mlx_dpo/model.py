@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -558,8 +559,14 @@ def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
     memo: dict[str, str] = {}
     memo_file = memo_dir / "file-hashes.json" if memo_dir else None
     if memo_file and memo_file.exists():
-        with contextlib.suppress(json.JSONDecodeError, OSError):
+        with contextlib.suppress(ValueError, OSError, RecursionError):
             memo = json.loads(memo_file.read_text())
+        # Only what could be a digest is used: a damaged memo costs a second hashing.
+        memo = (
+            {k: v for k, v in memo.items() if re.fullmatch(r"[0-9a-f]{64}", str(v))}
+            if (isinstance(memo, dict))
+            else {}
+        )
     changed = False
     for path in sorted(paths):
         stat = path.stat()
@@ -573,7 +580,8 @@ def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
             changed = True
         digest.update(path.name.encode() + memo[key].encode())
     if memo_file and changed:
-        atomic_write_json(memo_file, memo)
+        with contextlib.suppress(OSError):  # a memo that cannot be kept is hashed again
+            atomic_write_json(memo_file, memo)
     return digest.hexdigest()
 
 

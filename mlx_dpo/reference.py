@@ -5,6 +5,10 @@ switched off. Its log-probs depend only on the weights and the token ids, so the
 computed once per (weights, tokenized data) and kept under the cache folder: a β sweep or a
 resumed run reads them instead of running a second forward pass every step. The precompute is
 chunked and checkpointed (reference_logps), so a kill or Ctrl-C during it loses little.
+
+A wrong number here trains silently against a wrong reference, so an entry is trusted only
+when its stored key and the SHA-256 of key and payload match (read_entry); anything else is
+a miss that the caller hears about (`warn`) and recomputes.
 """
 
 from __future__ import annotations
@@ -12,19 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.distributed import Ranks
+from mlx_dpo.events import atomic_write_bytes
 
 CACHE_ENV = "MLX_DPO_CACHE"
-CACHE_VERSION = "1"
+# 2: entries carry their key and a SHA-256 of key and payload (version 1 trusted any file
+# that parsed, so a flipped byte trained against a wrong reference).
+CACHE_VERSION = "2"
 # A precompute saves what it has done at most this often (seconds): a kill loses no more.
 CHECKPOINT_SECONDS = 30.0
 
@@ -34,6 +40,42 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mlx-dpo"
     )
     return Path(root)
+
+
+# cache folder -> why it cannot be used ("" when it can): checked once per process.
+_usable: dict[Path, str] = {}
+
+
+def _cache_folder_problem(folder: Path) -> str:
+    """Why nothing can be kept in `folder` (missing and cannot be made, read-only, not a
+    folder), or "" when a file can be made in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return ""
+
+
+def writable_cache_dir() -> Path | None:
+    """The cache folder when files can be kept in it, else None: the reference log-probs,
+    the token cache and the weights' hash memo then go on without a cache."""
+    folder = cache_dir()
+    if folder not in _usable:
+        _usable[folder] = _cache_folder_problem(folder)
+    return None if _usable[folder] else folder
+
+
+def cache_problem() -> str | None:
+    """The one warning a run gives when its cache folder cannot be used, or None."""
+    if writable_cache_dir() is not None:
+        return None
+    return (
+        f"cache folder {cache_dir()}: {_usable[cache_dir()]}; going on without a cache "
+        f"(nothing is kept between runs; set {CACHE_ENV} to a folder you can write)"
+    )
 
 
 def cache_key(weights_fingerprint: str, split: TokenizedSplit) -> str:
@@ -46,35 +88,101 @@ def cache_key(weights_fingerprint: str, split: TokenizedSplit) -> str:
 
 
 def _path(key: str) -> Path:
-    return cache_dir() / "reference" / f"{key}.safetensors"
+    return cache_dir() / "reference" / f"{key}.ref"
 
 
-def load_cached(key: str, num_pairs: int) -> tuple[np.ndarray, np.ndarray] | None:
-    path = _path(key)
-    if not path.exists():
-        return None
-    try:
-        arrays = mx.load(str(path))
-        chosen = np.array(arrays["chosen"], dtype=np.float32)
-        rejected = np.array(arrays["rejected"], dtype=np.float32)
-    except Exception:  # a corrupt cache file is recomputed, never trusted
-        return None
-    if chosen.shape != (num_pairs,) or rejected.shape != (num_pairs,):
-        return None
-    return chosen, rejected
+# An entry on disk: one line of JSON {"key", "pairs", "arrays", "sha256", "meta"}, then the
+# payload: the arrays' float32 / bool bytes, one after another. sha256 covers the key and
+# the payload, so a flipped byte, a zero-filled block or another key's file is a miss.
+ENTRY_DTYPES = {"chosen": np.float32, "rejected": np.float32, "done": np.bool_}
 
 
-def store(key: str, chosen: np.ndarray, rejected: np.ndarray, meta: dict) -> Path:
-    path = _path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
-    mx.save_safetensors(
-        str(tmp),
-        {"chosen": mx.array(chosen), "rejected": mx.array(rejected)},
-        metadata={"meta": json.dumps(meta)},
+def _checksum(key: str, payload: bytes) -> str:
+    return hashlib.sha256(key.encode() + b"\0" + payload).hexdigest()
+
+
+def _entry_bytes(key: str, arrays: dict[str, np.ndarray], meta: dict) -> bytes:
+    names = list(arrays)
+    payload = b"".join(
+        np.ascontiguousarray(arrays[n], dtype=ENTRY_DTYPES[n])
+        .astype(np.dtype(ENTRY_DTYPES[n]).newbyteorder("<"))
+        .tobytes()
+        for n in names
     )
-    os.replace(tmp, path)
-    return path
+    pairs = len(next(iter(arrays.values())))
+    header = {"key": key, "pairs": pairs, "arrays": names, "sha256": _checksum(key, payload),
+              "meta": meta}  # fmt: skip
+    return json.dumps(header).encode() + b"\n" + payload
+
+
+def read_entry(path: Path, key: str, pairs: int) -> dict[str, np.ndarray] | str | None:
+    """An entry's arrays; None when there is none; else why it cannot be trusted (a
+    damaged file, another key's, another split's length): a miss, never used."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"cannot read ({err.strerror})"
+    line, _, payload = raw.partition(b"\n")
+    try:
+        header = json.loads(line)
+        names = list(header["arrays"])
+        stored_key, stored_pairs, checksum = header["key"], header["pairs"], header["sha256"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return "its header is damaged"
+    if stored_key != key:
+        return "it belongs to another key"
+    if stored_pairs != pairs or not set(names) <= set(ENTRY_DTYPES):
+        return f"it holds {stored_pairs} pairs, not {pairs}"
+    sizes = [np.dtype(ENTRY_DTYPES[n]).itemsize * pairs for n in names]
+    if len(payload) != sum(sizes):
+        return f"{len(payload)} bytes of data where {sum(sizes)} belong (cut short?)"
+    if _checksum(key, payload) != checksum:
+        return "its checksum does not match (damaged on disk)"
+    arrays, offset = {}, 0
+    for name, size in zip(names, sizes, strict=True):
+        dtype = np.dtype(ENTRY_DTYPES[name]).newbyteorder("<")
+        arrays[name] = np.frombuffer(payload[offset : offset + size], dtype=dtype).astype(
+            ENTRY_DTYPES[name]
+        )
+        offset += size
+    return arrays
+
+
+def write_entry(path: Path, key: str, arrays: dict[str, np.ndarray], meta: dict) -> bool:
+    """Write an entry atomically and durably (temp file, fsync, rename, fsync of the folder);
+    False, with nothing left behind, when it cannot be written (full disk, read-only)."""
+    try:
+        atomic_write_bytes(path, _entry_bytes(key, arrays, meta))
+    except OSError:
+        return False
+    return True
+
+
+def load_cached(
+    key: str, num_pairs: int, warn: Callable[[str], None] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached (chosen, rejected) of `key`, or None: absent, or not to be trusted (then
+    `warn` hears which file and why, and the entry is recomputed)."""
+    found = read_entry(_path(key), key, num_pairs)
+    if isinstance(found, str) or (found is not None and set(found) != {"chosen", "rejected"}):
+        if warn is not None:
+            reason = found if isinstance(found, str) else "it is not a finished entry"
+            warn(f"reference cache {_path(key)}: {reason}; not used, computing it again")
+        return None
+    if found is None:
+        return None
+    return found["chosen"], found["rejected"]
+
+
+def store(key: str, chosen: np.ndarray, rejected: np.ndarray, meta: dict) -> Path | None:
+    """Keep the log-probs of `key`; None when the cache cannot take them."""
+    if writable_cache_dir() is None:
+        return None
+    path = _path(key)
+    arrays = {"chosen": chosen, "rejected": rejected}
+    return path if write_entry(path, key, arrays, meta) else None
 
 
 class Interrupted(Exception):
@@ -87,29 +195,28 @@ class Interrupted(Exception):
 
 
 def _partial_path(key: str, ranks: Ranks) -> Path:
-    return cache_dir() / "reference" / f"{key}.partial-{ranks.rank}of{ranks.size}.npz"
+    return cache_dir() / "reference" / f"{key}.partial-{ranks.rank}of{ranks.size}"
 
 
-def _load_partial(path: Path, total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            chosen, rejected, done = stored["chosen"], stored["rejected"], stored["done"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+def _load_partial(
+    path: Path, key: str, total: int, warn: Callable[[str], None] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    found = read_entry(path, key, total)
+    if isinstance(found, str) or (found is not None and set(found) != set(ENTRY_DTYPES)):
+        if warn is not None:
+            reason = found if isinstance(found, str) else "not a partial entry"
+            warn(f"reference cache {path}: {reason}; starting the pass over")
         return None
-    if not chosen.shape == rejected.shape == done.shape == (total,):
+    if found is None:
         return None
-    return chosen.astype(np.float32), rejected.astype(np.float32), done.astype(bool)
+    return found["chosen"].copy(), found["rejected"].copy(), found["done"].copy()
 
 
-def _save_partial(path: Path, chosen: np.ndarray, rejected: np.ndarray, done: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            np.savez(handle, chosen=chosen, rejected=rejected, done=done)
-        os.replace(tmp, path)
-    except OSError:  # no room for the checkpoint: the precompute goes on without one
-        tmp.unlink(missing_ok=True)
+def _save_partial(
+    path: Path, key: str, chosen: np.ndarray, rejected: np.ndarray, done: np.ndarray
+) -> None:
+    # No room for the checkpoint: the precompute goes on without one.
+    write_entry(path, key, {"chosen": chosen, "rejected": rejected, "done": done}, {})
 
 
 def reference_logps(
@@ -121,6 +228,7 @@ def reference_logps(
     use_cache: bool = True,
     ranks: Ranks | None = None,
     should_stop: Callable[[], bool] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair reference log-probs (chosen, rejected) for a split, from the cache or computed
     in batches with `compute(pair_positions)`. `progress(done, total, cached, eta_seconds)`
@@ -130,10 +238,13 @@ def reference_logps(
     CHECKPOINT_SECONDS, so a killed precompute resumes from its last chunk; `should_stop()`
     is asked between batches and, when true, the work is saved and Interrupted raised.
     In a distributed run each rank computes a shard and the results are summed, unless every
-    rank already has them cached."""
+    rank already has them cached. An entry that fails its checksum (or is another key's,
+    or cut short) is a miss: `warn` hears it and the log-probs are computed again; a cache
+    folder that cannot be written is no cache (reference.cache_problem says so once)."""
     ranks = ranks or Ranks(None, 0, 1)
     total = len(split)
-    cached = load_cached(key, total) if use_cache else None
+    use_cache = use_cache and writable_cache_dir() is not None
+    cached = load_cached(key, total, warn) if use_cache else None
     if ranks.all(cached is not None):
         if progress:
             progress(total, total, True, 0.0)
@@ -141,7 +252,7 @@ def reference_logps(
     # Length-sorted batches pad little; results go back to their pairs' positions.
     order = np.argsort(split.pair_lengths(), kind="stable")[ranks.rank :: ranks.size]
     partial_path = _partial_path(key, ranks)
-    partial = _load_partial(partial_path, total) if use_cache else None
+    partial = _load_partial(partial_path, key, total, warn) if use_cache else None
     if partial is None:
         chosen = np.zeros(total, dtype=np.float32)
         rejected = np.zeros(total, dtype=np.float32)
@@ -160,7 +271,7 @@ def reference_logps(
             stop = ranks.any(stop)
         if stop:
             if use_cache:
-                _save_partial(partial_path, chosen, rejected, done_mask)
+                _save_partial(partial_path, key, chosen, rejected, done_mask)
             raise Interrupted(min(done * ranks.size, total), total)
         if done_mask[positions].all():
             continue
@@ -171,7 +282,7 @@ def reference_logps(
         done += len(positions)
         now = time.monotonic()
         if use_cache and now - last_save >= CHECKPOINT_SECONDS:
-            _save_partial(partial_path, chosen, rejected, done_mask)
+            _save_partial(partial_path, key, chosen, rejected, done_mask)
             last_save = now
         if progress:
             rate = (done - resumed) / max(now - tic, 1e-9)

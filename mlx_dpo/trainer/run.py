@@ -110,6 +110,8 @@ def train(config: TrainConfig, options: RunOptions) -> str:
                 reporter.note(note)
             for warning in damaged:
                 reporter.warn(warning)
+            if problem := reference.cache_problem():  # read-only, or cannot be made
+                reporter.warn(problem)
             session = _open_session(config, reporter, resume_from)
             # `batch_size: auto` needs the model and the data; config.yaml records the choice.
             config = resolve_auto_batch(session, config)
@@ -412,6 +414,7 @@ class Run:
                 ReferenceProgress(name, self.events, self.say),
                 ranks=self.ranks,
                 should_stop=self.control.stop_requested,
+                warn=self.reporter.warn,
             )
             seconds = time.perf_counter() - tic
             self.say(f"reference log-probs for {name}: {len(split)} pairs in {seconds:.1f}s")

@@ -222,6 +222,11 @@ def read_yaml(path: str | Path, run_record: bool = False) -> dict[str, Any]:
         problems += [
             f"{where}: {p}" for p in check_value(str(key), value) + path_problems(key, value)
         ]
+        if key == "health" and isinstance(value, dict):
+            try:
+                thresholds_from_dict(value)
+            except UserError as err:
+                problems += [f"{where}: {p}" for p in err.problems]
         if key == "trust_remote_code" and value is True and not run_record:
             problems.append(
                 f"{where}: 'trust_remote_code' is granted only by --trust-remote-code on the "
@@ -732,5 +737,5 @@ def thresholds_from_dict(values: dict | None) -> HealthThresholds:
         else:
             chosen[name] = wanted(value)
     if problems:
-        raise UserError("Invalid run-health thresholds in the config:", problems)
+        raise UserError("invalid run-health thresholds", problems)
     return HealthThresholds(**chosen)

@@ -790,6 +790,13 @@ def tokenize_records(
                 problems.append(problem)
         if progress is not None:
             progress(start + len(chunk), len(records))
+    refused = [p for p in problems if "the chat template refuses" in p]
+    if len(records) > 1 and len(refused) == len(records):
+        # Every pair refused: the template is at fault, not the data; one line says so.
+        raise UserError(
+            f"{refused[0]}; it refuses all {len(records)} pairs of {path}: the model's chat "
+            "template does not take this data"
+        )
     if problems:
         raise UserError(f"{path}: {len(problems)} problem(s) after tokenizing", problems)
     if folded and notes is not None:

@@ -14,6 +14,13 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         text = self.args[0]
+        if len(self.problems) == 1:
+            # One mistake is one line: the problem alone when it names the message's file
+            # itself ("a.yaml:3: ..." under "a.yaml: invalid configuration").
+            problem, where = self.problems[0], text.split(": ")[0]
+            if where != text and problem.startswith(where + ":"):
+                return problem
+            return f"{text.rstrip(':')}: {problem}"
         if self.problems:
             shown = self.problems[:30]
             text += "\n" + "\n".join(f"  {p}" for p in shown)

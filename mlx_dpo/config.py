@@ -287,6 +287,20 @@ def _short(value: Any) -> str:
     return text or f"a {len(str(abs(value)))}-digit number"
 
 
+def first_per_key(problems: list[str]) -> list[str]:
+    """One problem per setting: a value is one mistake, said once (the first rule it breaks:
+    a 'desirable_weight' of 0 for the sigmoid loss is foremost one the loss does not use)."""
+    seen: set[str] = set()
+    kept = []
+    for problem in problems:
+        key = re.match(r"'(\w+)'", problem)
+        if key is None or key.group(1) not in seen:
+            kept.append(problem)
+        if key is not None:
+            seen.add(key.group(1))
+    return kept
+
+
 def _pause_timeout_problem(c: TrainConfig) -> list[str]:
     if math.isfinite(c.pause_timeout_minutes) and c.pause_timeout_minutes >= 0:
         return []
@@ -511,7 +525,7 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
             merged[key] = [float(v) for v in value]
     expand_paths(merged)
     config = TrainConfig(**merged)
-    problems = _range_problems(config)
+    problems = first_per_key(_range_problems(config))
     problems = problems or awaiting_trainer(config)
     if problems:
         raise UserError("invalid configuration", problems)

@@ -289,6 +289,12 @@ def _load_tokenizer(path: Path, trust_remote_code: bool, eos_token_ids: Any = No
         ) from None
 
 
+# No trained model holds a weight this large (outliers of real LLMs stay within thousands);
+# a value beyond it is a damaged file (random bytes read as floats reach 1e38) whose first
+# step overflows, and without this check that overflow was blamed on the learning rate.
+MAX_SANE_WEIGHT = 1e6
+
+
 def check_finite_weights(non_finite: list[str], model: str) -> None:
     """NaN or inf in the base weights: every number trained against them is meaningless, and
     without this the first step's non-finite loss would be blamed on the data."""
@@ -297,8 +303,8 @@ def check_finite_weights(non_finite: list[str], model: str) -> None:
             f" and {len(non_finite) - 3} more" if len(non_finite) > 3 else ""
         )
         raise UserError(
-            f"{model}: the model's weights are not finite (NaN or inf in {shown}); the model "
-            "is broken: fetch it again or use another"
+            f"{model}: the model's weights are not finite (NaN, inf or beyond ±{MAX_SANE_WEIGHT:g} "
+            f"in {shown}); the model is broken: fetch it again or use another"
         )
 
 
@@ -324,7 +330,8 @@ def read_weights(model: nn.Module, progress: Progress | None = None) -> list[str
     """Evaluate a lazily loaded model's parameters (reading them from disk), a chunk of
     about LOAD_CHUNK_BYTES (or a fiftieth of the model) at a time, telling `progress` the MB
     read: at the start, after each chunk, and at the end (done == total). Returns the names
-    of the floating-point parameters that hold NaN or inf (checked as each chunk is read)."""
+    of the floating-point parameters that hold NaN, inf or a value beyond MAX_SANE_WEIGHT
+    (checked as each chunk is read)."""
     named = tree_flatten(model.parameters())
     total = sum(a.nbytes for _, a in named)
     chunk_bytes = max(1, min(LOAD_CHUNK_BYTES, total // 50))
@@ -336,7 +343,8 @@ def read_weights(model: nn.Module, progress: Progress | None = None) -> list[str
 
     def evaluate(chunk: list[tuple[str, mx.array]]) -> None:
         floats = [(n, a) for n, a in chunk if mx.issubdtype(a.dtype, mx.floating)]
-        finite = [mx.isfinite(a).all() for _, a in floats]
+        # NaN and inf fail the comparison too (abs(NaN) <= x is false).
+        finite = [(mx.abs(a) <= MAX_SANE_WEIGHT).all() for _, a in floats]
         mx.eval([a for _, a in chunk], finite)
         non_finite.extend(n for (n, _), ok in zip(floats, finite, strict=True) if not ok.item())
 

@@ -47,13 +47,14 @@ def set_chat_template(folder: Path, template: str) -> None:
     edit_json(folder / "tokenizer_config.json", chat_template=template)
 
 
-def nan_weights(folder: Path) -> None:
-    """One weight of the model turned to NaN: a model broken before any data is seen."""
+def scale_weights(folder: Path, factor: float) -> None:
+    """One weight of the model multiplied by `factor` (NaN: a model broken before any data
+    is seen; 1e30: finite, but its first step overflows)."""
     import mlx.core as mx
 
     weights = mx.load(str(folder / WEIGHTS))
     name = sorted(weights)[len(weights) // 2]
-    weights[name] = weights[name] * float("nan")
+    weights[name] = weights[name] * factor
     mx.save_safetensors(str(folder / WEIGHTS), weights)
 
 
@@ -73,7 +74,8 @@ MODEL_DAMAGE: dict[str, Callable[[Path], None]] = {
         f, "{{ raise_exception('Conversation roles must alternate') }}"
     ),
     "a template that does not parse": lambda f: set_chat_template(f, "{% for m in messages %"),
-    "NaN weights": nan_weights,
+    "NaN weights": lambda f: scale_weights(f, float("nan")),
+    "NaN-free weights of 1e30": lambda f: scale_weights(f, 1e30),
 }  # fmt: skip
 
 

@@ -178,8 +178,28 @@ def test_a_damaged_model_folder_is_one_line_naming_its_file(
     }
     expected = next(v for k, v in named.items() if k in damage)
     assert expected in line, line
-    if damage == "NaN weights":  # blamed on the model, not on the pairs
+    if "NaN" in damage:  # blamed on the model, not on the pairs or the learning rate
         assert "weights are not finite" in line and "pairs" not in line
+
+
+def test_a_model_whose_own_log_probs_overflow_is_blamed_not_the_pairs(
+    llama_chatml, preference_data, tmp_path, monkeypatch, capsys
+):
+    """Non-finite reference log-probs, before any step, are the model's fault: they ended in
+    "non-finite loss at step 1 ... check these pairs" (exit 1)."""
+    import numpy as np
+
+    from mlx_dpo.trainer import run as trainer_run
+
+    def overflowing(session, split):
+        return lambda positions: (np.full(len(positions), -np.inf), np.zeros(len(positions)))
+
+    monkeypatch.setattr(trainer_run, "compute_reference", overflowing)
+    line = one_line_error(train_args(llama_chatml, preference_data, tmp_path / "run"), capsys)
+    assert line.startswith(
+        f"mlx-dpo: error: {llama_chatml}: the model's own log-probs are not finite"
+    )
+    assert "its weights are broken" in line
 
 
 @pytest.mark.parametrize(

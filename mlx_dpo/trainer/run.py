@@ -213,6 +213,11 @@ class Run:
                 "kept: the next start with this model and data continues from there)"
             )
             return self.finish("stopped", None)
+        broken = self.broken_base_model()
+        if broken is not None:
+            self.say(f"error: {broken}")
+            self.finish("failed", broken)
+            raise UserError(broken)
         self.start_optimizer(resume_from)
         self.samples = start_samples(
             self.config, self.session, self.reporter, self.kept_events, self.ranks.is_main
@@ -419,6 +424,22 @@ class Run:
             seconds = time.perf_counter() - tic
             self.say(f"reference log-probs for {name}: {len(split)} pairs in {seconds:.1f}s")
         return cached
+
+    def broken_base_model(self) -> str | None:
+        """Reference log-probs that are not finite before any step: the base model (its
+        weights overflow) is broken, whatever the pairs; without this the first step's
+        non-finite loss blamed the data."""
+        splits = {"train": self.train_split, "valid": self.valid_split}
+        for name, (chosen, rejected) in self.cached_reference.items():
+            bad = np.flatnonzero(~(np.isfinite(chosen) & np.isfinite(rejected)))
+            if bad.size:
+                pairs = ", ".join(splits[name].pairs[i].source for i in bad[:3])
+                return (
+                    f"{self.config.model}: the model's own log-probs are not finite, before any "
+                    f"training ({bad.size} {name} pair(s): {pairs}, ...); its weights are "
+                    "broken: fetch it again or use another"
+                )
+        return None
 
     def start_optimizer(self, resume_from: Path | None) -> None:
         """The schedule and AdamW, the checkpoint's state on resume, the compiled step."""

@@ -108,13 +108,14 @@ def add_split(parser: Parser, note: str, default: str | None = None) -> None:
 
 def add_trust_remote_code(parser: Parser, default: bool | None = False) -> None:
     """Running a model's own code is the user's to allow on this command line, each time. The
-    train flag defaults to None (unset, so a YAML config may allow it); the others to False."""
+    train flag defaults to None (unset: a YAML config may say false, never true, read_yaml);
+    the others to False."""
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         default=default,
         help="allow a model that ships its own Python code to run (never inherited from an "
-        "adapter or a run directory)",
+        "adapter or a run directory, never granted by a config file)",
     )
 
 

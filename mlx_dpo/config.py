@@ -161,6 +161,26 @@ def _type_name(expected: Any) -> str:
     return _TYPE_NAMES.get(expected, str(expected))
 
 
+def yaml_key_places(path: str | Path) -> dict[str, str]:
+    """Each top-level key of a YAML file as "file:line", to say where a value came from."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return {}
+    return {key: f"{path}:{line}" for key, line in _key_lines(text).items()}
+
+
+def locate_problems(err: UserError, places: dict[str, str]) -> UserError:
+    """A config's problems, each led by where its setting came from (`places`: key ->
+    "file:line" or the flag) when it names one; the same error otherwise."""
+    problems = []
+    for problem in err.problems:
+        key = re.match(r"'(\w+)'", problem)
+        place = places.get(key.group(1)) if key else None
+        problems.append(f"{place}: {problem}" if place else problem)
+    return UserError(str(err.args[0]), problems)
+
+
 def _key_lines(text: str) -> dict[str, int]:
     """Line number (1-based) of each top-level key, for error messages."""
     try:

@@ -289,7 +289,9 @@ def reference_logps(
             eta = (len(order) - done) / rate if rate > 0 else None
             progress(min(done * ranks.size, total), total, False, eta)
     chosen, rejected = ranks.sum(chosen), ranks.sum(rejected)
-    if use_cache:
+    # Log-probs that are not finite come from a broken model (the run refuses them): never
+    # kept, so that a fixed model folder at the same path is not judged by them again.
+    if use_cache and np.isfinite(chosen).all() and np.isfinite(rejected).all():
         store(key, chosen, rejected, {"split": split.name, "pairs": total})
         partial_path.unlink(missing_ok=True)
     return chosen, rejected

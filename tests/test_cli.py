@@ -195,11 +195,13 @@ def test_a_model_whose_own_log_probs_overflow_is_blamed_not_the_pairs(
         return lambda positions: (np.full(len(positions), -np.inf), np.zeros(len(positions)))
 
     monkeypatch.setattr(trainer_run, "compute_reference", overflowing)
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))
     line = one_line_error(train_args(llama_chatml, preference_data, tmp_path / "run"), capsys)
     assert line.startswith(
         f"mlx-dpo: error: {llama_chatml}: the model's own log-probs are not finite"
     )
     assert "its weights are broken" in line
+    assert not list((tmp_path / "cache").rglob("*.ref"))  # not kept for the next run
 
 
 @pytest.mark.parametrize(

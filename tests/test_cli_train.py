@@ -296,3 +296,18 @@ def test_a_damaged_reference_cache_is_said_and_recomputed(
     assert out.count("checksum does not match") == 2
     first = (tmp_path / "first" / "adapters.safetensors").read_bytes()
     assert (tmp_path / "second" / "adapters.safetensors").read_bytes() == first
+
+
+def test_a_setting_out_of_range_names_its_yaml_line_or_its_flag(
+    llama_chatml, preference_data, tmp_path, capsys
+):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {llama_chatml}\ndata: {preference_data}\nbeta: .inf\n")
+    assert main(["train", str(config), "--no-tui", "--adapter-path", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == (
+        f"mlx-dpo: error: invalid configuration: {config}:3: 'beta' must be a finite number, "
+        "got inf\n"
+    )
+    argv = [*train_args(llama_chatml, preference_data, tmp_path / "r"), "--lora-keys", ""]
+    assert main(argv) == 2
+    assert "invalid configuration: --lora-keys: 'lora_keys' must name" in capsys.readouterr().err

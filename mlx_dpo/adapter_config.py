@@ -58,7 +58,8 @@ def read_adapter_config(adapter_path: str | Path) -> dict[str, Any]:
     problems = adapter_config_problems(config)
     if problems:
         raise UserError(f"{config_file}: invalid adapter configuration", problems)
-    return config
+    # A setting written as null is one not written: its default applies (eval, export).
+    return {k: v for k, v in config.items() if not (k in READ_SETTINGS and v is None)}
 
 
 def _whole(value: Any, low: int) -> bool:

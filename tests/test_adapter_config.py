@@ -67,3 +67,10 @@ def test_a_folder_that_is_not_an_adapter_is_named(tmp_path):
     (tmp_path / "only-config" / "adapter_config.json").write_text(json.dumps(WHOLE))
     with pytest.raises(UserError, match="not an adapter folder"):
         read_adapter_config(tmp_path / "only-config")
+
+
+def test_a_setting_written_as_null_is_its_default(tmp_path):
+    """eval read `"beta": null` as float(None): a traceback the fuzz harness found."""
+    folder = write_adapter(tmp_path / "a", {**WHOLE, "beta": None, "loss": None})
+    config = read_adapter_config(folder)
+    assert "beta" not in config and "loss" not in config

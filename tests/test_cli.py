@@ -307,3 +307,11 @@ def test_a_health_threshold_names_the_yaml_line(llama_chatml, preference_data, t
     config.write_text(f"model: {llama_chatml}\ndata: {preference_data}\nhealth:\n  kl_limit: -1\n")
     line = one_line_error(["train", str(config), "--no-tui"], capsys)
     assert line.startswith(f"mlx-dpo: error: {config}:3: health.kl_limit: must be")
+
+
+def test_a_line_break_quoted_from_a_file_stays_on_the_line(tmp_path, capsys):
+    """A YAML key "\\r" split the one-line message in two (found by tests/test_fuzz.py)."""
+    config = tmp_path / "run.yaml"
+    config.write_text('health:\n  "\\r\\n": 1\n')
+    line = one_line_error(["train", str(config), "--no-tui"], capsys)
+    assert "health.\\r\\n: unknown threshold" in line

@@ -17,7 +17,7 @@ from mlx_dpo import paths
 from mlx_dpo.cli import collect, compare, data, export, pairs, train, view
 from mlx_dpo.cli import eval as eval_
 from mlx_dpo.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USER_ERROR
-from mlx_dpo.errors import UserError
+from mlx_dpo.errors import UserError, one_line
 
 # In the order `mlx-dpo --help` lists them.
 SUBCOMMANDS = {
@@ -67,7 +67,9 @@ class OneLineErrors(argparse.ArgumentParser):
     the command first: dozens of lines for train), exit 2 as for every user mistake."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(
+            EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

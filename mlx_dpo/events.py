@@ -307,10 +307,11 @@ def _typed(**checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
 _STR: Callable[[Any], bool] = lambda v: isinstance(v, str)  # noqa: E731
 _BOOL: Callable[[Any], bool] = lambda v: isinstance(v, bool)  # noqa: E731
 _DICT: Callable[[Any], bool] = lambda v: isinstance(v, dict)  # noqa: E731
-_EVAL = _typed(**{name: _is_number for name in ("pairs", "step")})
 _METRICS = {name: _is_number for name in METRIC_NAMES}
+# final_eval, best_eval: an evaluation's metrics, with its step, pairs and split.
+_EVAL = _typed(step=_is_whole, pairs=_is_number, split=_STR, **_METRICS)
 _ROUND = _typed(round=_is_whole, status=_STR, step=_is_whole, train_pairs=_is_whole,
-                valid_pairs=_is_whole, final_eval=_numbers, best_eval=_numbers)  # fmt: skip
+                valid_pairs=_is_whole, final_eval=_EVAL, best_eval=_EVAL)  # fmt: skip
 _PLAN = _typed(total_gb=_is_number, limit_gb=_is_number, limit_source=_STR, verdict=_STR,
                components_gb=_numbers, activations_checkpointed_gb=_is_number,
                suggestions=_list_of(_typed(change=_STR, total_gb=_is_number, note=_STR)))  # fmt: skip
@@ -345,7 +346,7 @@ EVENT_FIELD_TYPES: dict[str, dict[str, Callable[[Any], bool]]] = {
     "samples": {"prompts": _list_of(_strings("prompt", "reference", "policy")),
                 "seconds": _is_number, "max_tokens": _is_number, "source": _STR},
     "run_end": {"status": _STR, "error": _STR, "adapter_path": _STR, "last_checkpoint": _STR,
-                "final_eval": _numbers, "best_eval": _numbers, "elapsed": _is_number},
+                "final_eval": _EVAL, "best_eval": _EVAL, "elapsed": _is_number},
 }  # fmt: skip
 
 

@@ -118,8 +118,8 @@ def run_fields(adapter_path: str) -> dict[str, str]:
     path = Path(adapter_path) / CONFIG_FILE
     try:
         fields = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("fields")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return {}
+    except (OSError, ValueError, RecursionError, yaml.YAMLError, AttributeError):
+        return {}  # ValueError: not UTF-8, or a number past Python's limit on digits
     return fields if isinstance(fields, dict) else {}
 
 

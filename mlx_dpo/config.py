@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -22,6 +24,16 @@ from mlx_dpo.errors import UserError
 from mlx_dpo.events import atomic_write_text
 
 LOSSES = loss_catalog.LOSSES
+# Whole numbers of a config or a flag (steps, tokens, sizes, thresholds) are at most this: any
+# real setting fits, and every value can reach MLX and numpy as a 32-bit integer.
+INT_LIMIT = 2**31 - 1
+# Python refuses to read integers longer than this (sys.get_int_max_str_digits, 3.11+).
+INT_DIGITS_LIMIT = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300
+# Seeds: MLX takes an unsigned 64-bit seed; per-micro-batch dropout seeds are derived as
+# seed * 1_000_003 + k (trainer/step.py), which stays in MLX's range for seeds below 2**32.
+SEED_MAX = 2**32 - 1
+# A memory limit above this many GB is a typo, not a machine (and overflows MLX's limit).
+MEMORY_LIMIT_GB_MAX = 2.0**20
 SCHEDULES = ("constant", "linear", "cosine")
 REFERENCE_MODES = ("cached", "live")
 FIELD_NAMES = ("prompt", "chosen", "rejected", "system", "completion", "label")
@@ -149,6 +161,26 @@ def _type_name(expected: Any) -> str:
     return _TYPE_NAMES.get(expected, str(expected))
 
 
+def yaml_key_places(path: str | Path) -> dict[str, str]:
+    """Each top-level key of a YAML file as "file:line", to say where a value came from."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return {}
+    return {key: f"{path}:{line}" for key, line in _key_lines(text).items()}
+
+
+def locate_problems(err: UserError, places: dict[str, str]) -> UserError:
+    """A config's problems, each led by where its setting came from (`places`: key ->
+    "file:line" or the flag) when it names one; the same error otherwise."""
+    problems = []
+    for problem in err.problems:
+        key = re.match(r"'(\w+)'", problem)
+        place = places.get(key.group(1)) if key else None
+        problems.append(f"{place}: {problem}" if place else problem)
+    return UserError(str(err.args[0]), problems)
+
+
 def _key_lines(text: str) -> dict[str, int]:
     """Line number (1-based) of each top-level key, for error messages."""
     try:
@@ -162,8 +194,32 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into checked key/value pairs (types not yet merged)."""
+def _parse_yaml(path: Path, text: str) -> Any:
+    """The YAML's value, or a UserError naming the file and line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise UserError(f"{where}: not valid YAML ({problem})") from None
+    except ValueError as err:  # an integer past Python's limit on digits (4300)
+        digits = re.search(rf"\d{{{INT_DIGITS_LIMIT + 1},}}", text)
+        if digits is None:
+            raise UserError(f"{path}: not valid YAML ({err})") from None
+        line = text.count("\n", 0, digits.start()) + 1
+        raise UserError(
+            f"{path}:{line}: a number of {len(digits.group())} digits; no setting takes one "
+            "that long"
+        ) from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
+
+
+def read_yaml(path: str | Path, run_record: bool = False) -> dict[str, Any]:
+    """Read a YAML config file into checked key/value pairs (types not yet merged).
+    A file cannot grant remote code: `trust_remote_code: true` is refused, except in a run's
+    own record (`run_record`: its config.yaml, read on --resume), where it is ignored."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
@@ -171,25 +227,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err)
-        raise UserError(f"{where}: not valid YAML ({problem})") from None
+    values = _parse_yaml(path, text)
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config must be a mapping of keys to values")
     lines = _key_lines(text)
     values = {str(k): _coerce_float(str(k), v) for k, v in values.items()}
+    if run_record:
+        values.pop("trust_remote_code", None)
     problems = []
     for key, value in values.items():
         where = f"{path}:{lines.get(str(key), '?')}"
         problems += [
             f"{where}: {p}" for p in check_value(str(key), value) + path_problems(key, value)
         ]
+        if key == "health" and isinstance(value, dict):
+            try:
+                thresholds_from_dict(value)
+            except UserError as err:
+                problems += [f"{where}: {p}" for p in err.problems]
+        if key == "trust_remote_code" and value is True and not run_record:
+            problems.append(
+                f"{where}: 'trust_remote_code' is granted only by --trust-remote-code on the "
+                "command line, never by a file"
+            )
     if problems:
         raise UserError(f"{path}: invalid configuration", problems)
     return values
@@ -218,9 +280,58 @@ def check_value(key: str, value: Any) -> list[str]:
     return []
 
 
+def _number_problems(config: TrainConfig) -> list[str]:
+    """Numbers that no setting may hold: inf and NaN anywhere (they would surface later as a
+    non-finite loss, blamed on the data), whole numbers beyond INT_LIMIT, seeds outside
+    [0, SEED_MAX]."""
+    problems = []
+    for key in CONFIG_KEYS:
+        value = getattr(config, key)
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                continue
+            if isinstance(item, float) and not math.isfinite(item):
+                if key != "pause_timeout_minutes":  # its own rule says its range (0 = never)
+                    problems.append(f"'{key}' must be a finite number, got {item}")
+            elif key == "seed" and not 0 <= item <= SEED_MAX:
+                problems.append(f"'seed' must be in [0, {SEED_MAX}] (MLX's seeds), got {item}")
+            elif isinstance(item, int) and abs(item) > INT_LIMIT:
+                problems.append(f"'{key}' must be at most {INT_LIMIT}, got {_short(item)}")
+    return problems
+
+
+def _short(value: Any) -> str:
+    """A value for a message: a number thousands of digits long is shown by its size."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else ""
+    return text or f"a {len(str(abs(value)))}-digit number"
+
+
+def first_per_key(problems: list[str]) -> list[str]:
+    """One problem per setting: a value is one mistake, said once (the first rule it breaks:
+    a 'desirable_weight' of 0 for the sigmoid loss is foremost one the loss does not use)."""
+    seen: set[str] = set()
+    kept = []
+    for problem in problems:
+        key = re.match(r"'(\w+)'", problem)
+        if key is None or key.group(1) not in seen:
+            kept.append(problem)
+        if key is not None:
+            seen.add(key.group(1))
+    return kept
+
+
+def _pause_timeout_problem(c: TrainConfig) -> list[str]:
+    if math.isfinite(c.pause_timeout_minutes) and c.pause_timeout_minutes >= 0:
+        return []
+    return [f"'pause_timeout_minutes' must be >= 0 (0 = never), got {c.pause_timeout_minutes}"]
+
+
 def _range_problems(config: TrainConfig) -> list[str]:
     c = config
-    problems = []
+    problems = _number_problems(c)
+    if problems:
+        return problems + _pause_timeout_problem(c)
 
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -251,6 +362,11 @@ def _range_problems(config: TrainConfig) -> list[str]:
     need(c.epochs is None or c.epochs > 0, f"'epochs' must be > 0, got {c.epochs}")
     need(c.iters is None or c.epochs is None, "give 'iters' or 'epochs', not both")
     need(c.lora_layers is None or c.lora_layers > 0, "'lora_layers' must be > 0")
+    need(c.lora_scale > 0, f"'lora_scale' must be > 0, got {c.lora_scale}")
+    need(
+        c.lora_keys is None or (bool(c.lora_keys) and all(k.strip() for k in c.lora_keys)),
+        f"'lora_keys' must name at least one module, none of them empty, got {c.lora_keys!r}",
+    )
     need(
         c.valid_fraction is None or 0 <= c.valid_fraction < 1,
         f"'valid_fraction' must be in [0, 1), got {c.valid_fraction}",
@@ -261,9 +377,10 @@ def _range_problems(config: TrainConfig) -> list[str]:
         f"'memory_limit_gb' must be > 0, got {c.memory_limit_gb}",
     )
     need(
-        math.isfinite(c.pause_timeout_minutes) and c.pause_timeout_minutes >= 0,
-        f"'pause_timeout_minutes' must be >= 0 (0 = never), got {c.pause_timeout_minutes}",
+        c.memory_limit_gb is None or c.memory_limit_gb <= MEMORY_LIMIT_GB_MAX,
+        f"'memory_limit_gb' must be at most {MEMORY_LIMIT_GB_MAX:.0f}, got {c.memory_limit_gb}",
     )
+    problems += _pause_timeout_problem(c)
     need(c.quantize in (None, 4, 8), f"'quantize' must be 4 or 8, got {c.quantize}")
     need(
         c.lr_schedule in SCHEDULES,
@@ -408,7 +525,7 @@ def build_config(yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
             merged[key] = [float(v) for v in value]
     expand_paths(merged)
     config = TrainConfig(**merged)
-    problems = _range_problems(config)
+    problems = first_per_key(_range_problems(config))
     if problems:
         raise UserError("invalid configuration", problems)
     if config.health:
@@ -450,11 +567,15 @@ def expand_paths(values: dict[str, Any]) -> None:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """The config as YAML, with `trust_remote_code: false` whatever it was: a file never
+    grants remote code (read_yaml refuses it), so whoever starts a trainer from a saved
+    config passes --trust-remote-code on its command line."""
+    values = dataclasses.replace(config, trust_remote_code=False).to_dict()
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
 
 
-def load_config_file(path: str | Path) -> TrainConfig:
-    return build_config(read_yaml(path), {})
+def load_config_file(path: str | Path, run_record: bool = False) -> TrainConfig:
+    return build_config(read_yaml(path, run_record), {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,5 +750,5 @@ def thresholds_from_dict(values: dict | None) -> HealthThresholds:
         else:
             chosen[name] = wanted(value)
     if problems:
-        raise UserError("Invalid run-health thresholds in the config:", problems)
+        raise UserError("invalid run-health thresholds", problems)
     return HealthThresholds(**chosen)

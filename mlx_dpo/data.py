@@ -353,6 +353,10 @@ def read_raw_records(
             values = json.loads(text)
         except json.JSONDecodeError as err:
             return [], [f"{label}:{err.lineno}: not valid JSON ({err.msg})"]
+        except ValueError:  # a number past Python's limit on digits
+            return [], [f"{label}: {_TOO_LONG}"]
+        except RecursionError:
+            return [], [f"{label}: not valid JSON (nested too deeply)"]
         if not isinstance(values, list):
             return [], [f"{label}: a .json data file must hold a list of records"]
         return [(f"{label}[{i}]", v) for i, v in enumerate(values)], []
@@ -365,7 +369,26 @@ def read_raw_records(
             problems.append(f"{label}:{number}: not valid JSON ({err.msg}, column {err.colno})")
         except RecursionError:
             problems.append(f"{label}:{number}: not valid JSON (nested too deeply)")
+        except ValueError:  # a number past Python's limit on digits (4300)
+            problems.append(f"{label}:{number}: {_TOO_LONG}")
     return records, problems
+
+
+# json.loads refuses integers longer than sys.get_int_max_str_digits() with a ValueError.
+_TOO_LONG = "a number too long to read (thousands of digits)"
+
+
+def text_problem(text: str) -> str | None:
+    """Why a tokenizer cannot take `text`: a lone surrogate (JSON's "\\ud800" escapes
+    decode to one; no UTF-8 encoding holds it), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (
+            f"text the tokenizer cannot take: a lone surrogate {text[err.start]!r} at "
+            f"character {err.start}"
+        )
+    return None
 
 
 def parse_messages(
@@ -375,6 +398,8 @@ def parse_messages(
     if isinstance(value, str):
         if not value.strip():
             return None, f"field '{name}': empty"
+        if problem := text_problem(value):
+            return None, f"field '{name}': {problem}"
         return [{"role": role or "user", "content": value}], None
     if not isinstance(value, list):
         kind = "null" if value is None else type(value).__name__
@@ -395,6 +420,8 @@ def parse_messages(
             return None, f"{where}: 'content' must be a string"
         if role is not None and not content.strip():
             return None, f"{where}: empty"
+        if problem := text_problem(content):
+            return None, f"{where}: {problem}"
         messages.append({"role": message_role, "content": content})
     return messages, None
 
@@ -411,6 +438,8 @@ def validate_record(
     system = value.get(names["system"])
     if system is not None and not isinstance(system, str):
         problems.append(f"{source}: field '{names['system']}': must be a string")
+    elif system is not None and (problem := text_problem(system)):
+        problems.append(f"{source}: field '{names['system']}': {problem}")
     if problems:
         return None, problems
     if parsed["chosen"] == parsed["rejected"]:
@@ -821,6 +850,13 @@ def tokenize_records(
                 problems.append(problem)
         if progress is not None:
             progress(start + len(chunk), len(records))
+    refused = [p for p in problems if "the chat template refuses" in p]
+    if len(records) > 1 and len(refused) == len(records):
+        # Every pair refused: the template is at fault, not the data; one line says so.
+        raise UserError(
+            f"{refused[0]}; it refuses all {len(records)} pairs of {path}: the model's chat "
+            "template does not take this data"
+        )
     if problems:
         raise UserError(f"{path}: {len(problems)} problem(s) after tokenizing", problems)
     if folded and notes is not None:

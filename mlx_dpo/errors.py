@@ -13,13 +13,30 @@ class UserError(Exception):
         self.problems = problems or []
 
     def __str__(self) -> str:
-        text = self.args[0]
-        if self.problems:
-            shown = self.problems[:30]
+        text = one_line(self.args[0])
+        problems = [one_line(p) for p in self.problems]
+        if len(problems) == 1:
+            # One mistake is one line: the problem alone when it names the message's file
+            # itself ("a.yaml:3: ..." under "a.yaml: invalid configuration").
+            problem, where = problems[0], text.split(": ")[0]
+            if where != text and problem.startswith(where + ":"):
+                return problem
+            return f"{text.rstrip(':')}: {problem}"
+        if problems:
+            shown = problems[:30]
             text += "\n" + "\n".join(f"  {p}" for p in shown)
-            if len(self.problems) > len(shown):
-                text += f"\n  ... and {len(self.problems) - len(shown)} more"
+            if len(problems) > len(shown):
+                text += f"\n  ... and {len(problems) - len(shown)} more"
         return text
+
+
+# What str.splitlines breaks a line at, shown escaped: a name or value quoted from the user's
+# files (a YAML key "\r") cannot split a message into lines.
+_LINE_BREAKS = {c: repr(chr(c))[1:-1] for c in (10, 11, 12, 13, 28, 29, 30, 0x85, 0x2028, 0x2029)}
+
+
+def one_line(text: str) -> str:
+    return str(text).translate(_LINE_BREAKS)
 
 
 # Disk full, quota exceeded, file too large; and MLX's own message when a write comes up short.

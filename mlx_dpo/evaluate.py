@@ -7,15 +7,17 @@ without a reference model."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mlx_dpo import checkpoints
-from mlx_dpo.config import TrainConfig
+from mlx_dpo.adapter_config import read_adapter_config
+from mlx_dpo.config import INT_LIMIT, TrainConfig
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import ADAPTER_CONFIG_FILE, atomic_write_text, finite_or_none
+from mlx_dpo.events import atomic_write_text, finite_or_none
 from mlx_dpo.session import open_session
 from mlx_dpo.trainer.evaluation import evaluate_split
 
@@ -36,15 +38,8 @@ LOSS_KEYS = (
 
 
 def _adapter_settings(adapter_path: str | None) -> dict[str, Any]:
-    if not adapter_path:
-        return {}
-    config_file = Path(adapter_path) / ADAPTER_CONFIG_FILE
-    if not config_file.is_file():
-        raise UserError(f"{adapter_path}: not an adapter folder (no {ADAPTER_CONFIG_FILE})")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
+    """The run's settings its adapter folder records (checked: adapter_config.py)."""
+    return read_adapter_config(adapter_path) if adapter_path else {}
 
 
 def check_output_path(output: str) -> None:
@@ -92,8 +87,12 @@ def evaluate_command(
     model = model or saved.get("base_model") or saved.get("model")
     if not model:
         raise UserError("no model given: pass --model (or an --adapter-path that records it)")
-    if beta is not None and beta <= 0:
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
         raise UserError(f"--beta must be > 0, got {beta}")
+    if not 0 < batch_size <= INT_LIMIT:
+        raise UserError(f"--batch-size must be > 0, got {batch_size}")
+    if max_length is not None and not 8 <= max_length <= INT_LIMIT:
+        raise UserError(f"--max-length must be >= 8, got {max_length}")
     config = TrainConfig(
         model=model,
         data=data,

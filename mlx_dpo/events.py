@@ -219,6 +219,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries to disk: without it a power cut soon after a rename may
+    leave the old name, or none (the file's own fsync does not cover its directory entry).
+    A file system that cannot fsync a folder is left as it is."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def current_umask() -> int:
@@ -286,8 +299,110 @@ def truncate_events_after(run_dir: str | os.PathLike, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+# The type of each field the docstring above lists: a reader takes a field of another type
+# as absent (None), so a well-formed line with wrong types (a hand edit, another tool, a
+# damaged file) cannot crash the dashboard or a script (conform_event).
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, dict) and all(v is None or _is_number(v) for v in value.values())
+
+
+def _strings(*names: str) -> Callable[[Any], bool]:
+    return lambda item: (
+        isinstance(item, dict)
+        and all(item.get(n) is None or isinstance(item[n], str) for n in names)
+    )
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+def _typed(**checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A mapping whose listed fields, where present and not None, pass their checks."""
+    return lambda value: (
+        isinstance(value, dict)
+        and all(value.get(k) is None or check(value[k]) for k, check in checks.items())
+    )
+
+
+_STR: Callable[[Any], bool] = lambda v: isinstance(v, str)  # noqa: E731
+_BOOL: Callable[[Any], bool] = lambda v: isinstance(v, bool)  # noqa: E731
+_DICT: Callable[[Any], bool] = lambda v: isinstance(v, dict)  # noqa: E731
+_METRICS = {name: _is_number for name in METRIC_NAMES}
+# final_eval, best_eval: an evaluation's metrics, with its step, pairs and split.
+_EVAL = _typed(step=_is_whole, pairs=_is_number, split=_STR, **_METRICS)
+_ROUND = _typed(round=_is_whole, status=_STR, step=_is_whole, train_pairs=_is_whole,
+                valid_pairs=_is_whole, final_eval=_EVAL, best_eval=_EVAL)  # fmt: skip
+_PLAN = _typed(total_gb=_is_number, limit_gb=_is_number, limit_source=_STR, verdict=_STR,
+               components_gb=_numbers, activations_checkpointed_gb=_is_number,
+               suggestions=_list_of(_typed(change=_STR, total_gb=_is_number, note=_STR)))  # fmt: skip
+EVENT_FIELD_TYPES: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "*": {"step": _is_whole, "time": _is_number},
+    "run_start": {
+        **dict.fromkeys(("model", "data", "run_dir", "reference", "data_shape", "valid_source"), _STR),
+        **dict.fromkeys(("total_steps", "train_pairs", "valid_pairs", "test_pairs", "batch_size",
+                         "grad_accumulation", "trainable_parameters", "total_parameters",
+                         "world_size", "resumed_from", "pid", "round", "rounds"), _is_whole),
+        "epochs": _is_number, "beta": _is_number,
+        "loss": lambda v: isinstance(v, str) or _list_of(_STR)(v),
+        "prefix_sharing": _BOOL, "quantized_base": _BOOL, "config": _DICT,
+        "truncated": lambda v: isinstance(v, dict) and all(_numbers(x) for x in v.values()),
+        "memory_plan": _PLAN,
+        "data_sources": _list_of(_typed(path=_STR, revision=_STR, splits=_DICT, weight=_is_number)),
+        "earlier_rounds": _list_of(_ROUND),
+    },
+    "reference": {"split": _STR, "done": _is_number, "total": _is_number, "cached": _BOOL,
+                  "eta": _is_number},
+    "progress": {"phase": _STR, "done": _is_number, "total": _is_number, "unit": _STR},
+    "step": {**_METRICS, **dict.fromkeys(("epoch", "grad_norm", "learning_rate",
+             "tokens_per_second", "pairs_per_second", "peak_memory_gb", "elapsed", "eta"),
+             _is_number)},
+    "eval": {**_METRICS, "split": _STR, "pairs": _is_number},
+    "checkpoint": {"path": _STR},
+    "state": {"state": _STR},
+    "export": {"status": _STR, "path": _STR, "message": _STR},
+    "health": {"kind": _STR, "severity": _STR, "message": _STR, "suggestion": _STR,
+               "values": _DICT},
+    "log": {"level": _STR, "message": _STR},
+    "samples": {"prompts": _list_of(_strings("prompt", "reference", "policy")),
+                "seconds": _is_number, "max_tokens": _is_number, "source": _STR},
+    "run_end": {"status": _STR, "error": _STR, "adapter_path": _STR, "last_checkpoint": _STR,
+                "final_eval": _EVAL, "best_eval": _EVAL, "elapsed": _is_number},
+}  # fmt: skip
+
+
+def conform_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with every field of the wrong type (EVENT_FIELD_TYPES) set to None, as a
+    missing field reads; numbers too large for a float are None too."""
+    checks = {**EVENT_FIELD_TYPES["*"], **EVENT_FIELD_TYPES.get(event["event"], {})}
+    conformed = dict(event)
+    for name, check in checks.items():
+        value = conformed.get(name)
+        if value is not None and not (check(value) and _fits_a_float(value)):
+            conformed[name] = None
+    return conformed
+
+
+def _fits_a_float(value: Any) -> bool:
+    """JSON integers have no size limit; every number shown is formatted as a float."""
+    if isinstance(value, dict):
+        return all(_fits_a_float(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_fits_a_float(v) for v in value)
+    return not isinstance(value, int) or abs(value) < 2**1000
+
+
 def parse_lines(lines: Iterable[str]) -> list[dict]:
-    """Events from complete lines; a torn or foreign line is skipped, not fatal."""
+    """Events from complete lines; a torn or foreign line is skipped, not fatal, and a field
+    of the wrong type reads as absent (conform_event)."""
     events = []
     for line in lines:
         line = line.strip()
@@ -295,10 +410,10 @@ def parse_lines(lines: Iterable[str]) -> list[dict]:
             continue
         try:
             event = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or a number of thousands of digits
             continue
-        if isinstance(event, dict) and "event" in event:
-            events.append(event)
+        if isinstance(event, dict) and isinstance(event.get("event"), str):
+            events.append(conform_event(event))
     return events
 
 
@@ -351,9 +466,10 @@ def write_status(run_dir: str | os.PathLike, **status: Any) -> None:
 def read_status(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / STATUS_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing, not JSON, not UTF-8
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def send_command(run_dir: str | os.PathLike, command: str, **fields: Any) -> None:

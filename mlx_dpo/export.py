@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from mlx_dpo import paths
+from mlx_dpo.adapter_config import read_adapter_config
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import (
     ADAPTER_CONFIG_FILE,
-    ADAPTER_FILE,
     METRICS_FILE,
     EventWriter,
     current_umask,
@@ -52,26 +52,6 @@ from mlx_dpo.rundir import pid_alive
 COPIED_FILES = ("*.py", "generation_config.json")
 # Inside each temporary folder of an export (OUT.tmp-*, OUT.old-*): {"pid", "target"}.
 TEMPORARY_MARKER = ".mlx-dpo-export"
-
-
-def read_adapter_config(adapter_path: str | Path) -> dict[str, Any]:
-    """The adapter folder's adapter_config.json, with clear errors for a folder that is
-    missing or is not an adapter folder."""
-    path = Path(adapter_path).expanduser()
-    if not path.is_dir():
-        raise UserError(f"{adapter_path}: no such adapter folder")
-    config_file = path / ADAPTER_CONFIG_FILE
-    if not config_file.is_file() or not (path / ADAPTER_FILE).is_file():
-        raise UserError(
-            f"{adapter_path}: not an adapter folder (needs {ADAPTER_CONFIG_FILE} and {ADAPTER_FILE})"
-        )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{config_file}: must hold a JSON object")
-    return config
 
 
 def base_model_of(adapter_config: dict[str, Any], adapter_path: str | Path) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlx_dpo.adapter_config import read_adapter_config
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import current_umask
 from mlx_dpo.export import (
@@ -26,7 +27,6 @@ from mlx_dpo.export import (
     clean_up_killed_exports,
     export_events,
     fuse_model,
-    read_adapter_config,
     temporary_folder,
 )
 from mlx_dpo.formatting import format_size

@@ -21,11 +21,13 @@ import mlx.core as mx
 from mlx_lm.generate import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
+from mlx_dpo.adapter_config import read_adapter_config
 from mlx_dpo.data import Message, as_token_ids, has_chat_template, plain_text
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import ADAPTER_FILE
-from mlx_dpo.export import base_model_of, read_adapter_config
+from mlx_dpo.export import base_model_of
 from mlx_dpo.model import load_adapter_into, load_model, named_lora_modules
+from mlx_dpo.safetensors_header import check_safetensors
 from mlx_dpo.sampling import Sampling
 
 
@@ -99,6 +101,7 @@ def _init_adapter_weights(adapter_config: dict, model: Any) -> dict | None:
             f"this run started from the init adapter {path}, which is gone: its reference "
             "(base + that adapter) cannot be rebuilt"
         )
+    check_safetensors(weights_file, "the init adapter's weights")
     weights = mx.load(str(weights_file))
     frozen = {}
     for name, _ in named_lora_modules(model):

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +20,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mlx_dpo.adapter_config import read_adapter_config
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, Progress, atomic_write_json
 from mlx_dpo.gguf import find_gguf, load_gguf
+from mlx_dpo.safetensors_header import check_safetensors
 
 ADAPTER_LEAVES = ("lora_a", "lora_b")
 
@@ -59,15 +62,52 @@ def resolve_model_path(model: str) -> Path:
         ) from None
 
 
+# The JSON files of a model folder that mlx-lm and transformers read, when present.
+MODEL_JSON_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.json",
+)
+
+
 def check_model_folder(path: Path) -> None:
+    """A UserError naming the file for a folder that is not a whole model: no config.json, no
+    safetensors weights, a weights file cut short or with a damaged header, a JSON file that
+    is not a JSON object."""
     if find_gguf(path) is not None:
         return
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a model folder (no config.json)")
-    if not list(path.glob("model*.safetensors")):
+    weights = sorted(path.glob("model*.safetensors"))
+    if not weights:
         raise UserError(
             f"{path}: no model*.safetensors weights (only safetensors weights are loaded)"
         )
+    for name in MODEL_JSON_FILES:
+        if (path / name).is_file():
+            read_json_object(path / name)
+    for file in weights:
+        check_safetensors(file, "the model's weights")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object, or a UserError naming the file (and line)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # Not UTF-8, a number past Python's limit on digits, or nested too deeply.
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise UserError(f"{path}: not valid JSON ({reason})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
 def config_value(path: Path, key: str) -> Any:
@@ -167,12 +207,7 @@ def normalize_model_config(config: dict, source: str) -> tuple[dict[str, Any], l
 
 
 def read_model_config(path: Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"{path / 'config.json'}:{err.lineno}: not valid JSON ({err.msg})"
-        ) from None
+    return read_json_object(path / "config.json")
 
 
 def load_model(
@@ -190,14 +225,13 @@ def load_model(
     transformers 5, dequantized GGUF tensors); `progress` hears the "loading" phase: the
     weights read into memory, in MB."""
     from mlx_lm.utils import load_model as mlx_load_model
-    from mlx_lm.utils import load_tokenizer
 
     path = resolve_model_path(model)
     check_model_folder(path)
     gguf_file = find_gguf(path)
     if gguf_file is not None:
         net, tokenizer, config = load_gguf(gguf_file, on_note)
-        read_weights(net, progress)
+        check_finite_weights(read_weights(net, progress), model)
         return _quantize_at_load(net, tokenizer, gguf_file, config, model, quantize)
     updates, notes = normalize_model_config(read_model_config(path), str(path / "config.json"))
     for note in notes:
@@ -214,22 +248,64 @@ def load_model(
                 f"({config_value(path, 'model_file')!r}); that is refused unless you pass "
                 "--trust-remote-code (only do so for a model you trust)"
             ) from None
-        raise UserError(f"{path}: cannot load this model: {err}") from None
-    read_weights(net, progress)
+        raise UserError(f"{path}: cannot load this model: {one_line(err)}") from None
+    except (TypeError, KeyError, AttributeError, RuntimeError) as err:
+        # mlx-lm builds the model from config.json's values: one of the wrong type or missing.
+        raise UserError(
+            f"{path / 'config.json'}: cannot build the model from it ({type(err).__name__}: "
+            f"{one_line(err)})"
+        ) from None
+    check_finite_weights(read_weights(net, progress), model)
+    tokenizer = _load_tokenizer(path, trust_remote_code, config.get("eos_token_id"))
+    return _quantize_at_load(net, tokenizer, path, config, model, quantize)
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, cut to `limit` characters (mlx-lm lists every missing
+    parameter of a model on a line of its own)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_tokenizer(path: Path, trust_remote_code: bool, eos_token_ids: Any = None) -> Any:
+    """mlx-lm's tokenizer of a model folder; a UserError naming the folder's tokenizer files
+    when they cannot make one (transformers raises many kinds of errors for them)."""
+    from mlx_lm.utils import load_tokenizer
+
     try:
-        tokenizer = load_tokenizer(
-            path,
-            {"trust_remote_code": trust_remote_code},
-            eos_token_ids=config.get("eos_token_id"),
+        return load_tokenizer(
+            path, {"trust_remote_code": trust_remote_code}, eos_token_ids=eos_token_ids
         )
-    except ValueError as err:
+    except Exception as err:
         if "trust_remote_code" in str(err):
             raise UserError(
                 f"{path}: this model's tokenizer needs its own Python code; that is refused "
                 "unless you pass --trust-remote-code (only do so for a model you trust)"
             ) from None
-        raise
-    return _quantize_at_load(net, tokenizer, path, config, model, quantize)
+        files = [f.name for f in sorted(path.glob("*token*")) if f.is_file()]
+        raise UserError(
+            f"{path}: cannot load its tokenizer from {', '.join(files) or 'its files'} "
+            f"({type(err).__name__}: {one_line(err)})"
+        ) from None
+
+
+# No trained model holds a weight this large (outliers of real LLMs stay within thousands);
+# a value beyond it is a damaged file (random bytes read as floats reach 1e38) whose first
+# step overflows, and without this check that overflow was blamed on the learning rate.
+MAX_SANE_WEIGHT = 1e6
+
+
+def check_finite_weights(non_finite: list[str], model: str) -> None:
+    """NaN or inf in the base weights: every number trained against them is meaningless, and
+    without this the first step's non-finite loss would be blamed on the data."""
+    if non_finite:
+        shown = ", ".join(non_finite[:3]) + (
+            f" and {len(non_finite) - 3} more" if len(non_finite) > 3 else ""
+        )
+        raise UserError(
+            f"{model}: the model's weights are not finite (NaN, inf or beyond ±{MAX_SANE_WEIGHT:g} "
+            f"in {shown}); the model is broken: fetch it again or use another"
+        )
 
 
 def _quantize_at_load(
@@ -250,31 +326,42 @@ def _quantize_at_load(
 LOAD_CHUNK_BYTES = 256 * 2**20
 
 
-def read_weights(model: nn.Module, progress: Progress | None = None) -> None:
+def read_weights(model: nn.Module, progress: Progress | None = None) -> list[str]:
     """Evaluate a lazily loaded model's parameters (reading them from disk), a chunk of
     about LOAD_CHUNK_BYTES (or a fiftieth of the model) at a time, telling `progress` the MB
-    read: at the start, after each chunk, and at the end (done == total)."""
-    arrays = [value for _, value in tree_flatten(model.parameters())]
-    total = sum(a.nbytes for a in arrays)
+    read: at the start, after each chunk, and at the end (done == total). Returns the names
+    of the floating-point parameters that hold NaN, inf or a value beyond MAX_SANE_WEIGHT
+    (checked as each chunk is read)."""
+    named = tree_flatten(model.parameters())
+    total = sum(a.nbytes for _, a in named)
     chunk_bytes = max(1, min(LOAD_CHUNK_BYTES, total // 50))
+    non_finite: list[str] = []
 
     def report(done: int) -> None:
         if progress is not None:
             progress("loading", round(done / 1e6, 1), round(total / 1e6, 1), "MB")
 
+    def evaluate(chunk: list[tuple[str, mx.array]]) -> None:
+        floats = [(n, a) for n, a in chunk if mx.issubdtype(a.dtype, mx.floating)]
+        # NaN and inf fail the comparison too (abs(NaN) <= x is false).
+        finite = [(mx.abs(a) <= MAX_SANE_WEIGHT).all() for _, a in floats]
+        mx.eval([a for _, a in chunk], finite)
+        non_finite.extend(n for (n, _), ok in zip(floats, finite, strict=True) if not ok.item())
+
     report(0)
     done, chunk, pending = 0, [], 0
-    for array in arrays:
-        chunk.append(array)
+    for name, array in named:
+        chunk.append((name, array))
         pending += array.nbytes
         if pending >= chunk_bytes:
-            mx.eval(chunk)
+            evaluate(chunk)
             done += pending
             chunk, pending = [], 0
             report(done)
-    if chunk or not arrays:
-        mx.eval(chunk)
+    if chunk or not named:
+        evaluate(chunk)
         report(total)
+    return non_finite
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -289,17 +376,15 @@ QUANTIZED_LAYERS = tuple(getattr(nn, n) for n in dir(nn) if n.startswith(("Quant
 
 def load_model_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
     """Only the tokenizer of a model folder, hub id or GGUF file (for counting tokens)."""
-    from mlx_lm.utils import load_tokenizer
-
     from mlx_dpo.gguf_tokenizer import load_gguf_tokenizer
 
     path = resolve_model_path(model)
     check_model_folder(path)
     gguf_file = find_gguf(path)
     if gguf_file is None:
-        return load_tokenizer(path, {"trust_remote_code": trust_remote_code})
+        return _load_tokenizer(path, trust_remote_code)
     if (gguf_file.parent / "tokenizer.json").is_file():
-        return load_tokenizer(gguf_file.parent)
+        return _load_tokenizer(gguf_file.parent, False)
     _, metadata = mx.load(str(gguf_file), return_metadata=True)
     metadata = {k: v.tolist() if isinstance(v, mx.array) else v for k, v in metadata.items()}
     return load_gguf_tokenizer(metadata, str(gguf_file))
@@ -319,12 +404,16 @@ def apply_lora(
 ) -> dict:
     """Freeze the model and wrap linears in the last `layers` blocks (all by default) with
     mlx-lm's LoRA layers. Returns the lora_parameters as mlx-lm's adapter_config wants them."""
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
     total = num_layers(model)
     layers = total if layers is None else layers
     if layers > total:
         raise UserError(f"'lora_layers' is {layers} but the model has {total} layers")
+    hidden = getattr(getattr(model, "args", None), "hidden_size", None)
+    if isinstance(hidden, int) and rank > hidden:
+        raise UserError(
+            f"'lora_rank' is {rank} but the model's hidden size is {hidden}: a LoRA of a rank "
+            "above it is no smaller than the layers it adapts"
+        )
     lora_parameters = {"rank": rank, "scale": scale, "dropout": dropout}
     if keys:
         available = set()
@@ -343,8 +432,21 @@ def apply_lora(
             )
         lora_parameters["keys"] = list(keys)
     model.freeze()
-    linear_to_lora_layers(model, layers, lora_parameters)
+    to_lora_layers(model, layers, lora_parameters, "'lora_keys'")
     return lora_parameters
+
+
+def to_lora_layers(model: nn.Module, layers: int, parameters: dict, where: str) -> None:
+    """mlx-lm's linear_to_lora_layers; a key that names a module it cannot wrap (a whole
+    block, an attention module) is a UserError said from `where` (the flag or the file)."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    try:
+        linear_to_lora_layers(model, layers, parameters)
+    except ValueError as err:
+        raise UserError(
+            f"{where}: {one_line(err)} (name linear layers, e.g. self_attn.q_proj)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -417,17 +519,8 @@ def load_adapter_into(model: nn.Module, adapter_path: str | Path) -> dict:
     adapter_path = Path(adapter_path).expanduser()
     config_file = adapter_path / ADAPTER_CONFIG_FILE
     weights_file = adapter_path / ADAPTER_FILE
-    if not adapter_path.is_dir():
-        raise UserError(f"{adapter_path}: no such adapter folder")
-    if not config_file.is_file() or not weights_file.is_file():
-        raise UserError(
-            f"{adapter_path}: not an adapter folder (needs {ADAPTER_CONFIG_FILE} and "
-            f"{ADAPTER_FILE})"
-        )
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
+    config = read_adapter_config(adapter_path)
+    check_safetensors(weights_file, "the adapter's weights")
     if config.get("fine_tune_type", "lora") != "lora":
         raise UserError(
             f"{adapter_path}: fine_tune_type {config.get('fine_tune_type')!r} is not supported "
@@ -443,10 +536,11 @@ def load_adapter_into(model: nn.Module, adapter_path: str | Path) -> dict:
             f"{num_layers(model)}"
         )
     model.freeze()
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    linear_to_lora_layers(model, layers, {"dropout": 0.0, **params})
+    to_lora_layers(model, layers, {"dropout": 0.0, **params}, str(config_file))
     weights = mx.load(str(weights_file))
+    non_finite = [name for name, value in weights.items() if not mx.isfinite(value).all().item()]
+    if non_finite:
+        raise UserError(f"{weights_file}: NaN or inf in {', '.join(non_finite[:3])}")
     expected = {
         name: value.shape
         for name, value in tree_flatten(model.parameters())
@@ -473,8 +567,14 @@ def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
     memo: dict[str, str] = {}
     memo_file = memo_dir / "file-hashes.json" if memo_dir else None
     if memo_file and memo_file.exists():
-        with contextlib.suppress(json.JSONDecodeError, OSError):
+        with contextlib.suppress(ValueError, OSError, RecursionError):
             memo = json.loads(memo_file.read_text())
+        # Only what could be a digest is used: a damaged memo costs a second hashing.
+        memo = (
+            {k: v for k, v in memo.items() if re.fullmatch(r"[0-9a-f]{64}", str(v))}
+            if (isinstance(memo, dict))
+            else {}
+        )
     changed = False
     for path in sorted(paths):
         stat = path.stat()
@@ -488,7 +588,8 @@ def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
             changed = True
         digest.update(path.name.encode() + memo[key].encode())
     if memo_file and changed:
-        atomic_write_json(memo_file, memo)
+        with contextlib.suppress(OSError):  # a memo that cannot be kept is hashed again
+            atomic_write_json(memo_file, memo)
     return digest.hexdigest()
 
 

@@ -163,11 +163,14 @@ def pairs_argv(config: TrainConfig, settings: RoundsSettings, round_: Round) -> 
     return argv
 
 
-def train_argv(round_: Round, resume: bool) -> list[str]:
-    """`mlx-dpo train` arguments for the round's run (its settings are in the launch file)."""
+def train_argv(round_: Round, resume: bool, trust_remote_code: bool = False) -> list[str]:
+    """`mlx-dpo train` arguments for the round's run (its settings are in the launch file;
+    remote code is granted on the command line only, config.save_config)."""
     argv = ["train", str(round_.run_dir / LAUNCH_CONFIG_FILE), "--no-tui"]
     if resume:
         argv += ["--resume", "--adapter-path", str(round_.run_dir)]
+    if trust_remote_code:
+        argv.append("--trust-remote-code")
     return argv
 
 
@@ -552,7 +555,7 @@ def run_round(command: RoundsCommand, round_: Round) -> int | None:
         f"{count_pairs(round_.pairs).pairs} pairs in {run_dir}, from {source} (its reference)"
     )
     tic = time.monotonic()
-    code = phases.train(round_, train_argv(round_, started))
+    code = phases.train(round_, train_argv(round_, started, config.trust_remote_code))
     record.add_seconds(round_.number, "train", time.monotonic() - tic)
     state = read_status(run_dir).get("state")
     if state == "finished" and not phases.interrupted:

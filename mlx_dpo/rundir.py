@@ -243,7 +243,7 @@ def check_resumed_config(run_dir: Path, config: TrainConfig) -> list[str]:
             f"{run_dir}: no run has started here (no {CONFIG_FILE}); "
             "run the same command without --resume"
         )
-    saved = load_config_file(saved_file)
+    saved = load_config_file(saved_file, run_record=True)
     refused, allowed = resume_changes(saved, config)
     if refused:
         raise UserError(

@@ -95,7 +95,10 @@ def open_session(
     mx.random.seed(config.seed)
     frozen = None
     init_config = None
-    fingerprint_parts = [model_fingerprint(path, reference.cache_dir()), f"q{config.quantize}"]
+    fingerprint_parts = [
+        model_fingerprint(path, reference.writable_cache_dir()),
+        f"q{config.quantize}",
+    ]
     if adapter_path or config.init_adapter:
         source = adapter_path or config.init_adapter
         init_config = load_adapter_into(model, source)

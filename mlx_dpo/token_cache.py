@@ -5,7 +5,8 @@ An entry is keyed by everything the token ids depend on: the bytes of the split'
 `fields` mapping, the tokenizer (its vocabulary, merges and normalisation, as the fast
 tokenizer serialises them), its chat template, max_length and this module's format version.
 Entries live under the cache folder of the reference log-probs (reference.cache_dir(),
-MLX_DPO_CACHE), are written atomically (temp file + rename) and a corrupt one is recomputed.
+MLX_DPO_CACHE), are written atomically and durably (temp file, fsync, rename, fsync of the
+folder) and a corrupt one is recomputed (numpy's zip format checks each array's CRC-32).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from mlx_dpo.data import TokenizedSplit, fast_backend
-from mlx_dpo.reference import cache_dir
+from mlx_dpo.events import fsync_dir
+from mlx_dpo.reference import cache_dir, writable_cache_dir
 
 FORMAT_VERSION = "1"
 _ARRAYS = ("tokens", "starts", "lengths", "cuts", "mismatch")
@@ -81,7 +83,7 @@ def _path(key: str) -> Path:
 def load(key: str, name: str, path: str) -> tuple[TokenizedSplit, dict] | None:
     """(split, its stored meta) or None when absent or unreadable."""
     file = _path(key)
-    if not file.is_file():
+    if writable_cache_dir() is None or not file.is_file():
         return None
     try:
         with np.load(file, allow_pickle=False) as stored:
@@ -109,6 +111,8 @@ def load(key: str, name: str, path: str) -> tuple[TokenizedSplit, dict] | None:
 def store(key: str, split: TokenizedSplit, meta: dict) -> Path | None:
     """Write the entry atomically; a cache that cannot be written (full disk, read-only
     folder) is skipped: the run goes on without it."""
+    if writable_cache_dir() is None:
+        return None
     file = _path(key)
     tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npz")
     try:
@@ -124,7 +128,10 @@ def store(key: str, split: TokenizedSplit, meta: dict) -> Path | None:
                 sources=np.frombuffer("\0".join(split.sources).encode(), dtype=np.uint8),
                 meta=np.frombuffer(json.dumps({**meta, "shape": split.shape}).encode(), np.uint8),
             )
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, file)
+        fsync_dir(file.parent)
     except OSError:
         tmp.unlink(missing_ok=True)
         return None

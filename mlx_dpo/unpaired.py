@@ -44,6 +44,7 @@ from mlx_dpo.data import (
     read_files,
     read_raw_records,
     split_files,
+    text_problem,
     tokenize_record,
     truncate,
     validate_record,
@@ -162,6 +163,8 @@ def _validate_rated(
     system = value.get(names["system"])
     if system is not None and not isinstance(system, str):
         problems.append(f"{source}: field '{names['system']}': must be a string")
+    elif system is not None and (problem := text_problem(system)):
+        problems.append(f"{source}: field '{names['system']}': {problem}")
     if problems:
         return [], problems
     prompt = with_system(parsed["prompt"], system)

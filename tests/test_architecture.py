@@ -53,3 +53,17 @@ def test_the_architecture_doc_names_every_module():
         if path.relative_to(ROOT / folder).as_posix() not in named
     ]
     assert missing == []
+
+
+def test_the_readme_cites_tests_that_exist():
+    """Every sentence of README's "When a run goes wrong" is covered by a test named in the
+    comment under it: each name cited there is a test of the suite."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## When a run goes wrong")[1].split("\n## ")[0]
+    cited = set(
+        re.findall(r"\b(test_\w+)\b(?!\.py)", " ".join(re.findall(r"<!--(.*?)-->", section, re.S)))
+    )
+    defined = set()
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"def (test_\w+)", path.read_text(encoding="utf-8")))
+    assert len(cited) > 40 and sorted(cited - defined) == []

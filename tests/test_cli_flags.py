@@ -141,3 +141,25 @@ def test_trust_remote_code_is_one_flag(name):
 def test_shared_flags_have_one_type(dest, names):
     actions = [next(a for a in subcommand(n)._actions if a.dest == dest) for n in names]
     assert len({(tuple(a.option_strings), a.type, type(a)) for a in actions}) == 1
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "export", "compare", "collect", "pairs"])
+def test_every_number_a_flag_takes_is_checked_where_it_is_typed(name):
+    """Plain int/float let `--epochs inf`, `--beta inf`, `--lora-scale nan`, `--seed -1` and
+    5000-digit numbers through, to fail later (blamed on the data, or as a traceback)."""
+    plain = [a.dest for a in subcommand(name)._actions if a.type in (int, float)]
+    assert plain == []
+    for action in subcommand(name)._actions:
+        if action.type in flags.NUMBER_TYPES:
+            for text in ("inf", "nan", "-inf", "9" * 5000, "x"):
+                with pytest.raises(argparse.ArgumentTypeError):
+                    action.type(text)
+
+
+def test_number_flags_refuse_what_no_setting_takes():
+    assert flags.finite_number("1e-5") == 1e-5 and flags.whole_number("-3") == -3
+    assert flags.seed_number(str(2**32 - 1)) == 2**32 - 1
+    for parse, text in ((flags.seed_number, "-1"), (flags.seed_number, str(2**32)),
+                        (flags.whole_number, str(2**31)), (flags.finite_number, "1e309")):  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)

@@ -252,3 +252,62 @@ def test_an_empty_path_is_refused(llama_chatml, preference_data, tmp_path, capsy
     assert main(args) == 2
     assert f"{flag}: an empty path" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["cached", "live"])
+def test_a_read_only_cache_folder_is_no_cache_with_one_warning(
+    llama_chatml, preference_data, tmp_path, read_only_folder, monkeypatch, capsys, mode
+):
+    """The run went on to write the cache (the reference log-probs, the weights' hash memo)
+    and ended in a traceback, with --reference live too."""
+    monkeypatch.setenv("MLX_DPO_CACHE", str(read_only_folder / "cache"))
+    run_dir = tmp_path / "run"
+    assert main(train_args(llama_chatml, preference_data, run_dir, "--reference", mode)) == 0
+    out = capsys.readouterr().out
+    warnings = [e["message"] for e in read_events(run_dir) if e.get("level") == "warning"]
+    cache_warnings = [w for w in warnings if "cache" in w]
+    assert cache_warnings == [
+        f"cache folder {read_only_folder / 'cache'}: Read-only file system; going on without a "
+        "cache (nothing is kept between runs; set MLX_DPO_CACHE to a folder you can write)"
+    ]
+    assert out.count("warning: cache folder") == 1
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_a_damaged_reference_cache_is_said_and_recomputed(
+    llama_chatml, preference_data, tmp_path, monkeypatch, capsys
+):
+    """A single damaged number in the cache trained against a wrong reference and ended
+    with "No problems seen"; now the entry fails its checksum, the run says so (console and
+    a warning event) and computes the reference again: the same adapters as the first run."""
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))
+    assert main(train_args(llama_chatml, preference_data, tmp_path / "first")) == 0
+    entries = sorted((tmp_path / "cache" / "reference").glob("*.ref"))
+    assert len(entries) == 2  # train and valid
+    for entry in entries:
+        data = bytearray(entry.read_bytes())
+        data[-5] ^= 0x40
+        entry.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(train_args(llama_chatml, preference_data, tmp_path / "second")) == 0
+    out = capsys.readouterr().out
+    warned = [e["message"] for e in read_events(tmp_path / "second") if e.get("level") == "warning"]
+    assert len(warned) == 2 and all("checksum does not match" in w for w in warned)
+    assert out.count("checksum does not match") == 2
+    first = (tmp_path / "first" / "adapters.safetensors").read_bytes()
+    assert (tmp_path / "second" / "adapters.safetensors").read_bytes() == first
+
+
+def test_a_setting_out_of_range_names_its_yaml_line_or_its_flag(
+    llama_chatml, preference_data, tmp_path, capsys
+):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {llama_chatml}\ndata: {preference_data}\nbeta: .inf\n")
+    assert main(["train", str(config), "--no-tui", "--adapter-path", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == (
+        f"mlx-dpo: error: invalid configuration: {config}:3: 'beta' must be a finite number, "
+        "got inf\n"
+    )
+    argv = [*train_args(llama_chatml, preference_data, tmp_path / "r"), "--lora-keys", ""]
+    assert main(argv) == 2
+    assert "invalid configuration: --lora-keys: 'lora_keys' must name" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from mlx_dpo.config import (
     loss_problems,
     read_yaml,
     save_config,
+    thresholds_from_dict,
 )
 from mlx_dpo.errors import UserError
 from mlx_dpo.loss_catalog import LOSSES
@@ -379,3 +380,47 @@ def test_the_pause_timeout_is_checked():
             "'pause_timeout_minutes' must be >= 0" in p
             for p in problems_of({}, {"pause_timeout_minutes": value})
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("beta: .inf\n", "invalid configuration: 'beta' must be a finite number, got inf"),
+     ("lora_scale: .nan\n", "'lora_scale' must be a finite number, got nan"),
+     ("seed: -1\n", "'seed' must be in [0, 4294967295] (MLX's seeds), got -1"),
+     (f"seed: {2**32}\n", "'seed' must be in [0, 4294967295]"),
+     (f"iters: {2**40}\n", "'iters' must be at most 2147483647"),
+     ("model: m\nlora_rank: " + "9" * 5000 + "\n", "c.yaml:2: a number of 5000 digits"),
+     ("lora_keys: ['']\n", "'lora_keys' must name at least one module"),
+     ("health:\n  kl_limit: .nan\n", "c.yaml:1: health.kl_limit: must be a finite number"),
+     ("trust_remote_code: true\n", "c.yaml:1: 'trust_remote_code' is granted only by "
+      "--trust-remote-code on the command line, never by a file")],
+    ids=["beta-inf", "scale-nan", "seed-negative", "seed-huge", "iters-huge", "5000-digits",
+         "empty-key", "health-nan", "trust"],
+)  # fmt: skip
+def test_a_yaml_value_no_setting_takes_is_one_line_naming_it(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        build_config(read_yaml(path), {})
+    assert "\n" not in str(err.value) and expected in str(err.value)
+
+
+def test_the_documented_health_keys_work(tmp_path):
+    """docs/health.md's example section, as written there."""
+    path = tmp_path / "c.yaml"
+    path.write_text("health:\n  kl_limit: 80.0\n  collapse_fraction: 0.3\n  patience: 8\n")
+    config = build_config(read_yaml(path), {})
+    thresholds = thresholds_from_dict(config.health)
+    assert (thresholds.kl_limit, thresholds.collapse_fraction, thresholds.patience) == (
+        80.0,
+        0.3,
+        8,
+    )
+
+
+def test_a_run_record_ignores_its_trust_and_a_saved_config_never_grants_it(tmp_path):
+    config = build_config({"model": "m", "data": "d", "trust_remote_code": True}, {})
+    save_config(config, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trust_remote_code"] is False
+    (tmp_path / "config.yaml").write_text("model: m\ntrust_remote_code: true\n")
+    assert load_config_file(tmp_path / "config.yaml", run_record=True).trust_remote_code is False

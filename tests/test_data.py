@@ -158,3 +158,29 @@ def test_tokenizing_tells_its_progress_chunk_by_chunk(chatml_tokenizer, tmp_path
     )
     assert told == [(0, 24), (10, 24), (20, 24), (24, 24)]
     assert len(split) == 24
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # JSON's \ud800 escape decodes to a lone surrogate, which no UTF-8 encoding holds.
+        ('{"prompt": "hi \\ud800", "chosen": "a", "rejected": "b"}', "field 'prompt': text the "
+         "tokenizer cannot take: a lone surrogate '\\ud800' at character 3"),
+        ('{"prompt": [{"role": "user", "content": "\\udfff"}], "chosen": "a", "rejected": "b"}',
+         "field 'prompt'[0]: text the tokenizer cannot take"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b", "system": "\\ud800"}',
+         "field 'system': text the tokenizer cannot take"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b", "extra": ' + "9" * 5000 + "}",
+         "a number too long to read"),
+    ],
+    ids=["surrogate-in-a-string", "surrogate-in-a-message", "surrogate-in-system", "5000-digits"],
+)  # fmt: skip
+def test_text_a_tokenizer_cannot_take_names_its_line(tmp_path, line, expected):
+    """A lone surrogate reached the tokenizer and a 5000-digit number json.loads, both ending
+    in a traceback: now each is a problem naming file:line."""
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' + line + "\n")
+    with pytest.raises(UserError) as err:
+        read_records(path)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{path}:2: ") and expected in problem

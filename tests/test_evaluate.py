@@ -58,11 +58,13 @@ def test_mistakes_are_user_errors(adapter, llama_chatml, preference_data, tmp_pa
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text('{"beta": ')
+    (broken / "adapters.safetensors").write_bytes(b"")  # an adapter folder's two files
     with pytest.raises(UserError, match=r"adapter_config.json:1: not valid JSON"):
         evaluate_command(None, str(broken), data)
     anonymous = tmp_path / "anonymous"
     anonymous.mkdir()
     (anonymous / "adapter_config.json").write_text("{}")
+    (anonymous / "adapters.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="no model given"):
         evaluate_command(None, str(anonymous), data)
     with pytest.raises(UserError, match="no dev split"):

@@ -6,6 +6,7 @@ import json
 import math
 
 from mlx_dpo.events import (
+    METRICS_FILE,
     ControlReader,
     EventFollower,
     EventWriter,
@@ -68,3 +69,31 @@ def test_torn_lines_are_skipped(tmp_path):
         '{"event": "step", "step": 1}\ngarbage\n{"event": "run_end", "step": 1}\n'
     )
     assert [e["event"] for e in read_events(tmp_path)] == ["step", "run_end"]
+
+
+def test_a_field_of_the_wrong_type_reads_as_absent(tmp_path):
+    """Well-formed lines with wrong types (a hand edit, another tool) reached the dashboard
+    as they were and crashed it; each field the contract types is checked as it is read."""
+    lines = [
+        {"event": "eval", "step": 2, "time": 1.0, "loss": "low", "split": "valid", "pairs": 8},
+        {"event": "run_end", "step": "4", "status": 3, "final_eval": 1, "best_eval": {"loss": 0.5}},
+        {"event": "run_start", "step": 0, "memory_plan": {"total_gb": "x"}, "loss": ["a", 1],
+         "truncated": {"train": {"pairs": 2}}, "pid": True, "epochs": 2**2000},
+        {"event": "samples", "step": 0, "prompts": [{"prompt": "p", "policy": 3}]},
+        {"event": 7, "step": 1},
+    ]  # fmt: skip
+    (tmp_path / METRICS_FILE).write_text(
+        "\n".join(json.dumps(x) for x in lines)
+        + "\n"
+        + '{"event": "log", "n": '
+        + "9" * 5000
+        + "}\n"
+    )
+    evaluation, end, start, samples = read_events(tmp_path)
+    assert evaluation == {**lines[0], "loss": None}
+    assert end == {**lines[1], "step": None, "status": None, "final_eval": None}
+    assert start["memory_plan"] is None and start["loss"] is None and start["pid"] is None
+    assert start["truncated"] == {"train": {"pairs": 2}} and start["epochs"] is None
+    assert samples["prompts"] is None
+    (tmp_path / "status.json").write_text("[1, 2]")
+    assert read_status(tmp_path) == {}

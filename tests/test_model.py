@@ -125,9 +125,14 @@ def test_fingerprints_hash_the_contents_and_remember_them(tmp_path):
     )
     # The memo is read by (path, size, mtime): a planted entry is used without hashing.
     key = next(k for k in remembered if k.startswith(str(a.resolve())))
-    remembered[key] = "planted"
+    remembered[key] = "0" * 64
     (memo / "file-hashes.json").write_text(json.dumps(remembered))
     assert fingerprint_files([a, b], memo) != expected.hexdigest()
+    # An entry that is no digest (a damaged memo), or a memo that is no mapping, is hashed
+    # again, not a traceback.
+    for damaged in ({**remembered, key: "planted"}, {**remembered, key: 7}, [1, 2]):
+        (memo / "file-hashes.json").write_text(json.dumps(damaged))
+        assert fingerprint_files([a, b], memo) == expected.hexdigest()
     # A changed file is hashed again.
     a.write_bytes(b"first, changed")
     assert fingerprint_files([a, b]) != expected.hexdigest()

@@ -6,6 +6,8 @@ with the same numbers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -231,3 +233,109 @@ def test_named_columns_a_wider_entry_serves_a_narrower_run():
         "k6", split_of(), lambda p: (np.array(p, np.float32),), 8, columns=("completion",)
     )
     assert completion.tolist() == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: every entry carries its key and a SHA-256 of key and payload; a mismatch is a
+# miss, said, and recomputed. Writes are atomic and durable. A folder that cannot be written
+# is no cache.
+
+
+def damage_flip(path):
+    data = bytearray(path.read_bytes())
+    data[-37] ^= 0x01  # one bit of one number in the payload
+    path.write_bytes(bytes(data))
+
+
+def damage_zero_block(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(min(4096, len(data) - middle))  # a power cut's block
+    path.write_bytes(bytes(data))
+
+
+def damage_other_key(path):
+    chosen, rejected = compute_fn([])(list(range(1000)))
+    reference.store("other", {"chosen": chosen, "rejected": rejected}, {})
+    path.write_bytes(reference._path("other").read_bytes())
+
+
+def damage_header(path):
+    path.write_bytes(b'{"key": 1' + path.read_bytes()[9:])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [(damage_flip, "checksum does not match"), (damage_zero_block, "checksum does not match"),
+     (damage_other_key, "another key"), (damage_header, "header is damaged")],
+    ids=["flipped-bit", "zero-filled-block", "another-keys-file", "damaged-header"],
+)  # fmt: skip
+def test_a_damaged_entry_is_a_miss_said_and_recomputed(damage, reason):
+    key = damage.__name__  # the cache folder is shared by the tests of a session
+    split = numbered_split(1000)  # 8000 bytes of payload: a 4096-byte block fits inside
+    calls: list[int] = []
+    first, _ = reference_logps(key, split, compute_fn(calls), 256)
+    damage(reference._path(key))
+    warnings: list[str] = []
+    chosen, rejected = reference_logps(key, split, compute_fn(calls), 256, warn=warnings.append)
+    assert len(calls) == 2000  # computed again: the damaged numbers were never used
+    np.testing.assert_array_equal(chosen, first)
+    (warning,) = warnings
+    assert str(reference._path(key)) in warning and reason in warning and "again" in warning
+    # The entry is whole again: the third start reads it, silently.
+    reference_logps(key, split, compute_fn(calls), 256, warn=warnings.append)
+    assert len(calls) == 2000 and len(warnings) == 1
+
+
+def test_a_damaged_partial_pass_starts_over(monkeypatch):
+    monkeypatch.setattr(reference, "CHECKPOINT_SECONDS", 0.0)
+    split, calls = numbered_split(40), []
+    asked = iter(range(100))
+    with pytest.raises(reference.Interrupted):
+        reference_logps("kp", split, compute_fn(calls), 4, should_stop=lambda: next(asked) >= 3)
+    (partial,) = (reference.cache_dir() / "reference").glob("kp.partial*")
+    damage_flip(partial)
+    warnings: list[str] = []
+    chosen, _ = reference_logps("kp", split, compute_fn(calls), 4, warn=warnings.append)
+    assert len(calls) == 12 + 40 and "starting the pass over" in warnings[0]
+    np.testing.assert_array_equal(chosen, -np.arange(40, dtype=np.float32) - 0.5)
+
+
+def test_an_entry_is_written_atomically_and_durably(monkeypatch):
+    """temp file, fsync of it, os.replace, fsync of the folder: in that order."""
+    import os
+    import stat
+
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(f"replace {Path(src).parent == Path(dst).parent}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    reference.store("ka", {"chosen": np.zeros(3), "rejected": np.ones(3)}, {})
+    assert calls == ["fsync file", "replace True", "fsync dir"]
+    assert not [p for p in reference._path("ka").parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_read_only_or_impossible_cache_folder_is_no_cache(
+    read_only_folder, tmp_path, monkeypatch
+):
+    (tmp_path / "a-file").write_text("x")
+    for folder in (read_only_folder / "cache", tmp_path / "a-file" / "cache"):
+        monkeypatch.setenv("MLX_DPO_CACHE", str(folder))
+        assert reference.writable_cache_dir() is None
+        problem = reference.cache_problem()
+        assert problem.startswith(f"cache folder {folder}: ") and "without a cache" in problem
+        calls: list[int] = []
+        for _ in range(2):  # computed each time: nothing is kept, nothing raises
+            chosen, _ = reference_logps("kr", numbered_split(6), compute_fn(calls), 4)
+        assert len(calls) == 12 and chosen[5] == -5.5
+        assert reference.store("kr", {"chosen": chosen, "rejected": chosen}, {}) is None
+    assert list(read_only_folder.iterdir()) == []

@@ -251,7 +251,10 @@ def test_resume_refuses_a_setting_that_changes_the_run_and_touches_nothing(
     assert code == 2
     err = capsys.readouterr().err
     assert "--resume continues the run" in err and "Traceback" not in err
-    assert [line.strip() for line in err.splitlines()[1:]] == listed
+    if len(listed) == 1:  # one difference is one line (errors.UserError)
+        assert err.count("\n") == 1 and err.rstrip().endswith(f": {listed[0]}")
+    else:
+        assert [line.strip() for line in err.splitlines()[1:]] == listed
     assert run_files(run_dir) == before
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from mlx_dpo import paths
 from mlx_dpo.cli import collect, compare, data, export, pairs, train, view
 from mlx_dpo.cli import eval as eval_
 from mlx_dpo.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USER_ERROR
-from mlx_dpo.errors import UserError
+from mlx_dpo.errors import UserError, one_line
 
 # In the order `mlx-dpo --help` lists them.
 SUBCOMMANDS = {
@@ -61,8 +62,18 @@ def expand_path_args(args: argparse.Namespace) -> None:
                 setattr(args, name, expand(value, what))
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage mistake is one line naming the flag (argparse would print the whole usage of
+    the command first: dozens of lines for train), exit 2 as for every user mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="mlx-dpo",
         description="Direct Preference Optimization with LoRA on MLX.",
     )

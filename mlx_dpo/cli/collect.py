@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.cli.flags import PROMPTS_HELP, add_sampling, add_trust_remote_code
+from mlx_dpo.adapter_config import read_adapter_config
+from mlx_dpo.cli.flags import PROMPTS_HELP, add_sampling, add_trust_remote_code, seed_number
 from mlx_dpo.cli.terminal import terminal_attached
 from mlx_dpo.errors import UserError
-from mlx_dpo.export import read_adapter_config
 from mlx_dpo.journal import VerdictFiles, check_out_path
 from mlx_dpo.prompts import Prompt, load_prompts, unique_prompts
 from mlx_dpo.sampling import check_sampling
@@ -25,7 +25,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model to answer (default: the adapter's base model)")
     parser.add_argument("--split", help="with a data folder: train (default), valid or test")
     add_sampling(parser)
-    parser.add_argument("--seed", type=int, default=0, help="base sampling seed (0)")
+    parser.add_argument("--seed", type=seed_number, default=0, help="base sampling seed (0)")
     add_trust_remote_code(parser)
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 from typing import Any
 
+from mlx_dpo.adapter_config import read_adapter_config
 from mlx_dpo.cli.flags import (
     BASE_MODEL_HELP,
     add_adapter,
@@ -15,6 +16,9 @@ from mlx_dpo.cli.flags import (
     add_model,
     add_split,
     add_trust_remote_code,
+    finite_number,
+    seed_number,
+    whole_number,
 )
 from mlx_dpo.compare import (
     DEFAULT_LIMIT,
@@ -27,7 +31,6 @@ from mlx_dpo.compare import (
     user_prompts,
 )
 from mlx_dpo.errors import UserError
-from mlx_dpo.export import read_adapter_config
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -43,21 +46,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_data(source, "preference data: compare on the pairs' prompts")
     add_split(parser, "with a data folder; default: test, else valid, else train")
     parser.add_argument(
-        "--limit", type=int, default=DEFAULT_LIMIT, help=f"pairs (default {DEFAULT_LIMIT})"
+        "--limit", type=whole_number, default=DEFAULT_LIMIT, help=f"pairs (default {DEFAULT_LIMIT})"
     )
     parser.add_argument(
         "--system", help="a system message before each --prompt (as the data's 'system')"
     )
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=whole_number,
         default=DEFAULT_MAX_TOKENS,
         help=f"per answer (default {DEFAULT_MAX_TOKENS})",
     )
     parser.add_argument(
-        "--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
+        "--temp", type=finite_number, default=0.0, help="sampling temperature (default 0: greedy)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --temp > 0)")
+    parser.add_argument(
+        "--seed", type=seed_number, default=0, help="sampling seed (with --temp > 0)"
+    )
     add_json(parser)
     add_trust_remote_code(parser)
     return parser

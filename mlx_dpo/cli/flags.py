@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any
 
-from mlx_dpo.config import LOSSES, REFERENCE_MODES, SCHEDULES, TrainConfig
+from mlx_dpo.config import INT_LIMIT, LOSSES, REFERENCE_MODES, SCHEDULES, SEED_MAX, TrainConfig
 from mlx_dpo.sampling import DEFAULT_CANDIDATES, DEFAULT_MAX_TOKENS, DEFAULT_TEMP, DEFAULT_TOP_P
 
 # TrainConfig fields that are mappings: they are written in a config file, not on a command line.
@@ -32,6 +33,45 @@ PROMPTS_HELP = (
     "a text file (one prompt a line), a .jsonl of records with 'prompt' (a string or "
     "messages), or a data folder as --data takes it"
 )
+
+
+def finite_number(text: str) -> float:
+    """A flag's number: inf and NaN are refused where they are typed (not blamed on the data
+    later, as a non-finite loss)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def whole_number(text: str) -> int:
+    """A flag's whole number, at most config.INT_LIMIT in size."""
+    try:
+        value = int(text)
+    except ValueError:
+        shown = repr(text) if len(text) <= 40 else f"a {len(text)}-character value"
+        raise argparse.ArgumentTypeError(f"not a whole number: {shown}") from None
+    if abs(value) > INT_LIMIT:
+        raise argparse.ArgumentTypeError(f"at most {INT_LIMIT}, got {len(text)} digits")
+    return value
+
+
+def seed_number(text: str) -> int:
+    """A seed: a whole number in MLX's range [0, config.SEED_MAX]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed is in [0, {SEED_MAX}], got {text[:40]}")
+    return value
+
+
+# Every number a flag takes is parsed by one of these (tests/test_cli_flags.py checks it).
+NUMBER_TYPES = (finite_number, whole_number, seed_number)
 
 # A parser or one of its argument groups: what add_argument is called on (the base class the
 # standard library gives both; typeshed names it the same).
@@ -68,22 +108,23 @@ def add_split(parser: Parser, note: str, default: str | None = None) -> None:
 
 def add_trust_remote_code(parser: Parser, default: bool | None = False) -> None:
     """Running a model's own code is the user's to allow on this command line, each time. The
-    train flag defaults to None (unset, so a YAML config may allow it); the others to False."""
+    train flag defaults to None (unset: a YAML config may say false, never true, read_yaml);
+    the others to False."""
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         default=default,
         help="allow a model that ships its own Python code to run (never inherited from an "
-        "adapter or a run directory)",
+        "adapter or a run directory, never granted by a config file)",
     )
 
 
 def add_max_length(parser: Parser, note: str) -> None:
-    parser.add_argument("--max-length", type=int, help=f"tokens per sequence ({note})")
+    parser.add_argument("--max-length", type=whole_number, help=f"tokens per sequence ({note})")
 
 
 def add_beta(parser: Parser, note: str) -> None:
-    parser.add_argument("--beta", type=float, help=f"DPO β ({note})")
+    parser.add_argument("--beta", type=finite_number, help=f"DPO β ({note})")
 
 
 def add_batch_size(parser: Parser, allow_auto: bool) -> None:
@@ -99,7 +140,10 @@ def add_batch_size(parser: Parser, allow_auto: bool) -> None:
     else:
         default = TrainConfig().batch_size
         parser.add_argument(
-            "--batch-size", type=int, default=default, help=f"pairs per batch (default {default})"
+            "--batch-size",
+            type=whole_number,
+            default=default,
+            help=f"pairs per batch (default {default})",
         )
 
 
@@ -107,9 +151,9 @@ def _batch_size(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"an integer or 'auto', not {text!r}") from None
+        return whole_number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"an integer or 'auto', not {text[:40]!r}") from None
 
 
 def add_sampling(parser: Parser, unset: bool = False) -> None:
@@ -118,19 +162,19 @@ def add_sampling(parser: Parser, unset: bool = False) -> None:
     --rounds); the defaults printed are mlx_dpo/sampling.py's either way."""
     parser.add_argument(
         "--temp",
-        type=float,
+        type=finite_number,
         default=None if unset else DEFAULT_TEMP,
         help=f"sampling temperature ({DEFAULT_TEMP})",
     )
     parser.add_argument(
         "--top-p",
-        type=float,
+        type=finite_number,
         default=None if unset else DEFAULT_TOP_P,
         help=f"nucleus sampling ({DEFAULT_TOP_P})",
     )
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=whole_number,
         default=None if unset else DEFAULT_MAX_TOKENS,
         help=f"per answer ({DEFAULT_MAX_TOKENS})",
     )
@@ -147,7 +191,7 @@ def add_judge(parser: Parser, required: bool, unset: bool = False) -> None:
     )
     parser.add_argument(
         "--candidates",
-        type=int,
+        type=whole_number,
         default=None if unset else DEFAULT_CANDIDATES,
         help=f"answers sampled per prompt; every two are compared ({DEFAULT_CANDIDATES})",
     )
@@ -174,7 +218,7 @@ def add_rounds_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--rounds",
-        type=int,
+        type=whole_number,
         help="train N rounds under --adapter-path PARENT (PARENT/round-1, ...); round k "
         "trains on pairs sampled from round k-1's policy and judged by --judge",
     )
@@ -204,42 +248,53 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--valid-fraction",
-        type=float,
+        type=finite_number,
         help="share of train carved for validation when the data has none (default 5%%, at "
         "most 256 pairs, for sets of 200+ pairs; 0 = none)",
     )
-    g.add_argument("--max-pairs", type=int, help="train on a seeded sample of this many pairs")
+    g.add_argument(
+        "--max-pairs", type=whole_number, help="train on a seeded sample of this many pairs"
+    )
     g.add_argument(
         "--adapter-path",
         help="run directory (adapters, checkpoints, metrics); default adapters/run-<time>",
     )
     add_max_length(g, f"default {d.max_length}")
     g.add_argument(
-        "--quantize", type=int, choices=(4, 8), help="quantize a full-precision base at load"
+        "--quantize",
+        type=whole_number,
+        choices=(4, 8),
+        help="quantize a full-precision base at load",
     )
     g.add_argument("--init-adapter", help="start from this LoRA adapter (reference = base + it)")
     add_trust_remote_code(g, default=None)
     g = parser.add_argument_group("schedule")
-    g.add_argument("--iters", type=int, help="optimizer steps (default: one epoch)")
-    g.add_argument("--epochs", type=float, help="epochs over the train split")
+    g.add_argument("--iters", type=whole_number, help="optimizer steps (default: one epoch)")
+    g.add_argument("--epochs", type=finite_number, help="epochs over the train split")
     add_batch_size(g, allow_auto=True)
     g.add_argument(
         "--grad-accumulation",
-        type=int,
+        type=whole_number,
         help=f"batches per optimizer step (default {d.grad_accumulation})",
     )
     g.add_argument(
-        "--learning-rate", type=float, help=f"peak learning rate (default {d.learning_rate})"
+        "--learning-rate",
+        type=finite_number,
+        help=f"peak learning rate (default {d.learning_rate})",
     )
     g.add_argument("--lr-schedule", choices=SCHEDULES, help=f"default {d.lr_schedule}")
-    g.add_argument("--warmup", type=int, help=f"linear warmup steps (default {d.warmup})")
+    g.add_argument("--warmup", type=whole_number, help=f"linear warmup steps (default {d.warmup})")
     g.add_argument(
-        "--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})"
+        "--weight-decay", type=finite_number, help=f"AdamW weight decay (default {d.weight_decay})"
     )
     g.add_argument(
-        "--max-grad-norm", type=float, help=f"clip gradients (default {d.max_grad_norm}; 0 = off)"
+        "--max-grad-norm",
+        type=finite_number,
+        help=f"clip gradients (default {d.max_grad_norm}; 0 = off)",
     )
-    g.add_argument("--seed", type=int, help=f"data order, LoRA init and dropout (default {d.seed})")
+    g.add_argument(
+        "--seed", type=seed_number, help=f"data order, LoRA init and dropout (default {d.seed})"
+    )
     g = parser.add_argument_group("objective")
     add_beta(g, f"default {d.beta}")
     g.add_argument(
@@ -250,23 +305,30 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         help=f"a loss, or several whose terms are added (default {d.loss}; README lists them)",
     )
     g.add_argument(
-        "--loss-weights", nargs="+", type=float, help="one weight per --loss term (default 1 each)"
+        "--loss-weights",
+        nargs="+",
+        type=finite_number,
+        help="one weight per --loss term (default 1 each)",
     )
     g.add_argument(
-        "--label-smoothing", type=float, help="ε for sigmoid (cDPO), robust, exo_pair and cpo"
+        "--label-smoothing",
+        type=finite_number,
+        help="ε for sigmoid (cDPO), robust, exo_pair and cpo",
     )
     # The simpo loss's own default margin (mlx_dpo/losses.py, LossSettings) when unset.
-    g.add_argument("--simpo-gamma", type=float, help="SimPO target margin γ (default 0.5)")
-    g.add_argument("--sft-weight", type=float, help="weight of an SFT term on chosen (RPO)")
+    g.add_argument("--simpo-gamma", type=finite_number, help="SimPO target margin γ (default 0.5)")
+    g.add_argument("--sft-weight", type=finite_number, help="weight of an SFT term on chosen (RPO)")
     g.add_argument(
-        "--discopop-tau", type=float, help=f"discopop's temperature τ (default {d.discopop_tau})"
+        "--discopop-tau",
+        type=finite_number,
+        help=f"discopop's temperature τ (default {d.discopop_tau})",
     )
     g.add_argument(
-        "--cpo-alpha", type=float, help=f"weight of cpo's NLL term (default {d.cpo_alpha})"
+        "--cpo-alpha", type=finite_number, help=f"weight of cpo's NLL term (default {d.cpo_alpha})"
     )
     g.add_argument(
         "--ld-alpha",
-        type=float,
+        type=finite_number,
         help="LD-DPO: weight of the response tokens past the shorter response (default off)",
     )
     g.add_argument(
@@ -276,10 +338,12 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="WPO: weigh each pair by its probability under the policy",
     )
     g.add_argument(
-        "--desirable-weight", type=float, help=f"KTO's λ_D (default {d.desirable_weight})"
+        "--desirable-weight", type=finite_number, help=f"KTO's λ_D (default {d.desirable_weight})"
     )
     g.add_argument(
-        "--undesirable-weight", type=float, help=f"KTO's λ_U (default {d.undesirable_weight})"
+        "--undesirable-weight",
+        type=finite_number,
+        help=f"KTO's λ_U (default {d.undesirable_weight})",
     )
     g.add_argument(
         "--reference",
@@ -288,14 +352,14 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         f"(default {d.reference})",
     )
     g = parser.add_argument_group("LoRA")
-    g.add_argument("--lora-rank", type=int, help=f"default {d.lora_rank}")
+    g.add_argument("--lora-rank", type=whole_number, help=f"default {d.lora_rank}")
     g.add_argument(
         "--lora-scale",
-        type=float,
+        type=finite_number,
         help=f"mlx-lm's scale, not PEFT's alpha (default {d.lora_scale})",
     )
-    g.add_argument("--lora-dropout", type=float, help=f"default {d.lora_dropout}")
-    g.add_argument("--lora-layers", type=int, help="last N layers (default all)")
+    g.add_argument("--lora-dropout", type=finite_number, help=f"default {d.lora_dropout}")
+    g.add_argument("--lora-layers", type=whole_number, help="last N layers (default all)")
     g.add_argument("--lora-keys", nargs="+", help="module names in a layer, e.g. self_attn.q_proj")
     g.add_argument(
         "--grad-checkpoint",
@@ -313,15 +377,17 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("evaluation and checkpoints")
     g.add_argument(
         "--eval-every",
-        type=int,
+        type=whole_number,
         help=f"steps between evaluations (default {d.eval_every}; 0 = end only)",
     )
     g.add_argument(
-        "--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})"
+        "--save-every",
+        type=whole_number,
+        help=f"steps between checkpoints (default {d.save_every})",
     )
     g.add_argument(
         "--sample-count",
-        type=int,
+        type=whole_number,
         help=f"greedy answers to this many fixed prompts at each evaluation, to watch the model "
         f"learn (default {d.sample_count}; 0 = off)",
     )
@@ -333,19 +399,19 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--sample-max-tokens",
-        type=int,
+        type=whole_number,
         help=f"tokens per answer (default {d.sample_max_tokens})",
     )
     g = parser.add_argument_group("memory")
     g.add_argument(
         "--memory-limit-gb",
-        type=float,
+        type=finite_number,
         help="memory the run may use (default: the device's); the plan and the guard use it",
     )
     g = parser.add_argument_group("control")
     g.add_argument(
         "--pause-timeout-minutes",
-        type=float,
+        type=finite_number,
         help="a paused run with no dashboard attached saves and stops after this long without "
         f"a command (default {d.pause_timeout_minutes:g}; 0 = never)",
     )

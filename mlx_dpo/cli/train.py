@@ -22,7 +22,14 @@ from mlx_dpo.cli import rounds
 from mlx_dpo.cli.exit_codes import EXIT_FAILED, EXIT_USER_ERROR
 from mlx_dpo.cli.flags import add_rounds_flags, add_train_flags, train_flag_values
 from mlx_dpo.cli.terminal import terminal_attached
-from mlx_dpo.config import TrainConfig, build_config, read_yaml, save_config
+from mlx_dpo.config import (
+    TrainConfig,
+    build_config,
+    locate_problems,
+    read_yaml,
+    save_config,
+    yaml_key_places,
+)
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import CONFIG_FILE, DASHBOARD_PID_ENV, LAUNCH_CONFIG_FILE, LOG_FILE, read_status
 
@@ -77,6 +84,7 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     data."""
     flags = train_flag_values(args)
     yaml_values: dict[str, Any] = {}
+    places: dict[str, str] = {}  # where each setting came from, for its problems
     if args.resume:
         if not args.adapter_path:
             raise UserError("--resume needs --adapter-path (the run directory to continue)")
@@ -86,12 +94,13 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
                 f"{args.adapter_path}: no run has started here (no {CONFIG_FILE}); "
                 "run the same command without --resume"
             )
-        yaml_values = read_yaml(saved)
         # Running a model's own code is allowed by the person at the keyboard, each time: a
-        # run directory (perhaps copied from elsewhere) cannot grant it.
-        yaml_values.pop("trust_remote_code", None)
+        # run directory (perhaps copied from elsewhere) cannot grant it (run_record ignores it).
+        yaml_values = read_yaml(saved, run_record=True)
+        places = yaml_key_places(saved)
     if args.config:
         yaml_values.update(read_yaml(args.config))
+        places.update(yaml_key_places(args.config))
     is_demo = (
         not args.config and not args.resume and flags["model"] is None and flags["data"] is None
     )
@@ -99,7 +108,11 @@ def train_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         yaml_values = demo.demo_config_values()
         if flags["iters"] is not None:
             yaml_values.pop("epochs")
-    config = build_config(yaml_values, flags)
+    places.update({key: f"--{key.replace('_', '-')}" for key, v in flags.items() if v is not None})
+    try:
+        config = build_config(yaml_values, flags)
+    except UserError as err:
+        raise locate_problems(err, places) from None
     if config.adapter_path is None:
         config.adapter_path = default_run_dir()
     return config, is_demo
@@ -178,6 +191,8 @@ def run_with_dashboard(config: TrainConfig, resume: bool = False) -> int:
     launch_config = run_dir / LAUNCH_CONFIG_FILE
     save_config(config, launch_config)
     command = [sys.executable, "-m", "mlx_dpo.cli", "train", str(launch_config), "--no-tui"]
+    if config.trust_remote_code:  # granted on this command line; the file cannot say it
+        command.append("--trust-remote-code")
     if resume:
         command += ["--resume", "--adapter-path", str(run_dir)]
     # The trainer counts this process as its dashboard while it lives (trainer/control.py).

@@ -112,6 +112,8 @@ def train(config: TrainConfig, options: RunOptions) -> str:
                 reporter.note(note)
             for warning in damaged:
                 reporter.warn(warning)
+            if problem := reference.cache_problem():  # read-only, or cannot be made
+                reporter.warn(problem)
             session = _open_session(config, reporter, resume_from)
             # `batch_size: auto` needs the model and the data; config.yaml records the choice.
             config = resolve_auto_batch(session, config)
@@ -213,6 +215,11 @@ class Run:
                 "kept: the next start with this model and data continues from there)"
             )
             return self.finish("stopped", None)
+        broken = self.broken_base_model()
+        if broken is not None:
+            self.say(f"error: {broken}")
+            self.finish("failed", broken)
+            raise UserError(broken)
         self.start_optimizer(resume_from)
         self.samples = start_samples(
             self.config, self.session, self.reporter, self.kept_events, self.ranks.is_main
@@ -413,11 +420,31 @@ class Run:
                 ranks=self.ranks,
                 should_stop=self.control.stop_requested,
                 columns=columns,
+                warn=self.reporter.warn,
             )
             cached[name] = dict(zip(columns, values, strict=True))
             seconds = time.perf_counter() - tic
             self.say(f"reference log-probs for {name}: {len(split)} {unit} in {seconds:.1f}s")
         return cached
+
+    def broken_base_model(self) -> str | None:
+        """Reference log-probs that are not finite before any step: the base model (its
+        weights overflow) is broken, whatever the pairs; without this the first step's
+        non-finite loss blamed the data."""
+        splits = {"train": self.train_split, "valid": self.valid_split}
+        for name, columns in self.cached_reference.items():
+            finite = np.logical_and.reduce([np.isfinite(v) for v in columns.values()])
+            bad = np.flatnonzero(~finite)
+            if bad.size:
+                split = splits[name]
+                unit = "completion" if isinstance(split, CompletionSplit) else "pair"
+                where = ", ".join(split.sources[i] for i in bad[:3])
+                return (
+                    f"{self.config.model}: the model's own log-probs are not finite, before any "
+                    f"training ({bad.size} {name} {unit}(s): {where}, ...); its weights are "
+                    "broken: fetch it again or use another"
+                )
+        return None
 
     def start_optimizer(self, resume_from: Path | None) -> None:
         """The schedule and AdamW, the checkpoint's state on resume, the compiled step."""

@@ -65,6 +65,19 @@ def hires_segment(x0: int, y0: int, x1: int, y1: int) -> Iterable[tuple[int, int
             y0 += step_y
 
 
+# The axes end here: a finite but enormous value (1e308 in an event line) would make the
+# axis span infinite, which textual-plot cannot draw; such points fall outside the chart.
+AXIS_LIMIT = 1e100
+
+
+def _dot(position: float) -> int:
+    """A braille dot's position, kept within a few screens of the plot: a point far outside
+    it (or at an infinite position) still gives its line a direction, not an overflow."""
+    if math.isnan(position):
+        return 0
+    return math.floor(min(max(position, -4096.0), 4096.0))
+
+
 class StepPlot(PlotWidget, can_focus=False):
     """A PlotWidget with tight margins (the chart's border names it) that never takes focus
     (the dashboard's keys are not pan and zoom) and paints its own layers over the axes."""
@@ -113,7 +126,7 @@ class StepPlot(PlotWidget, can_focus=False):
         cells: dict[tuple[int, int], list] = {}
         for points, color in lines:
             dots = [self.get_hires_pixel_from_coordinate(x, y) for x, y in points]
-            dots = [(math.floor(hx * 2), math.floor(hy * 4)) for hx, hy in dots]
+            dots = [(_dot(hx * 2), _dot(hy * 4)) for hx, hy in dots]
             if len(dots) == 1:
                 dots = dots * 2
             for (x0, y0), (x1, y1) in pairwise(dots):
@@ -242,13 +255,14 @@ class MetricChart(Vertical):
                 low_raw, high_raw = np.percentile(np.asarray(line.raw, dtype=float), [5, 95])
                 ys_seen += [float(low_raw), float(high_raw)]
         xs_seen += [float(step) for step in self.data.checkpoints]
-        plot.set_xlimits(min([0.0, *xs_seen]), max([1.0, *xs_seen]))
+        plot.set_xlimits(min([0.0, *xs_seen]), min(max([1.0, *xs_seen]), AXIS_LIMIT))
         if self.y_range is not None:
             low, high = self.y_range
         elif ys_seen:
             low, high = min(ys_seen), max(ys_seen)
         else:
             low, high = 0.0, 1.0
+        low, high = (min(max(v, -AXIS_LIMIT), AXIS_LIMIT) for v in (low, high))
         fit = fit_axis(low, high, rows, max_ticks=min(6, rows // 2 + 1))
         plot.set_ylimits(fit.low, fit.high)
         plot.set_yticks(fit.ticks)

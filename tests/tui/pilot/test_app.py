@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import (
     WIDE,
     commands,
@@ -21,6 +23,7 @@ from textual.widgets import Input, Label, Switch
 from tui_runs import at, write_run
 
 from mlx_dpo.events import (
+    METRICS_FILE,
     EventWriter,
 )
 
@@ -246,3 +249,47 @@ def test_run_dashboard_returns_1_after_a_failed_run(tmp_path, monkeypatch):
     monkeypatch.setattr(DashboardApp, "run", headless_run)
     write_run(tmp_path / "bad", steps=10, end="failed")
     assert run_dashboard(tmp_path / "bad") == 1
+
+
+WRONG_VALUES = ["x", {"a": "b"}, ["x", 1], 1e308, 2**70, True, -1]
+
+
+def replace_fields(run_dir: Path, value_of) -> None:
+    """Every field of every event but event, step and time replaced by value_of(n), n
+    counting the fields."""
+    lines, n = [], 0
+    for line in (run_dir / METRICS_FILE).read_text().splitlines():
+        event = json.loads(line)
+        for key in event:
+            if key not in ("event", "step", "time"):
+                event[key], n = value_of(n), n + 1
+        lines.append(json.dumps(event))
+    (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n")
+
+
+async def show_every_screen(app) -> None:
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_until(pilot, lambda: app.model.run_end is not None)
+        for key in ("escape", "h", "escape", "a", "escape", "2", "3", "4", "1"):
+            await pilot.press(key)
+            await pilot.pause()
+    assert app._exception is None
+
+
+async def test_well_formed_events_with_wrong_types_do_not_crash_the_dashboard(tmp_path):
+    """Each field of each event (event, step and time kept) replaced by a value of the wrong
+    type or size, in turn: the dashboard crashed (an eval dict that is a number, a string
+    where a metric belongs, a finite number too large for the chart's axis). Now such a
+    field reads as absent and every screen draws. (The slow test below: every value in
+    every field.)"""
+    write_run(tmp_path, steps=12, end="completed", health=True)
+    replace_fields(tmp_path, lambda n: WRONG_VALUES[n % len(WRONG_VALUES)])
+    await show_every_screen(make_app(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", WRONG_VALUES, ids=repr)
+async def test_one_wrong_value_in_every_field_does_not_crash_the_dashboard(tmp_path, value):
+    write_run(tmp_path, steps=12, end="completed", health=True)
+    replace_fields(tmp_path, lambda n: value)
+    await show_every_screen(make_app(tmp_path))

@@ -42,6 +42,7 @@ def test_defaults_reach_the_evaluation(calls, capsys):
             "trust_remote_code": False,
             "data_config": None,
             "data_revision": None,
+            "reference_mode": "cached",
         }
     ]
     lines = capsys.readouterr().out.splitlines()
@@ -56,7 +57,7 @@ def test_flags_reach_the_evaluation_and_json_prints_one_object(calls, capsys):
     args = ["eval", "--model", "m", "--adapter-path", "a", "--data", "d", "--split", "valid",
             "--beta", "0.2", "--batch-size", "2", "--max-length", "64", "--output", "o.jsonl",
             "--trust-remote-code", "--data-config", "c", "--data-revision", "r",
-            "--json"]  # fmt: skip
+            "--reference", "live", "--json"]  # fmt: skip
     assert main(args) == 0
     assert calls[0] == {
         "model": "m",
@@ -70,6 +71,7 @@ def test_flags_reach_the_evaluation_and_json_prints_one_object(calls, capsys):
         "trust_remote_code": True,
         "data_config": "c",
         "data_revision": "r",
+        "reference_mode": "live",
     }
     assert json.loads(capsys.readouterr().out) == RESULT
 

@@ -113,15 +113,15 @@ def test_per_pair_rows_are_strict_json(llama_chatml, preference_data, tmp_path, 
     """A non-finite log-prob (a NaN weight, an overflow) is written as null, not NaN."""
     from mlx_dpo import evaluate
 
-    evaluate_split = evaluate.evaluate_split
+    evaluation_metrics = evaluate.evaluation_metrics
 
     def with_a_nan(*args, **kwargs):
-        result = evaluate_split(*args, **kwargs)
+        result = evaluation_metrics(*args, **kwargs)
         result["per_pair"][0]["policy_chosen_logp"] = float("nan")
         result["per_pair"][1]["reward_rejected"] = float("-inf")
         return result
 
-    monkeypatch.setattr(evaluate, "evaluate_split", with_a_nan)
+    monkeypatch.setattr(evaluate, "evaluation_metrics", with_a_nan)
     output = tmp_path / "pairs.jsonl"
     evaluate_command(str(llama_chatml), None, str(preference_data), output=str(output))
 

@@ -19,7 +19,7 @@ from mlx_dpo.cli.flags import (
     add_split,
     add_trust_remote_code,
 )
-from mlx_dpo.config import TrainConfig
+from mlx_dpo.config import REFERENCE_MODES, TrainConfig
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -37,6 +37,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output",
         help="write per-pair (kto: per-completion) log-probs and rewards (JSON lines)",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCE_MODES,
+        default="cached",
+        help="cached: the reference log-probs from the on-disk cache training fills (computed "
+        "and kept there when missing); live: computed batch by batch, no cache (default cached)",
     )
     add_trust_remote_code(parser)
     return parser
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         data_config=args.data_config,
         data_revision=args.data_revision,
+        reference_mode=args.reference,
     )
     if args.json:
         print(json_line(result))

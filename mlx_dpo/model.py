@@ -488,7 +488,8 @@ def fingerprint_files(paths: list[Path], memo_dir: Path | None = None) -> str:
             changed = True
         digest.update(path.name.encode() + memo[key].encode())
     if memo_file and changed:
-        atomic_write_json(memo_file, memo)
+        with contextlib.suppress(OSError):  # a memo that cannot be kept is hashed again
+            atomic_write_json(memo_file, memo)
     return digest.hexdigest()
 
 

@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         # kto counts completions; a reference-free loss has no kl (NaN: printed as "-").
         unit = "completions" if "count/desirable" in result else "pairs"
         print(f"{result['pairs']} {unit} ({args.split} split of {args.data})")
+        width = max(22, *(len(key) for key in result))
         for key, value in result.items():
             if key != "pairs":
                 shown = f"{value:.4f}" if math.isfinite(value) else "-"
-                print(f"  {key:22s} {shown}")
+                print(f"  {key:{width}s} {shown}")
     return 0

@@ -45,7 +45,8 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                kto), peak_memory_gb (MLX's peak since the first step), elapsed (seconds since
                this trainer process began the run, loading included and time spent paused
                left out: a resumed run counts from 0 again), eta (seconds)
-    eval       split, pairs (completions for kto), METRIC_NAMES, the run's EXTRA_METRIC_NAMES
+    eval       split, pairs (completions for kto), METRIC_NAMES, the run's EXTRA_METRIC_NAMES,
+               and for pairs PREFERENCE_METRIC_NAMES (below)
 
 METRIC_NAMES are TRL's and in every step and eval event; for a reference-free loss `kl` is
 null (no reference), for kto the rewards/logps of chosen and rejected are the means over the
@@ -55,7 +56,10 @@ no pairs). EXTRA_METRIC_NAMES appear only for the losses that have them
 (mlx_dpo.loss_catalog.extra_metrics): orpo nll_loss (the chosen answers' token-mean NLL),
 log_odds_ratio (mean logσ of the log odds ratio), log_odds_chosen (its mean); bco_pair
 bco_reward_shift (the running mean reward the rewards are shifted by); kto count/desirable and
-count/undesirable (completions of each kind in the step or split).
+count/undesirable (completions of each kind in the step or split). PREFERENCE_METRIC_NAMES,
+in eval events of pair losses (and `mlx-dpo eval`): the share of pairs whose chosen answer the
+policy itself gives a higher log-prob than the rejected one, summed over the response tokens
+(logps/preference_accuracy) and per token (logps/preference_accuracy_per_token).
     checkpoint path
     state      state: "paused" | "resumed" | "stopping" | "evaluating" | "training"
     export     status: "started" | "done" | "failed", path, message
@@ -189,6 +193,10 @@ EXTRA_METRIC_NAMES = (
     COUNT_DESIRABLE,
     COUNT_UNDESIRABLE,
 )
+# The policy's own log-prob preference (see the docstring): evaluations of pairs only.
+LOGPS_PREFERENCE_ACCURACY = "logps/preference_accuracy"
+LOGPS_PREFERENCE_ACCURACY_PER_TOKEN = "logps/preference_accuracy_per_token"
+PREFERENCE_METRIC_NAMES = (LOGPS_PREFERENCE_ACCURACY, LOGPS_PREFERENCE_ACCURACY_PER_TOKEN)
 
 
 def finite_or_none(value: Any) -> Any:

@@ -42,6 +42,7 @@ def test_defaults_reach_the_evaluation(calls, capsys):
             "trust_remote_code": False,
             "data_config": None,
             "data_revision": None,
+            "reference_mode": "cached",
         }
     ]
     lines = capsys.readouterr().out.splitlines()
@@ -56,7 +57,7 @@ def test_flags_reach_the_evaluation_and_json_prints_one_object(calls, capsys):
     args = ["eval", "--model", "m", "--adapter-path", "a", "--data", "d", "--split", "valid",
             "--beta", "0.2", "--batch-size", "2", "--max-length", "64", "--output", "o.jsonl",
             "--trust-remote-code", "--data-config", "c", "--data-revision", "r",
-            "--json"]  # fmt: skip
+            "--reference", "live", "--json"]  # fmt: skip
     assert main(args) == 0
     assert calls[0] == {
         "model": "m",
@@ -70,6 +71,7 @@ def test_flags_reach_the_evaluation_and_json_prints_one_object(calls, capsys):
         "trust_remote_code": True,
         "data_config": "c",
         "data_revision": "r",
+        "reference_mode": "live",
     }
     assert json.loads(capsys.readouterr().out) == RESULT
 
@@ -130,3 +132,37 @@ def test_json_is_strict_json_with_null_for_non_finite_numbers(monkeypatch, capsy
 
     printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert printed == {"pairs": 8, "loss": None, "kl": None}
+
+
+def test_train_then_eval_reads_the_cached_reference(
+    llama_chatml, preference_data, tmp_path, monkeypatch, capsys
+):
+    """`mlx-dpo train` cached the valid split's reference; `mlx-dpo eval` of its adapter on
+    that split runs no reference pass, and reports the model's own log-prob preference."""
+    from mlx_dpo.trainer import batch_logps
+    from tests.shared import train_args
+
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    assert main(train_args(llama_chatml, preference_data, run_dir)) == 0
+    capsys.readouterr()
+    passes = []
+    reference_mode = batch_logps.reference_mode
+    monkeypatch.setattr(
+        batch_logps, "reference_mode", lambda *a: passes.append(a) or reference_mode(*a)
+    )
+    args = ["eval", "--adapter-path", str(run_dir), "--data", str(preference_data)]
+    assert main([*args, "--split", "valid", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert passes == [] and "reference log-probs of 8 pairs read from the cache" in err
+    printed = json.loads(out)
+    assert 0 <= printed["logps/preference_accuracy"] <= 1
+    assert 0 <= printed["logps/preference_accuracy_per_token"] <= 1
+    assert main([*args, "--split", "valid", "--reference", "live"]) == 0
+    out, _ = capsys.readouterr()
+    assert len(passes) == 2  # live: the reference of each batch of 4
+    lines = out.splitlines()
+    assert lines[0] == f"8 pairs (valid split of {preference_data})"
+    shown = {line.split()[0]: float(line.split()[1]) for line in lines[1:]}
+    assert shown["logps/preference_accuracy"] == round(printed["logps/preference_accuracy"], 4)
+    assert len({line.rindex(" ") for line in lines[1:]}) == 1  # one column of numbers

@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from mlx_dpo import reference
 from mlx_dpo.errors import UserError
 from mlx_dpo.evaluate import evaluate_command
 from tests.training import config_for, run
@@ -115,15 +116,15 @@ def test_per_pair_rows_are_strict_json(llama_chatml, preference_data, tmp_path, 
     """A non-finite log-prob (a NaN weight, an overflow) is written as null, not NaN."""
     from mlx_dpo import evaluate
 
-    evaluate_split = evaluate.evaluate_split
+    evaluation_metrics = evaluate.evaluation_metrics
 
     def with_a_nan(*args, **kwargs):
-        result = evaluate_split(*args, **kwargs)
+        result = evaluation_metrics(*args, **kwargs)
         result["per_pair"][0]["policy_chosen_logp"] = float("nan")
         result["per_pair"][1]["reward_rejected"] = float("-inf")
         return result
 
-    monkeypatch.setattr(evaluate, "evaluate_split", with_a_nan)
+    monkeypatch.setattr(evaluate, "evaluation_metrics", with_a_nan)
     output = tmp_path / "pairs.jsonl"
     evaluate_command(str(llama_chatml), None, str(preference_data), output=str(output))
 
@@ -193,3 +194,97 @@ def test_kto_and_orpo_adapters_evaluate_and_export(
     assert main(["export", "--adapter-path", str(run_dir), "--save-path", str(out)]) == 0
     model, _ = load(str(out))
     assert model is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference cache training fills
+
+
+@pytest.fixture
+def reference_passes(monkeypatch):
+    """Counts the reference's forward passes (LoRA switched off) wherever they run."""
+    from mlx_dpo.trainer import batch_logps
+
+    count = [0]
+    reference_mode = batch_logps.reference_mode
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return reference_mode(*args, **kwargs)
+
+    monkeypatch.setattr(batch_logps, "reference_mode", counting)
+    return count
+
+
+def test_an_adapter_reads_the_reference_that_training_cached(
+    adapter, preference_data, reference_passes
+):
+    """The run cached the valid split's reference: evaluating it computes none, and gives
+    what a live reference gives."""
+    notes = []
+    warm = evaluate_command(None, str(adapter), str(preference_data), "valid", on_note=notes.append)
+    assert reference_passes[0] == 0
+    assert notes == ["reference log-probs of 8 pairs read from the cache"]
+    live = evaluate_command(
+        None,
+        str(adapter),
+        str(preference_data),
+        "valid",
+        reference_mode="live",
+        on_note=notes.append,
+    )
+    assert reference_passes[0] == 2  # batches of 4
+    assert warm.keys() == live.keys()
+    for name, value in warm.items():
+        assert value == pytest.approx(live[name], rel=1e-5, abs=1e-6), name
+
+
+def test_a_missing_reference_is_computed_once_and_kept(
+    adapter, preference_data, reference_passes, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "empty-cache"))
+    notes = []
+    cold = evaluate_command(None, str(adapter), str(preference_data), "test", on_note=notes.append)
+    assert (
+        reference_passes[0] == 2 and "computed in" in notes[0] and "(kept in the cache)" in notes[0]
+    )
+    warm = evaluate_command(None, str(adapter), str(preference_data), "test", on_note=notes.append)
+    assert reference_passes[0] == 2 and notes[1].endswith("read from the cache")
+    assert warm == cold
+
+
+def test_without_an_adapter_one_pass_fills_the_cache_for_the_adapter(
+    adapter, llama_chatml, preference_data, reference_passes, monkeypatch, tmp_path
+):
+    """Evaluating the base model first (where does it start?) leaves the reference in the
+    cache, so evaluating the tuned adapter on that split runs the policy only."""
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))
+    notes = []
+    base = evaluate_command(str(llama_chatml), None, str(preference_data), on_note=notes.append)
+    assert reference_passes[0] == 0 and "logps/preference_accuracy says" in notes[0]
+    assert 0 <= base["logps/preference_accuracy"] <= 1 and base["rewards/accuracies"] == 0
+    tuned = evaluate_command(None, str(adapter), str(preference_data), on_note=notes.append)
+    assert reference_passes[0] == 0 and notes[1].endswith("read from the cache")
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "other-cache"))
+    live = evaluate_command(None, str(adapter), str(preference_data), reference_mode="live")
+    for name, value in tuned.items():
+        assert value == pytest.approx(live[name], rel=1e-5, abs=1e-6), name
+
+
+def test_a_read_only_cache_is_read_and_never_fails_the_evaluation(
+    adapter, preference_data, read_only_folder, reference_passes, monkeypatch
+):
+
+    notes = []
+    monkeypatch.setenv("MLX_DPO_CACHE", str(read_only_folder))
+    result = evaluate_command(None, str(adapter), str(preference_data), on_note=notes.append)
+    assert result["pairs"] == 8 and reference_passes[0] == 2
+    assert "not kept: the cache folder is read-only" in notes[0]
+    assert not list(read_only_folder.iterdir())
+    # A read-only cache that holds the entry (training filled it): read, nothing written.
+    monkeypatch.delenv("MLX_DPO_CACHE")
+    evaluate_command(None, str(adapter), str(preference_data), "valid")
+    monkeypatch.setattr(reference, "writable_cache_dir", lambda: None)
+    passes = reference_passes[0]
+    evaluate_command(None, str(adapter), str(preference_data), "valid", on_note=notes.append)
+    assert reference_passes[0] == passes and notes[-1].endswith("read from the cache")

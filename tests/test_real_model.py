@@ -189,10 +189,11 @@ def tuned(smollm2_gguf, tmp_path_factory):
 def test_dpo_raises_held_out_preference_without_collapsing_chosen(smollm2_gguf, tuned, tmp_path):
     run, data, _ = tuned
     output = tmp_path / "pairs.jsonl"
-    evaluate_command(str(smollm2_gguf), str(run), str(data), output=str(output))
+    result = evaluate_command(str(smollm2_gguf), str(run), str(data), output=str(output))
     pairs = read_jsonl(output)
     before = np.mean([p["reference_chosen_logp"] > p["reference_rejected_logp"] for p in pairs])
     after = np.mean([p["policy_chosen_logp"] > p["policy_rejected_logp"] for p in pairs])
+    assert result["logps/preference_accuracy"] == pytest.approx(after)
     chosen_change = np.mean([p["policy_chosen_logp"] - p["reference_chosen_logp"] for p in pairs])
     margin_change = np.mean(
         [
@@ -205,6 +206,26 @@ def test_dpo_raises_held_out_preference_without_collapsing_chosen(smollm2_gguf, 
     assert after >= before + 0.5  # measured: 0.16 -> 0.88 on all 32 valid pairs
     assert margin_change > 1.0
     assert chosen_change > -2.0  # the chosen answers did not collapse (nats, summed)
+
+
+def test_eval_from_the_cached_reference_equals_the_live_reference(smollm2_gguf, tuned):
+    """The tuned adapter evaluated twice from the reference cache (the first fills it if an
+    earlier test has not) and once with --reference live: the same metrics; the base model
+    alone (its own reference, one pass) gives the cached reference's preference."""
+    run, data, _ = tuned
+    notes = []
+    evaluate_command(None, str(run), str(data), on_note=notes.append)
+    warm = evaluate_command(None, str(run), str(data), on_note=notes.append)
+    assert notes[-1] == "reference log-probs of 16 pairs read from the cache"
+    live = evaluate_command(None, str(run), str(data), reference_mode="live")
+    assert warm.keys() == live.keys()
+    for name, value in warm.items():
+        assert value == pytest.approx(live[name], rel=1e-4, abs=1e-4), name
+    base = evaluate_command(str(smollm2_gguf), None, str(data), on_note=notes.append)
+    assert base["rewards/accuracies"] == 0 and base["rewards/margins"] == 0
+    assert base["logps/chosen"] == pytest.approx(
+        live["logps/chosen"] - live["rewards/chosen"] / 0.1, rel=1e-4
+    )  # the reference's chosen log-prob: policy − reward / β
 
 
 def test_greedy_answers_move_toward_the_chosen_style(smollm2_gguf, tuned):

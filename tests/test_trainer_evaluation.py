@@ -140,3 +140,133 @@ def logps_of_rows(session, rows):
         policy.append(rows_logps(session, *arrays).item())
         reference.append(reference_rows_logps(session, *arrays).item())
     return np.array(policy, np.float64), np.array(reference, np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# One forward pass: the policy as its own reference, a cached reference
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """Counts the model's forward passes (calls of its backbone, however a batch is laid
+    out) and, among them, the reference's (LoRA switched off)."""
+    from mlx_dpo.trainer import batch_logps
+
+    counts = {"backbone": 0, "reference": 0}
+    reference_mode = batch_logps.reference_mode
+
+    def counting_reference_mode(*args, **kwargs):
+        counts["reference"] += 1
+        return reference_mode(*args, **kwargs)
+
+    monkeypatch.setattr(batch_logps, "reference_mode", counting_reference_mode)
+
+    def count(session):
+        backbone = session.head_split.backbone
+
+        def counting_backbone(*args, **kwargs):
+            counts["backbone"] += 1
+            return backbone(*args, **kwargs)
+
+        session.head_split = dataclasses.replace(session.head_split, backbone=counting_backbone)
+        return counts
+
+    return count
+
+
+def test_a_policy_that_is_its_own_reference_runs_once_a_batch(
+    llama_chatml, preference_data, forwards
+):
+    """A model without an adapter: one forward pass a batch gives the policy's and the
+    reference's log-probs (they are the same model); the old path ran two. The numbers are
+    the old path's."""
+    config = config_for(llama_chatml, preference_data, batch_size=3)
+    session = open_session(config, splits=("valid",))
+    counts = forwards(session)
+    split = session.splits["valid"]
+    per_forward = 2 if session.prefix_sharing else 1  # a shared prompt runs, then its answers
+    batches = 3  # 8 pairs in batches of 3
+    own = evaluate_split(session, split, config, per_pair=True, reference_is_policy=True)
+    assert counts == {"backbone": batches * per_forward, "reference": 0}
+    live = evaluate_split(session, split, config, per_pair=True)
+    assert counts == {"backbone": 3 * batches * per_forward, "reference": batches}
+    for mine, old in zip(own.pop("per_pair"), live.pop("per_pair"), strict=True):
+        for name, value in mine.items():
+            assert value == pytest.approx(old[name], rel=1e-5, abs=1e-5), name
+        assert mine["reward_chosen"] == mine["reward_rejected"] == 0
+    assert own.keys() == live.keys()
+    for name, value in own.items():
+        assert value == pytest.approx(live[name], rel=1e-5, abs=1e-6), name
+
+
+def test_a_cached_reference_means_no_reference_pass(trained_session, forwards):
+    session, config = trained_session
+    counts = forwards(session)
+    split = session.splits["valid"]
+    live = evaluate_split(session, split, config, per_pair=True)
+    counts.update(backbone=0, reference=0)
+    reference = {
+        "chosen": np.array([r["reference_chosen_logp"] for r in live["per_pair"]], np.float32),
+        "rejected": np.array([r["reference_rejected_logp"] for r in live["per_pair"]], np.float32),
+    }
+    cached = evaluate_split(session, split, config, reference, per_pair=True)
+    assert counts["reference"] == 0 and counts["backbone"] > 0
+    assert cached == live
+
+
+def test_the_log_prob_preference_is_the_policys_own(trained_session):
+    """logps/preference_accuracy: the share of pairs whose chosen answer the policy gives the
+    higher summed log-prob, and per token; against log-probs of one plain batch."""
+    session, config = trained_session
+    split = session.splits["valid"]
+    result = evaluate_split(session, split, config)
+    n = len(split)
+    policy = np.array(rows_logps(session, *batch_arrays(collate(split.pairs))), np.float64)
+    chosen, rejected = policy[:n], policy[n:]
+    chosen_tokens = np.array([len(p.chosen_ids) for p in split.pairs])
+    rejected_tokens = np.array([len(p.rejected_ids) for p in split.pairs])
+    assert result["logps/preference_accuracy"] == pytest.approx(np.mean(chosen > rejected))
+    per_token = chosen / chosen_tokens > rejected / rejected_tokens
+    assert result["logps/preference_accuracy_per_token"] == pytest.approx(np.mean(per_token))
+    # These chosen answers are the longer ones: summed, the model prefers none of them.
+    assert np.mean(chosen > rejected) == 0 and chosen_tokens.sum() > rejected_tokens.sum()
+
+
+def test_the_log_prob_preference_against_numpy_with_ties_and_lengths():
+    """preference_metrics on log-probs made up here: a tie is no preference, and per token
+    a longer answer's sum is divided by its length."""
+    from mlx_dpo.losses import PairLogps
+    from mlx_dpo.trainer.evaluation import preference_metrics
+
+    rng = np.random.default_rng(0)
+    chosen = rng.normal(-30, 8, 64).astype(np.float32)
+    rejected = rng.normal(-30, 8, 64).astype(np.float32)
+    rejected[:5] = chosen[:5]  # ties
+    chosen_tokens = rng.integers(1, 40, 64).astype(np.float32)
+    rejected_tokens = rng.integers(1, 40, 64).astype(np.float32)
+    logps = PairLogps(
+        *(mx.array(a) for a in (chosen, rejected)), None, None,
+        *(mx.array(a) for a in (chosen_tokens, rejected_tokens)),
+    )  # fmt: skip
+    found = preference_metrics(logps)
+    summed = np.mean(chosen.astype(np.float64) > rejected)
+    per_token = np.mean(chosen / chosen_tokens > rejected / rejected_tokens)
+    assert found["logps/preference_accuracy"] == pytest.approx(summed)
+    assert found["logps/preference_accuracy_per_token"] == pytest.approx(per_token)
+    assert 0.3 < summed < 0.7 and summed != per_token
+
+
+def test_kto_without_an_adapter_runs_once_a_batch_and_has_no_pair_preference(
+    llama_chatml, thumbs_data, forwards
+):
+    config = config_for(llama_chatml, thumbs_data, loss="kto", batch_size=5)
+    session = open_session(config, splits=("valid",))
+    counts = forwards(session)
+    split = session.splits["valid"]
+    per_forward = 2 if session.prefix_sharing else 1
+    own = evaluate_split(session, split, config, reference_is_policy=True)
+    assert counts == {"backbone": 3 * per_forward, "reference": 0}  # 12 completions by 5
+    live = evaluate_split(session, split, config)
+    for name, value in own.items():
+        assert value == pytest.approx(live[name], rel=1e-5, abs=1e-5), name
+    assert own["rewards/chosen"] == 0 and "logps/preference_accuracy" not in own

@@ -21,7 +21,13 @@ import numpy as np
 import pytest
 
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import METRIC_NAMES, read_events, read_status, send_command
+from mlx_dpo.events import (
+    METRIC_NAMES,
+    PREFERENCE_METRIC_NAMES,
+    read_events,
+    read_status,
+    send_command,
+)
 from mlx_dpo.session import open_session
 from mlx_dpo.trainer.evaluation import evaluate_split
 from mlx_dpo.trainer.run import RunOptions, train
@@ -201,6 +207,7 @@ def test_evaluations_and_checkpoints_on_their_schedule(llama_chatml, preference_
     assert [e["step"] for e in events if e["event"] == "checkpoint"] == [2, 4, 5]
     evals = [e for e in events if e["event"] == "eval"]
     assert set(METRIC_NAMES) <= set(evals[0]) and evals[0]["pairs"] == 8
+    assert set(PREFERENCE_METRIC_NAMES) <= set(evals[0])  # the policy's own preference
     end = events[-1]
     assert end["final_eval"]["loss"] == evals[-1]["loss"]
     best = min(evals, key=lambda e: e["loss"])

@@ -19,7 +19,7 @@ from mlx_dpo.cli.flags import (
     add_split,
     add_trust_remote_code,
 )
-from mlx_dpo.config import TrainConfig
+from mlx_dpo.config import REFERENCE_MODES, TrainConfig
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -37,6 +37,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output",
         help="write per-pair (kto: per-completion) log-probs and rewards (JSON lines)",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCE_MODES,
+        default="cached",
+        help="cached: the reference log-probs from the on-disk cache training fills (computed "
+        "and kept there when missing); live: computed batch by batch, no cache (default cached)",
     )
     add_trust_remote_code(parser)
     return parser
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         data_config=args.data_config,
         data_revision=args.data_revision,
+        reference_mode=args.reference,
     )
     if args.json:
         print(json_line(result))
@@ -65,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         # kto counts completions; a reference-free loss has no kl (NaN: printed as "-").
         unit = "completions" if "count/desirable" in result else "pairs"
         print(f"{result['pairs']} {unit} ({args.split} split of {args.data})")
+        width = max(22, *(len(key) for key in result))
         for key, value in result.items():
             if key != "pairs":
                 shown = f"{value:.4f}" if math.isfinite(value) else "-"
-                print(f"  {key:22s} {shown}")
+                print(f"  {key:{width}s} {shown}")
     return 0

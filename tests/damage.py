@@ -1,6 +1,6 @@
 """Damage done to model folders, adapter folders and files, as an interrupted download, a
 bad disk, a careless edit or a hostile user leaves them: shared by the tests of the one-line
-user errors (tests/test_cli.py) and the fuzz harness (tests/test_fuzz.py)."""
+user errors (tests/e2e/test_cli.py) and the fuzz harness (tests/e2e/test_fuzz.py)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from mlx_dpo.sampling import DEFAULT_CANDIDATES, DEFAULT_MAX_TOKENS, DEFAULT_TEM
 
 # TrainConfig fields that are mappings: they are written in a config file, not on a command line.
 YAML_ONLY_KEYS = ("fields", "health")
-# Every other field is a train flag (tests/test_cli_flags.py checks that each has one).
+# Every other field is a train flag (tests/unit/test_cli_flags.py checks that each has one).
 TRAIN_FLAG_KEYS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.name not in YAML_ONLY_KEYS
 )
@@ -70,7 +70,7 @@ def seed_number(text: str) -> int:
     return value
 
 
-# Every number a flag takes is parsed by one of these (tests/test_cli_flags.py checks it).
+# Every number a flag takes is parsed by one of these (tests/unit/test_cli_flags.py checks it).
 NUMBER_TYPES = (finite_number, whole_number, seed_number)
 
 # A parser or one of its argument groups: what add_argument is called on (the base class the

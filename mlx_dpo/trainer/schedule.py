@@ -46,7 +46,7 @@ def build_schedule(config: TrainConfig, steps: int) -> Schedule:
 def build_optimizer(config: TrainConfig, schedule: Schedule) -> optim.AdamW:
     """AdamW on the schedule, with the config's weight decay (initialised by the caller on
     the trainable parameters). Bias-corrected like PyTorch's AdamW (MLX's default is not), so
-    learning rates mean what they mean in TRL (tests/test_optimizer.py)."""
+    learning rates mean what they mean in TRL (tests/unit/test_optimizer.py)."""
     return optim.AdamW(
         learning_rate=schedule, weight_decay=config.weight_decay, bias_correction=True
     )

@@ -32,6 +32,7 @@ def enabled_keys(app) -> set[str]:
     return {key.key for key in app.screen.query(FooterKey) if not key.has_class("-disabled")}
 
 
+@pytest.mark.slow  # a real trainer process: 7-12 s each
 async def test_pause_checkpoint_resume_and_stop_a_running_trainer(tmp_path, start_fake_trainer):
     run_dir = tmp_path / "run"
     trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")
@@ -67,6 +68,7 @@ async def test_pause_checkpoint_resume_and_stop_a_running_trainer(tmp_path, star
     assert read_events(run_dir)[-1]["status"] == "stopped"
 
 
+@pytest.mark.slow  # a real trainer process: 7-12 s each
 async def test_a_trainer_killed_with_sigkill_shows_the_failure(tmp_path, start_fake_trainer):
     run_dir = tmp_path / "run"
     trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")
@@ -126,6 +128,7 @@ def _headless(monkeypatch, auto_pilot) -> None:
     monkeypatch.setattr(DashboardApp, "run", headless_run)
 
 
+@pytest.mark.slow  # a real trainer process: 7-12 s each
 def test_quitting_with_stop_waits_for_the_trainer(tmp_path, start_fake_trainer, monkeypatch):
     run_dir = tmp_path / "run"
     trainer = start_fake_trainer(run_dir, "--steps", "100000", "--step-time", "0.1")

@@ -310,7 +310,7 @@ def test_a_health_threshold_names_the_yaml_line(llama_chatml, preference_data, t
 
 
 def test_a_line_break_quoted_from_a_file_stays_on_the_line(tmp_path, capsys):
-    """A YAML key "\\r" split the one-line message in two (found by tests/test_fuzz.py)."""
+    """A YAML key "\\r" split the one-line message in two (found by tests/e2e/test_fuzz.py)."""
     config = tmp_path / "run.yaml"
     config.write_text('health:\n  "\\r\\n": 1\n')
     line = one_line_error(["train", str(config), "--no-tui"], capsys)

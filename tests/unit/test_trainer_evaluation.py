@@ -94,7 +94,7 @@ def test_kto_evaluation_is_the_formula_over_the_split(llama_chatml, thumbs_data)
     """A split of rated completions: every completion's log-ratio and one reference point z
     from the whole split's KL rows (completion i-1 with prompt i), against TRL's formula in
     numpy; the cached completions' reference gives the same numbers."""
-    from tests.test_losses import kto_numpy
+    from tests.unit.test_losses import kto_numpy
 
     config = config_for(llama_chatml, thumbs_data, loss="kto", beta=0.4, batch_size=5)
     session = open_session(config, splits=("valid",))

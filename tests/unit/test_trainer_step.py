@@ -196,7 +196,7 @@ def test_a_non_finite_loss_is_a_failure_naming_the_pairs(llama_chatml, preferenc
 
 # ---------------------------------------------------------------------------------------------
 # The whole step of the losses beyond DPO against finite differences of the numpy formula
-# (tests/test_losses.py's independent implementation), through the model's LoRA weights.
+# (tests/unit/test_losses.py's independent implementation), through the model's LoRA weights.
 
 
 def check_step_gradient(session, loss_fn, inputs, numpy_loss_now, min_checked=12):
@@ -237,7 +237,7 @@ def assert_central_differences(model, grads, loss_now, min_checked=12):
 
 
 def test_orpo_step_gradient_is_the_numpy_formulas(llama_chatml, preference_data):
-    from tests.test_losses import Knobs, numpy_loss
+    from tests.unit.test_losses import Knobs, numpy_loss
 
     session, config = perturbed_session(
         llama_chatml, preference_data, loss="orpo", beta=0.5, lora_scale=4.0
@@ -262,7 +262,7 @@ def test_kto_step_gradient_is_the_numpy_formulas(llama_chatml, thumbs_data):
     """KTO through the whole step: completions and their KL rows in one batch, the KL rows'
     reference computed in the step, the completions' from the cache; z held at its value
     (it is detached), desirable and undesirable weighted differently."""
-    from tests.test_losses import kto_numpy
+    from tests.unit.test_losses import kto_numpy
 
     session, config = perturbed_session(
         llama_chatml, thumbs_data, loss="kto", beta=0.5, lora_scale=4.0,

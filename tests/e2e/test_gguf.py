@@ -2,7 +2,7 @@
 the gguf package's own reader and a permutation written out here index by index), the reader
 gives back the same model (logits) and tokenizer, quantized tensors stay quantized where MLX
 can keep them and equal llama.cpp's dequantization, and what cannot be read is refused
-naming the reason. The real model is in tests/test_real_model.py."""
+naming the reason. The real model is in tests/e2e/test_real_model.py."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from mlx_dpo.health import (
     summarize,
 )
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "health.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "health.md"
 
 Trajectory = Callable[[int], float]
 

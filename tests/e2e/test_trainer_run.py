@@ -142,7 +142,7 @@ def test_grad_checkpoint_run_restores_the_blocks(llama_chatml, preference_data, 
     np.testing.assert_allclose(
         [e["loss"] for e in steps(checkpointed)], [e["loss"] for e in steps(plain)], rtol=1e-4
     )
-    # Checkpointing keeps prefix sharing (tests/test_grad_checkpoint.py checks the gradients).
+    # Checkpointing keeps prefix sharing (tests/unit/test_grad_checkpoint.py checks the gradients).
     assert run_start(checkpointed)["prefix_sharing"] is True
     assert run_start(plain)["prefix_sharing"] is True
 

@@ -20,7 +20,7 @@ from mlx_dpo.config import TrainConfig, build_config, save_config
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import CONFIG_FILE, DASHBOARD_PID_ENV, LOCK_FILE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def train_args(model, data, run_dir, *extra) -> list[str]:

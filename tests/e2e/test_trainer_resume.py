@@ -27,8 +27,8 @@ from mlx_dpo.trainer.resume import (
     share_resume_point,
 )
 from mlx_dpo.trainer.run import RunOptions, train
-from tests.test_checkpoints import damage
 from tests.training import adapters, config_for, run, steps
+from tests.unit.test_checkpoints import damage
 
 
 def test_resume_equals_uninterrupted(llama_chatml, preference_data, tmp_path):

@@ -81,7 +81,7 @@ def test_a_killed_gguf_export_is_cleaned_up_by_the_next_one(trained_run, tmp_pat
     (tmp_path / "tuned.gguf.tmp-mine").mkdir()
     command = [sys.executable, "-m", "tests.faults", "rename:1", "--", "export", "--adapter-path",
                str(trained_run), "--gguf", str(out)]  # fmt: skip
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     killed = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     left = sorted(p.name for p in tmp_path.glob("tuned.gguf.tmp-*"))

@@ -112,7 +112,7 @@ def test_killing_the_dashboard_leaves_training_running(llama_chatml, preference_
         tmux("kill-session", "-t", session)
 
 
-LAUNCHER = Path(__file__).parent / "tui" / "launch_dashboard.py"
+LAUNCHER = Path(__file__).parent.parent / "tui" / "launch_dashboard.py"
 
 
 def start_fake_in_tmux(session: str, run_dir: Path, *trainer_args: str) -> None:

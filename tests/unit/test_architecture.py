@@ -13,7 +13,7 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 # The layers above the engine.
 NOT_ENGINE = {"cli", "tui"}
 

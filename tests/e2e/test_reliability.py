@@ -165,7 +165,7 @@ def test_data_loader_never_crashes_on_odd_shapes(tmp_path, record):
 
 # kill -9 at exact points of the real code path (tests/faults.py), and at random moments.
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAULT_ARGS = (
     "--iters", "8", "--batch-size", "2", "--save-every", "2", "--eval-every", "2",
     "--lora-dropout", "0.1",

@@ -124,7 +124,7 @@ def train_parser():
 
 
 def train_flags() -> dict[str, str]:
-    """TrainConfig key -> its flag, from the parser (tests/test_cli_flags.py: each has one)."""
+    """TrainConfig key -> its flag, from the parser (tests/unit/test_cli_flags.py: each has one)."""
     actions = {a.dest: a for a in train_parser()._actions}
     return {key: actions[key].option_strings[-1] for key in TRAIN_FLAG_KEYS}
 

@@ -17,7 +17,7 @@ from mlx_dpo.loss_catalog import (
     reward_kind,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", LOSSES)

@@ -154,7 +154,7 @@ def test_user_error_is_recorded_as_failed_export(export_runs, tmp_path):
     assert last["status"] == "failed" and "not quantized" in last["message"]
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def leftovers(out: Path) -> list[str]:

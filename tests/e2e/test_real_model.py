@@ -33,7 +33,7 @@ from tests.interop import logits_of, train_run
 
 pytestmark = pytest.mark.slow
 
-FACTS = Path(__file__).parent / "data" / "facts"
+FACTS = Path(__file__).parent.parent / "data" / "facts"
 
 
 def read_jsonl(path: Path) -> list[dict]:

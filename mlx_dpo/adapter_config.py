@@ -8,13 +8,12 @@ UserError naming the file and the field, never a traceback from deep inside MLX.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from mlx_dpo.config import INT_LIMIT, build_config
-from mlx_dpo.errors import UserError
+from mlx_dpo.errors import UserError, read_json_object
 from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE
 
 # The run's settings that eval, export and compare read back from an adapter folder (mlx-dpo
@@ -43,18 +42,7 @@ def read_adapter_config(adapter_path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"{adapter_path}: not an adapter folder (needs {ADAPTER_CONFIG_FILE} and {ADAPTER_FILE})"
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        # Not UTF-8, a number past Python's limit on digits, or nested too deeply.
-        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
-        raise UserError(f"{config_file}: not valid JSON ({reason})") from None
-    except OSError as err:
-        raise UserError(f"{config_file}: cannot read ({err.strerror})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{config_file}: must hold a JSON object")
+    config = read_json_object(config_file)
     problems = adapter_config_problems(config)
     if problems:
         raise UserError(f"{config_file}: invalid adapter configuration", problems)

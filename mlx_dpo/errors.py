@@ -1,8 +1,12 @@
-"""Errors caused by the user's input: reported as a message, never as a traceback."""
+"""Errors caused by the user's input: reported as a message, never as a traceback; and the
+reading of a JSON file the user gave, which names the file (and line) when it is not one."""
 
 from __future__ import annotations
 
 import errno
+import json
+from pathlib import Path
+from typing import Any
 
 
 class UserError(Exception):
@@ -58,3 +62,20 @@ def resource_failure(err: BaseException) -> str | None:
         where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
         return f"disk full{where} ({text}); free some space, then continue with --resume"
     return None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object, or a UserError naming the file (and line)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # Not UTF-8, a number past Python's limit on digits, or nested too deeply.
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise UserError(f"{path}: not valid JSON ({reason})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: must hold a JSON object, not {type(value).__name__}")
+    return value

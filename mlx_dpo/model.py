@@ -21,7 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_dpo.adapter_config import read_adapter_config
-from mlx_dpo.errors import UserError
+from mlx_dpo.errors import UserError, read_json_object
 from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, Progress, atomic_write_json
 from mlx_dpo.gguf import find_gguf, load_gguf
 from mlx_dpo.safetensors_header import check_safetensors
@@ -91,23 +91,6 @@ def check_model_folder(path: Path) -> None:
             read_json_object(path / name)
     for file in weights:
         check_safetensors(file, "the model's weights")
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object, or a UserError naming the file (and line)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        # Not UTF-8, a number past Python's limit on digits, or nested too deeply.
-        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
-        raise UserError(f"{path}: not valid JSON ({reason})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: must hold a JSON object, not {type(value).__name__}")
-    return value
 
 
 def config_value(path: Path, key: str) -> Any:

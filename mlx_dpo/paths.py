@@ -14,6 +14,10 @@ from mlx_dpo.errors import UserError
 
 # $NAME or ${NAME} left in a path after expansion: a variable that is not set.
 _UNSET_VARIABLE = re.compile(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
+# What Linux and macOS file systems take: a name of at most 255 bytes, a path of at most 1024
+# (macOS's PATH_MAX; Linux takes 4096). Longer, every later call fails with ENAMETOOLONG.
+NAME_MAX = 255
+PATH_MAX = 1024
 
 
 def expand(value: str, what: str) -> str:
@@ -25,6 +29,12 @@ def expand(value: str, what: str) -> str:
     unset = _UNSET_VARIABLE.search(expanded)
     if unset:
         raise UserError(f"{what}: {value!r} uses {unset.group(0)}, which is not set")
+    longest = max(len(part.encode(errors="surrogateescape")) for part in expanded.split(os.sep))
+    if longest > NAME_MAX or len(expanded.encode(errors="surrogateescape")) > PATH_MAX:
+        raise UserError(
+            f"{what}: a path of {len(expanded)} characters with a name of {longest} bytes "
+            f"({expanded[:40]}...); file names take at most {NAME_MAX} bytes, paths {PATH_MAX}"
+        )
     return expanded
 
 

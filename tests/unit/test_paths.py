@@ -51,3 +51,14 @@ def test_a_hub_id_stays_as_written_and_a_local_source_becomes_absolute(home, tmp
 def test_shown_paths_never_keep_a_tilde(home):
     assert paths.shown("~/runs/x") == f"{home}/runs/x"
     assert os.path.isabs(paths.shown("runs/x"))
+
+
+@pytest.mark.parametrize(
+    "value", ["9" * 256, "runs/" + "x" * 300 + "/run", "/".join(["d" * 200] * 6)]
+)
+def test_a_name_no_file_system_takes_is_refused_naming_the_setting(value):
+    """The deep fuzz profile found `--adapter-path=999…` (5000 digits) ending in a traceback
+    (ENAMETOOLONG from the first stat); it is a user's mistake like an empty path."""
+    with pytest.raises(UserError, match="--adapter-path: a path of .* file names take at most 255"):
+        paths.expand(value, "--adapter-path")
+    assert paths.expand("x" * 255, "--adapter-path") == "x" * 255

@@ -232,10 +232,19 @@ def add_json(parser: Parser) -> None:
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per key of TRAIN_FLAG_KEYS, in groups; the defaults printed are TrainConfig's.
-    Long because it is a table of flags, one statement each."""
-    d = TrainConfig()
-    g = parser.add_argument_group("model and data")
+    """One flag per key of TRAIN_FLAG_KEYS, in groups; the defaults printed are TrainConfig's."""
+    defaults = TrainConfig()
+    _model_and_data_flags(parser.add_argument_group("model and data"), defaults)
+    _schedule_flags(parser.add_argument_group("schedule"), defaults)
+    _objective_flags(parser.add_argument_group("objective"), defaults)
+    _lora_flags(parser.add_argument_group("LoRA"), defaults)
+    _evaluation_flags(parser.add_argument_group("evaluation and checkpoints"), defaults)
+    _memory_flags(parser.add_argument_group("memory"), defaults)
+    _control_flags(parser.add_argument_group("control"), defaults)
+
+
+def _model_and_data_flags(g: Parser, d: TrainConfig) -> None:
+    """The "model and data" train flags."""
     add_model(g)
     add_data(g)
     g.add_argument(
@@ -268,7 +277,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--init-adapter", help="start from this LoRA adapter (reference = base + it)")
     add_trust_remote_code(g, default=None)
-    g = parser.add_argument_group("schedule")
+
+
+def _schedule_flags(g: Parser, d: TrainConfig) -> None:
+    """The "schedule" train flags."""
     g.add_argument("--iters", type=whole_number, help="optimizer steps (default: one epoch)")
     g.add_argument("--epochs", type=finite_number, help="epochs over the train split")
     add_batch_size(g, allow_auto=True)
@@ -295,7 +307,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seed", type=seed_number, help=f"data order, LoRA init and dropout (default {d.seed})"
     )
-    g = parser.add_argument_group("objective")
+
+
+def _objective_flags(g: Parser, d: TrainConfig) -> None:
+    """The "objective" train flags."""
     add_beta(g, f"default {d.beta}")
     g.add_argument(
         "--loss",
@@ -351,7 +366,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="cached: reference log-probs computed once and kept on disk; live: every step "
         f"(default {d.reference})",
     )
-    g = parser.add_argument_group("LoRA")
+
+
+def _lora_flags(g: Parser, d: TrainConfig) -> None:
+    """The "LoRA" train flags."""
     g.add_argument("--lora-rank", type=whole_number, help=f"default {d.lora_rank}")
     g.add_argument(
         "--lora-scale",
@@ -374,7 +392,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         const=False,
         help="run each prompt twice (with chosen and rejected) instead of once",
     )
-    g = parser.add_argument_group("evaluation and checkpoints")
+
+
+def _evaluation_flags(g: Parser, d: TrainConfig) -> None:
+    """The "evaluation and checkpoints" train flags."""
     g.add_argument(
         "--eval-every",
         type=whole_number,
@@ -402,13 +423,19 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         type=whole_number,
         help=f"tokens per answer (default {d.sample_max_tokens})",
     )
-    g = parser.add_argument_group("memory")
+
+
+def _memory_flags(g: Parser, d: TrainConfig) -> None:
+    """The "memory" train flags."""
     g.add_argument(
         "--memory-limit-gb",
         type=finite_number,
         help="memory the run may use (default: the device's); the plan and the guard use it",
     )
-    g = parser.add_argument_group("control")
+
+
+def _control_flags(g: Parser, d: TrainConfig) -> None:
+    """The "control" train flags."""
     g.add_argument(
         "--pause-timeout-minutes",
         type=finite_number,

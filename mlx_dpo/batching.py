@@ -194,6 +194,12 @@ def batches_per_epoch(num_pairs: int, batch_size: int, world_size: int = 1) -> i
     return full + (1 if rest and (world_size == 1 or rest >= world_size) else 0)
 
 
-def eval_batches(num_pairs: int, batch_size: int) -> list[list[int]]:
-    """Evaluation and reference passes: the split in order, length-sorted to pad little."""
-    return [list(range(i, min(i + batch_size, num_pairs))) for i in range(0, num_pairs, batch_size)]
+def length_sorted_batches(
+    lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[np.ndarray]:
+    """The forward-only passes' batches (reference precompute, evaluation): positions
+    sorted by length, `batch_size` at a time, so a batch pads little; each pass puts the
+    results back at their positions. With several ranks, rank r takes every world_size-th
+    position of the sorted order."""
+    order = np.argsort(lengths, kind="stable")[rank::world_size]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

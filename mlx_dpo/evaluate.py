@@ -35,6 +35,7 @@ from mlx_dpo.events import (
     finite_or_none,
 )
 from mlx_dpo.losses import PairLogps, UnpairedLogps
+from mlx_dpo.memory.session import forward_batch_for
 from mlx_dpo.model import print_note
 from mlx_dpo.session import Session, open_session
 from mlx_dpo.trainer.batch_logps import compute_reference, reference_columns
@@ -92,7 +93,7 @@ def evaluate_command(
     data: str,
     split: str = "test",
     beta: float | None = None,
-    batch_size: int = TrainConfig.batch_size,
+    batch_size: int | None = None,
     max_length: int | None = None,
     output: str | None = None,
     trust_remote_code: bool = False,
@@ -104,7 +105,9 @@ def evaluate_command(
     """The split's metrics (evaluation.evaluate_split); with `output`, one JSON line a pair
     (kto: a completion) with its log-probs and rewards, written there atomically.
     `reference_mode` "cached" reads (and fills) the reference cache, "live" leaves it alone;
-    `on_note` hears where the reference log-probs came from."""
+    `on_note` hears where the reference log-probs came from. `batch_size`: pairs a forward
+    batch; default the most whose memory stays within a training step's at the default
+    batch size (memory.session.forward_batch_for)."""
     if output is not None:
         check_output_path(output)
     if reference_mode not in REFERENCE_MODES:
@@ -115,7 +118,7 @@ def evaluate_command(
         raise UserError("no model given: pass --model (or an --adapter-path that records it)")
     if beta is not None and not (math.isfinite(beta) and beta > 0):
         raise UserError(f"--beta must be > 0, got {beta}")
-    if not 0 < batch_size <= INT_LIMIT:
+    if batch_size is not None and not 0 < batch_size <= INT_LIMIT:
         raise UserError(f"--batch-size must be > 0, got {batch_size}")
     if max_length is not None and not 8 <= max_length <= INT_LIMIT:
         raise UserError(f"--max-length must be >= 8, got {max_length}")
@@ -126,7 +129,6 @@ def evaluate_command(
         data_revision=data_revision,
         beta=beta if beta is not None else float(saved.get("beta", TrainConfig.beta)),
         **{key: saved[key] for key in LOSS_KEYS if saved.get(key) is not None},
-        batch_size=batch_size,
         max_length=max_length or int(saved.get("max_length", TrainConfig.max_length)),
         fields=saved.get("fields") or {},
         quantize=saved.get("quantize"),
@@ -139,14 +141,22 @@ def evaluate_command(
     # bco_pair's reward shift as training left it (beside the adapters, or in a checkpoint).
     loss_state = checkpoints.load_loss_state(Path(adapter_path)) if adapter_path else None
     data_split = session.splits[split]
+    batch_size = batch_size or forward_batch_for(session, config, data_split)
     columns = reference_columns(config)
     use_cache = reference_mode == "cached" and bool(columns)
     # Without an adapter the model is its own reference: one forward pass gives both.
     own_reference = adapter_path is None
     cached = None
     if use_cache and not own_reference:
-        cached = split_reference(session, data_split, config, on_note)
-    logps = evaluation_logps(session, data_split, config, cached, reference_is_policy=own_reference)
+        cached = split_reference(session, data_split, config, batch_size, on_note)
+    logps = evaluation_logps(
+        session,
+        data_split,
+        config,
+        cached,
+        reference_is_policy=own_reference,
+        batch_size=batch_size,
+    )
     if use_cache and own_reference:
         keep_reference(session, data_split, columns, logps)
     if own_reference and columns and not isinstance(data_split, CompletionSplit):
@@ -167,6 +177,7 @@ def split_reference(
     session: Session,
     split: TokenizedSplit,
     config: TrainConfig,
+    batch_size: int,
     on_note: Callable[[str], None] = print_note,
 ) -> ReferenceColumns:
     """The split's reference columns (batch_logps.reference_columns) from the cache training
@@ -185,7 +196,7 @@ def split_reference(
             key,
             split,
             compute_reference(session, split, columns),
-            config.batch_size,
+            batch_size,
             lambda _done, _total, cached, _eta: read_by_pass.append(cached),
             use_cache=writable,
             columns=columns,

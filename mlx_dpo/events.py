@@ -18,7 +18,8 @@ Event fields beyond event/step/time (numbers that are not finite are null):
                export's --dequantize only then),
                memory_plan {total_gb, limit_gb, limit_source, verdict ("fits" | "tight" |
                "will not fit"), components_gb {name: GB}, activations_checkpointed_gb, batch,
-               suggestions [{change, total_gb, note}]} (mlx_dpo.memory.arithmetic.plan_dict),
+               suggestions [{change, total_gb, note}], forward {pairs, total_gb}: the
+               reference and evaluation passes' batch} (mlx_dpo.memory.arithmetic.plan_dict),
                data_shape (the shapes the data was read as, "+"-joined: "standard",
                "conversational", "implicit-prompt", "conversations+prompt",
                "ultrafeedback-binarized", "hh-text", "question+system", "fields";
@@ -351,7 +352,8 @@ _ROUND = _typed(round=_is_whole, status=_STR, step=_is_whole, train_pairs=_is_wh
                 valid_pairs=_is_whole, final_eval=_EVAL, best_eval=_EVAL)  # fmt: skip
 _PLAN = _typed(total_gb=_is_number, limit_gb=_is_number, limit_source=_STR, verdict=_STR,
                components_gb=_numbers, activations_checkpointed_gb=_is_number,
-               suggestions=_list_of(_typed(change=_STR, total_gb=_is_number, note=_STR)))  # fmt: skip
+               suggestions=_list_of(_typed(change=_STR, total_gb=_is_number, note=_STR)),
+               forward=_typed(pairs=_is_whole, total_gb=_is_number))  # fmt: skip
 EVENT_FIELD_TYPES: dict[str, dict[str, Callable[[Any], bool]]] = {
     "*": {"step": _is_whole, "time": _is_number},
     "run_start": {

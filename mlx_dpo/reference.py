@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_dpo.batching import length_sorted_batches
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.events import atomic_write_bytes
@@ -266,8 +267,8 @@ def reference_logps(
         if progress:
             progress(total, total, True, 0.0)
         return cached
-    # Length-sorted batches pad little; results go back to their pairs' positions.
-    order = np.argsort(split.pair_lengths(), kind="stable")[ranks.rank :: ranks.size]
+    batches = length_sorted_batches(split.pair_lengths(), batch_size, ranks.rank, ranks.size)
+    order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
     partial_path = _partial_path(key, ranks)
     partial = _load_partial(partial_path, key, total, columns, warn) if use_cache else None
     if partial is None:
@@ -280,8 +281,7 @@ def reference_logps(
     if progress:
         progress(min(done * ranks.size, total), total, False, None)
     tic = last_save = time.monotonic()
-    for start in range(0, len(order), batch_size):
-        positions = order[start : start + batch_size]
+    for positions in batches:
         stop = should_stop is not None and should_stop()
         if ranks.size > 1:
             stop = ranks.any(stop)

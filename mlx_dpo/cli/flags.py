@@ -129,7 +129,7 @@ def add_beta(parser: Parser, note: str) -> None:
 
 def add_batch_size(parser: Parser, allow_auto: bool) -> None:
     """Train takes an integer or `auto` and defaults to None (unset); eval takes an integer
-    and defaults to TrainConfig's batch size."""
+    and defaults to None: the forward batch the memory plan allows."""
     if allow_auto:
         parser.add_argument(
             "--batch-size",
@@ -138,12 +138,11 @@ def add_batch_size(parser: Parser, allow_auto: bool) -> None:
             "the memory plan fits",
         )
     else:
-        default = TrainConfig().batch_size
         parser.add_argument(
             "--batch-size",
             type=whole_number,
-            default=default,
-            help=f"pairs per batch (default {default})",
+            help="pairs per batch (default: the most whose memory stays within a training "
+            f"step's at batch size {TrainConfig().batch_size}, up to 16)",
         )
 
 

@@ -57,6 +57,20 @@ LOGITS_BACKWARD_F32 = 1.4
 # A model that computes in 16 bits also holds its logits (and their gradient) in its own
 # dtype beside the float32 ones: × vocab × activation bytes.
 LOGITS_MODEL_DTYPE = 2.0
+# A forward-only pass (the reference precompute, evaluation) keeps nothing for a backward
+# pass: one layer's working set at a time, the keys and values its KV cache holds for every
+# layer (prefix sharing), and one chunk of the head's logits. Per position:
+FORWARD_HIDDEN = 8.0  # × hidden × activation bytes (residual, norms, q/k/v/o outputs)
+FORWARD_INTERMEDIATE = 3.0  # × intermediate × activation bytes (gate, up, their product)
+FORWARD_ATTENTION_F32 = 2.0  # × heads × key positions × 4 bytes (scores and their softmax)
+FORWARD_LOGITS_F32 = 3.0  # × the logits chunk (logits, their exponentials, the result)
+# Largest float32 logits block of one head chunk (logprobs.LOGITS_BUDGET_BYTES: the
+# arithmetic stays free of MLX, so the number is repeated here and a test keeps them equal).
+LOGITS_CHUNK_BYTES = 1 << 28
+# Pairs a forward-only batch holds at most, whatever the memory allows: taller matrices gain
+# nothing measurable past this (SmolLM2-135M on a CPU: 4, 16 and 64 pairs a batch cost the
+# same per pair), and a stop waits for the batch in flight.
+FORWARD_BATCH_MAX = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +318,10 @@ class MemoryPlan:
     limit: int
     limit_source: str
     suggestions: list[Suggestion] = field(default_factory=list)
+    # The forward-only passes (reference precompute, evaluation): pairs a batch, and their
+    # estimated peak, never above the training step's.
+    forward_batch: int = 0
+    forward_bytes: int = 0
 
     @property
     def verdict(self) -> str:
@@ -324,7 +342,14 @@ def plan_memory(
     """The estimate, compared with the limit; when it is not a plain fit, the cheapest
     changes that make it fit, each with its new estimate."""
     estimate = estimate_memory(model, lengths, settings)
-    plan = MemoryPlan(estimate, limit, limit_source)
+    batch = forward_batch_size(model, lengths, settings, estimate.total)
+    plan = MemoryPlan(
+        estimate,
+        limit,
+        limit_source,
+        forward_batch=batch,
+        forward_bytes=forward_memory(model, lengths, settings, batch),
+    )
     if plan.verdict == "fits":
         return plan
 
@@ -410,6 +435,47 @@ def _changes(model: ModelShape, lengths: Lengths, settings: Settings) -> list[li
     ]
 
 
+def forward_memory(model: ModelShape, lengths: Lengths, settings: Settings, pairs: int) -> int:
+    """Peak MLX memory of a forward-only pass over the longest batch of `pairs` pairs: the
+    weights, one layer's working set, the keys and values a KV cache keeps for every layer
+    (prefix sharing: the prompts', then the responses' rows continuing from them), and the
+    head's logits, one chunk at a time."""
+    batch = longest_batch(lengths, dataclasses.replace(settings, batch_size=pairs))
+    s = model.activation_bytes
+    kv_position = 2 * model.kv_heads * model.head_dim * s
+    working = 0.0
+    cached = 0.0
+    for rows, query, keys, held in batch.passes():
+        per_position = FORWARD_HIDDEN * model.hidden + FORWARD_INTERMEDIATE * model.intermediate
+        layer = rows * query * per_position * s
+        layer += FORWARD_ATTENTION_F32 * rows * model.heads * query * keys * 4
+        working = max(working, layer)
+        if batch.shared_prompt:
+            cached += model.layers * rows * held * kv_position
+    logits = batch.rows * head_positions(model, batch) * model.vocab * 4
+    base = model.base_weight_bytes
+    if settings.quantize == 4 and model.base_weight_bytes_4bit is not None:
+        base = model.base_weight_bytes_4bit
+    weights = base + model.lora_bytes + model.frozen_adapter_bytes
+    return round(weights + working + cached + FORWARD_LOGITS_F32 * min(logits, LOGITS_CHUNK_BYTES))
+
+
+def forward_batch_size(
+    model: ModelShape, lengths: Lengths, settings: Settings, budget: float
+) -> int:
+    """Pairs a batch of the forward-only passes: the most, up to FORWARD_BATCH_MAX, whose
+    estimated peak stays within `budget` (the training step's: those passes never need more
+    memory than the run's steps); never fewer than the training batch."""
+    best = settings.batch_size
+    for pairs in range(settings.batch_size + 1, FORWARD_BATCH_MAX + 1):
+        if pairs > max(lengths.pairs, 1):
+            break
+        if forward_memory(model, lengths, settings, pairs) > budget:
+            break
+        best = pairs
+    return best
+
+
 def choose_batch_size(
     model: ModelShape,
     lengths: Lengths,
@@ -478,9 +544,19 @@ def format_plan(plan: MemoryPlan) -> list[str]:
             f"  {name:16s} {format_size(estimate.components[name]):>10s}   {details[name]}"
         )
     lines.append(f"  {'total':16s} {format_size(estimate.total):>10s}")
+    if plan.forward_batch:
+        lines.append(f"  {'forward passes':16s} {format_size(plan.forward_bytes):>10s}   "
+                     f"{_forward_line(plan)}")  # fmt: skip
     lines.append(_verdict_line(plan))
     lines += _suggestion_lines(plan)
     return lines
+
+
+def _forward_line(plan: MemoryPlan) -> str:
+    return (
+        f"reference and evaluation, no gradient: {plan.forward_batch} pairs a batch "
+        "(at most the step's peak)"
+    )
 
 
 def _verdict_line(plan: MemoryPlan) -> str:
@@ -517,6 +593,8 @@ def summary_lines(plan: MemoryPlan) -> list[str]:
         f"  weights {format_size(c['base weights'])}, LoRA + optimizer + gradients {format_size(lora_side)}, "
         f"activations {format_size(c['activations'])}, logits {format_size(c['logits'])}",
     ]
+    if plan.forward_batch:
+        lines.append(f"  forward passes {format_size(plan.forward_bytes)}: {_forward_line(plan)}")
     return lines + _suggestion_lines(plan)
 
 
@@ -543,4 +621,5 @@ def plan_dict(plan: MemoryPlan) -> dict[str, Any]:
             {"change": s.change, "total_gb": s.estimate.total / GB, "note": s.note}
             for s in plan.suggestions
         ],
+        "forward": {"pairs": plan.forward_batch, "total_gb": plan.forward_bytes / GB},
     }

@@ -10,8 +10,14 @@ from mlx.utils import tree_flatten
 
 from mlx_dpo import loss_catalog
 from mlx_dpo.config import TrainConfig
-from mlx_dpo.data import PairsView, TokenizedPair
-from mlx_dpo.memory.arithmetic import Lengths, ModelShape, Settings
+from mlx_dpo.data import PairsView, TokenizedPair, TokenizedSplit
+from mlx_dpo.memory.arithmetic import (
+    Lengths,
+    ModelShape,
+    Settings,
+    estimate_memory,
+    forward_batch_size,
+)
 from mlx_dpo.model import ADAPTER_LEAVES
 from mlx_dpo.session import Session
 from mlx_dpo.unpaired import CompletionSplit
@@ -134,11 +140,25 @@ def session_shape(session: Session, config: TrainConfig) -> ModelShape:
     )
 
 
-def session_lengths(session: Session) -> Lengths:
-    """The lengths of the train pairs: the plan's longest batch comes from them. A kto
-    batch's second rows are KL rows, other completions of the same data: the completions'
-    lengths stand for them."""
-    lengths = data_lengths(session.splits["train"].pairs)
-    if isinstance(session.splits["train"], CompletionSplit):
+def session_lengths(session: Session, split: TokenizedSplit | None = None) -> Lengths:
+    """The lengths of the train pairs (or of `split`'s): the plan's longest batch comes from
+    them. A kto batch's second rows are KL rows, other completions of the same data: the
+    completions' lengths stand for them."""
+    split = session.splits["train"] if split is None else split
+    lengths = data_lengths(split.pairs)
+    if isinstance(split, CompletionSplit):
         lengths = Lengths(prompt=lengths.prompt, chosen=lengths.chosen, rejected=lengths.chosen)
     return lengths
+
+
+def forward_batch_for(session: Session, config: TrainConfig, split: TokenizedSplit) -> int:
+    """Pairs a batch for the forward-only passes over `split` (the reference precompute,
+    evaluation): the most whose estimated peak stays within a training step's at
+    config.batch_size on the same data (arithmetic.forward_batch_size)."""
+    if len(split) == 0:
+        return int(config.batch_size)
+    shape = session_shape(session, config)
+    lengths = session_lengths(session, split)
+    settings = session_settings(session, config)
+    budget = estimate_memory(shape, lengths, settings).total
+    return forward_batch_size(shape, lengths, settings, budget)

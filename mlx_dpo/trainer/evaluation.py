@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_dpo import loss_catalog
+from mlx_dpo.batching import length_sorted_batches
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.errors import UserError
@@ -60,6 +61,7 @@ def evaluate_split(
     loss_state: LossState | None = None,
     should_stop: Callable[[], bool] | None = None,
     reference_is_policy: bool = False,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """The loss and metrics over a whole split (means over its pairs, or completions for
     kto), and for pairs the policy's own log-prob preference (preference_metrics). With
@@ -70,11 +72,12 @@ def evaluate_split(
     the policy is its own reference (a model evaluated without an adapter), so one forward
     pass gives both. `loss_state` is the run's loss state (bco_pair's reward shift), used as
     it is: evaluating never advances it; None starts from the initial state. `should_stop()`
-    is asked between batches: when true, EvaluationStopped is raised."""
+    is asked between batches: when true, EvaluationStopped is raised. `batch_size`: pairs a
+    forward batch (memory.session.forward_batch_for), else config.batch_size."""
     if isinstance(reference_logps, tuple):
         reference_logps = dict(zip(reference_columns(config), reference_logps, strict=True))
     logps = evaluation_logps(
-        session, split, config, reference_logps, should_stop, reference_is_policy
+        session, split, config, reference_logps, should_stop, reference_is_policy, batch_size
     )
     return evaluation_metrics(split, logps, config, loss_state, per_pair)
 
@@ -86,14 +89,19 @@ def evaluation_logps(
     reference_logps: ReferenceColumns | None = None,
     should_stop: Callable[[], bool] | None = None,
     reference_is_policy: bool = False,
+    batch_size: int | None = None,
 ) -> PairLogps | UnpairedLogps:
     """The log-probs an evaluation of the split reads: split_logps for pairs,
-    completion_logps for kto's completions."""
+    completion_logps for kto's completions, `batch_size` pairs (or completions) a forward
+    batch (default config.batch_size)."""
+    batches = length_sorted_batches(split.pair_lengths(), batch_size or config.batch_size)
     if isinstance(split, CompletionSplit):
         return completion_logps(
-            session, split, config, reference_logps, should_stop, reference_is_policy
+            session, split, config, reference_logps, should_stop, reference_is_policy, batches
         )
-    return split_logps(session, split, config, reference_logps, should_stop, reference_is_policy)
+    return split_logps(
+        session, split, config, reference_logps, should_stop, reference_is_policy, batches
+    )
 
 
 def evaluation_metrics(
@@ -142,6 +150,7 @@ def split_logps(
     reference_logps: ReferenceColumns | None = None,
     should_stop: Callable[[], bool] | None = None,
     reference_is_policy: bool = False,
+    batches: list[np.ndarray] | None = None,
 ) -> PairLogps:
     """The policy's (and, unless given, the reference's) summed response log-probs of every
     pair of the split, in the split's order, with what the loss's options read (LD-DPO's
@@ -160,7 +169,9 @@ def split_logps(
     reference = {name: np.zeros(n_pairs, np.float32) for name in columns}
     tokens = np.zeros(2 * n_pairs, np.float32)
     live_reference = reference_logps is None and not reference_is_policy
-    for positions in _length_sorted_batches(split, config.batch_size):
+    if batches is None:
+        batches = length_sorted_batches(split.pair_lengths(), config.batch_size)
+    for positions in batches:
         if should_stop is not None and should_stop():
             raise EvaluationStopped
         rows = np.concatenate([positions, positions + n_pairs])
@@ -200,14 +211,6 @@ def split_logps(
         mx.array(tokens[:n_pairs]),
         mx.array(tokens[n_pairs:]),
     )
-
-
-def _length_sorted_batches(split: TokenizedSplit, batch_size: int) -> list[np.ndarray]:
-    """The split's positions in batches of similar length (as the reference precompute
-    takes them): less padding than the split's order, and the results go back to their
-    positions."""
-    order = np.argsort(split.pair_lengths(), kind="stable")
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def pair_rows(
@@ -281,6 +284,7 @@ def completion_logps(
     reference_logps: ReferenceColumns | None = None,
     should_stop: Callable[[], bool] | None = None,
     reference_is_policy: bool = False,
+    batches: list[np.ndarray] | None = None,
 ) -> UnpairedLogps:
     """The policy's and the reference's log-probs of every completion of the split and of
     its KL row, in the split's order; the completions' reference from `reference_logps`
@@ -297,7 +301,9 @@ def completion_logps(
     n_items = len(split)
     policy = np.zeros(2 * n_items, np.float32)
     reference = np.zeros(2 * n_items, np.float32)
-    for positions in _length_sorted_batches(split, config.batch_size):
+    if batches is None:
+        batches = length_sorted_batches(split.pair_lengths(), config.batch_size)
+    for positions in batches:
         if should_stop is not None and should_stop():
             raise EvaluationStopped
         rows = np.concatenate([positions, positions + n_items])

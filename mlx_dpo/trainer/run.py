@@ -32,7 +32,7 @@ from mlx_dpo.memory.guard import (
     start_run_memory,
     will_not_fit_message,
 )
-from mlx_dpo.memory.session import data_lengths
+from mlx_dpo.memory.session import data_lengths, forward_batch_for
 from mlx_dpo.model import adapter_weights, count_parameters, is_quantized
 from mlx_dpo.platform import peak_memory_gb, restore_cache_limit, set_wired_limit
 from mlx_dpo.rounds import round_fields
@@ -415,7 +415,7 @@ class Run:
                 reference.cache_key(self.session.weights_fingerprint, split),
                 split,
                 compute_reference(self.session, split, columns),
-                self.config.batch_size,
+                forward_batch_for(self.session, self.config, split),
                 ReferenceProgress(name, self.events, self.say, unit),
                 ranks=self.ranks,
                 should_stop=self.control.stop_requested,
@@ -569,6 +569,7 @@ class Run:
                 self.cached_reference.get("valid"),
                 loss_state=self.training_step.loss_state,
                 should_stop=self.control.stop_requested,
+                batch_size=forward_batch_for(self.session, self.config, self.valid_split),
             )
         except EvaluationStopped:
             self.say(f"stopped during the evaluation at step {self.step}")

@@ -233,7 +233,7 @@ def test_an_adapter_reads_the_reference_that_training_cached(
         reference_mode="live",
         on_note=notes.append,
     )
-    assert reference_passes[0] == 2  # batches of 4
+    assert reference_passes[0] == 1  # the plan's forward batch holds all 8 pairs
     assert warm.keys() == live.keys()
     for name, value in warm.items():
         assert value == pytest.approx(live[name], rel=1e-5, abs=1e-6), name
@@ -246,10 +246,10 @@ def test_a_missing_reference_is_computed_once_and_kept(
     notes = []
     cold = evaluate_command(None, str(adapter), str(preference_data), "test", on_note=notes.append)
     assert (
-        reference_passes[0] == 2 and "computed in" in notes[0] and "(kept in the cache)" in notes[0]
+        reference_passes[0] == 1 and "computed in" in notes[0] and "(kept in the cache)" in notes[0]
     )
     warm = evaluate_command(None, str(adapter), str(preference_data), "test", on_note=notes.append)
-    assert reference_passes[0] == 2 and notes[1].endswith("read from the cache")
+    assert reference_passes[0] == 1 and notes[1].endswith("read from the cache")
     assert warm == cold
 
 
@@ -278,7 +278,7 @@ def test_a_read_only_cache_is_read_and_never_fails_the_evaluation(
     notes = []
     monkeypatch.setenv("MLX_DPO_CACHE", str(read_only_folder))
     result = evaluate_command(None, str(adapter), str(preference_data), on_note=notes.append)
-    assert result["pairs"] == 8 and reference_passes[0] == 2
+    assert result["pairs"] == 8 and reference_passes[0] == 1
     assert "not kept: the cache folder is read-only" in notes[0]
     assert not list(read_only_folder.iterdir())
     # A read-only cache that holds the entry (training filled it): read, nothing written.

@@ -12,7 +12,7 @@ from mlx_dpo.batching import (
     batches_per_epoch,
     collate,
     epoch_batches,
-    eval_batches,
+    length_sorted_batches,
     round_up,
 )
 from mlx_dpo.data import TokenizedPair
@@ -121,6 +121,13 @@ def test_batches_per_epoch_with_ranks():
     assert len(epoch_batches(lengths_pairs(25), 4, 0, 0, True, 0, 2)) == 3
 
 
-def test_eval_batches_keep_the_split_order():
-    assert eval_batches(7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert eval_batches(0, 3) == []
+def test_forward_batches_are_length_sorted_and_cover_every_position():
+    lengths = np.array([50, 10, 40, 20, 30, 10, 60])
+    batches = length_sorted_batches(lengths, 3)
+    assert [b.tolist() for b in batches] == [[1, 5, 3], [4, 2, 0], [6]]
+    assert length_sorted_batches(np.array([], dtype=np.int64), 3) == []
+    shards = [length_sorted_batches(lengths, 2, rank, 2) for rank in (0, 1)]
+    assert [b.tolist() for b in shards[0]] == [[1, 3], [2, 6]]
+    assert [b.tolist() for b in shards[1]] == [[5, 4], [0]]
+    every = sorted(int(i) for shard in shards for b in shard for i in b)
+    assert every == list(range(7))

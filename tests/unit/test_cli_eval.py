@@ -10,7 +10,6 @@ import pytest
 
 from mlx_dpo import evaluate
 from mlx_dpo.cli import main
-from mlx_dpo.config import TrainConfig
 
 RESULT = {"pairs": 8, "loss": 0.6931, "rewards/accuracies": 0.625}
 
@@ -36,7 +35,7 @@ def test_defaults_reach_the_evaluation(calls, capsys):
             "data": "d",
             "split": "test",
             "beta": None,  # the adapter's, else TrainConfig's
-            "batch_size": TrainConfig().batch_size,
+            "batch_size": None,  # the forward batch the memory plan allows
             "max_length": None,
             "output": None,
             "trust_remote_code": False,
@@ -160,7 +159,10 @@ def test_train_then_eval_reads_the_cached_reference(
     assert 0 <= printed["logps/preference_accuracy_per_token"] <= 1
     assert main([*args, "--split", "valid", "--reference", "live"]) == 0
     out, _ = capsys.readouterr()
-    assert len(passes) == 2  # live: the reference of each batch of 4
+    assert len(passes) == 1  # live: the reference of each batch, all 8 pairs in one here
+    assert main([*args, "--split", "valid", "--reference", "live", "--batch-size", "4"]) == 0
+    out, _ = capsys.readouterr()
+    assert len(passes) == 1 + 2  # two batches of 4
     lines = out.splitlines()
     assert lines[0] == f"8 pairs (valid split of {preference_data})"
     shown = {line.split()[0]: float(line.split()[1]) for line in lines[1:]}

@@ -11,6 +11,8 @@ import pytest
 from mlx_dpo.data import truncate
 from mlx_dpo.memory.arithmetic import (
     COMPONENTS,
+    FORWARD_BATCH_MAX,
+    LOGITS_CHUNK_BYTES,
     Lengths,
     ModelShape,
     Settings,
@@ -18,6 +20,8 @@ from mlx_dpo.memory.arithmetic import (
     cut_lengths,
     estimate_memory,
     format_plan,
+    forward_batch_size,
+    forward_memory,
     longest_batch,
     plan_dict,
     plan_memory,
@@ -220,28 +224,77 @@ def test_the_plan_as_text():
         and "3.7 MB with --grad-checkpoint" in lines[5]
     )
     assert lines[8].split() == ["total", "5.6", "MB"]
-    # 5,574,860 of 5,000,000 bytes: 111%.
+    # The forward-only passes: 3 pairs a batch (all there are) in 3,952,336 bytes
+    # (test_forward_pass_memory_by_hand), within the step's 5,574,860.
     assert lines[9] == (
+        "  forward passes       4.0 MB   reference and evaluation, no gradient: 3 pairs a batch "
+        "(at most the step's peak)"
+    )
+    # 5,574,860 of 5,000,000 bytes: 111%.
+    assert lines[10] == (
         "  available 5.0 MB (memory_limit_gb): will not fit (111% of it; tight above 70%, "
         "stopped above 90%)"
     )
-    assert lines[10] == "  to fit:"
-    assert lines[11].split() == [
+    assert lines[11] == "  to fit:"
+    assert lines[12].split() == [
         "--batch-size", "1", "--grad-accumulation", "2", "3.1", "MB", "(same", "effective",
         "batch", "of", "2)",
     ]  # fmt: skip
-    assert lines[12].split()[:4] == ["--max-length", "32", "3.1", "MB"]
-    assert lines[12].endswith("(cuts 2 of 3 pairs)")
+    assert lines[13].split()[:4] == ["--max-length", "32", "3.1", "MB"]
+    assert lines[13].endswith("(cuts 2 of 3 pairs)")
     assert summary_lines(plan) == [
         "memory plan: 5.6 MB of 5.0 MB (memory_limit_gb): will not fit",
         "  weights 0.6 MB, LoRA + optimizer + gradients 40.0 KB, activations 4.5 MB, logits 0.4 MB",
-        *lines[10:],
+        "  forward passes 4.0 MB: reference and evaluation, no gradient: 3 pairs a batch (at "
+        "most the step's peak)",
+        *lines[11:],
     ]
     fits = plan_memory(MODEL, LENGTHS, Settings(batch_size=2), 10**9, "physical memory")
     assert format_plan(fits)[-1].endswith("fits (1% of it; tight above 70%, stopped above 90%)")
-    assert len(summary_lines(fits)) == 2  # nothing to suggest
+    assert len(summary_lines(fits)) == 3  # nothing to suggest
     hopeless = plan_memory(MODEL, LENGTHS, Settings(batch_size=2), 1_000_000)
     assert format_plan(hopeless)[-1].startswith("  no change tried here fits it")
+
+
+def test_forward_pass_memory_by_hand():
+    # Rows layout, 3 pairs: 6 rows × 64 positions, one layer's working set at a time:
+    #   6 · 64 · (8·64 + 3·128) · 4 = 1376256, scores 2 · 6 · 4 heads · 64 · 64 · 4 = 786432
+    # logits 6 rows × 32 × 512 × 4 = 393216, 3 times; weights 600000 + LoRA 10000.
+    rows = Settings(batch_size=2)
+    assert forward_memory(MODEL, LENGTHS, rows, 3) == 610_000 + 2_162_688 + 3 * 393_216
+    # Shared prompt, 2 pairs: the larger working set is the responses' pass,
+    #   4 · 32 · 896 · 4 = 458752 + 2 · 4 · 4 · 32 · 80 · 4 = 327680;
+    # the KV caches of both passes stay for every layer: 2 layers × (2 rows × 256 + 4 rows ×
+    # 304 positions) × (2 · 2 heads · 16 · 4 bytes) = 884736; logits 4 × 32 × 512 × 4, 3 times.
+    shared = Settings(batch_size=2, shared_prompt=True)
+    assert forward_memory(MODEL, LENGTHS, shared, 2) == 610_000 + 786_432 + 884_736 + 786_432
+    # The head's logits count one chunk at most: 6 × 32 × 10⁶ × 4 bytes are 768 MB, the head
+    # goes through them 256 MB at a time.
+    wide = dataclasses.replace(MODEL, vocab=10**6)
+    assert forward_memory(wide, LENGTHS, rows, 3) == 610_000 + 2_162_688 + 3 * (1 << 28)
+
+
+def test_forward_batch_is_the_most_the_budget_allows():
+    lengths = Lengths(prompt=np.full(40, 20), chosen=np.full(40, 10), rejected=np.full(40, 12))
+    settings = Settings(batch_size=2)
+    sizes = [forward_memory(MODEL, lengths, settings, b) for b in range(1, 20)]
+    assert sizes == sorted(sizes)  # more pairs, more memory
+    assert forward_batch_size(MODEL, lengths, settings, sizes[5 - 1]) == 5
+    assert forward_batch_size(MODEL, lengths, settings, sizes[5 - 1] - 1) == 4
+    # Never fewer than the training batch, never more than FORWARD_BATCH_MAX or the pairs.
+    assert forward_batch_size(MODEL, lengths, settings, 0) == 2
+    assert forward_batch_size(MODEL, lengths, settings, 10**12) == FORWARD_BATCH_MAX
+    assert forward_batch_size(MODEL, LENGTHS, settings, 10**12) == 3
+    # The plan's forward batch stays within the step's own estimate.
+    plan = plan_memory(MODEL, lengths, settings, 10**9)
+    assert plan.forward_bytes <= plan.estimate.total
+    assert plan.forward_batch > settings.batch_size
+
+
+def test_the_logits_chunk_is_the_heads():
+    from mlx_dpo.logprobs import LOGITS_BUDGET_BYTES
+
+    assert LOGITS_CHUNK_BYTES == LOGITS_BUDGET_BYTES
 
 
 def test_the_plan_as_the_run_start_events_dict():

@@ -18,7 +18,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from mlx_dpo import checkpoints, distributed, loss_catalog, reference, rundir
-from mlx_dpo.batching import batches_per_epoch
+from mlx_dpo.batching import steps_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
 from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import CONFIG_FILE, LOSS, EventWriter, read_events
@@ -71,7 +71,7 @@ from mlx_dpo.trainer.schedule import (
     learning_rate_at,
     total_steps,
 )
-from mlx_dpo.trainer.step import MicroBatches, TrainingStep
+from mlx_dpo.trainer.step import StepBatches, TrainingStep
 from mlx_dpo.unpaired import CompletionSplit, length_bias_figures
 
 
@@ -190,8 +190,8 @@ class Run:
         self.train_split = session.splits["train"]
         self.valid_split = session.splits.get("valid")
         self.steps = total_steps(config, len(self.train_split), ranks.size)
-        self.micro_per_epoch = batches_per_epoch(
-            len(self.train_split), config.batch_size, ranks.size
+        self.steps_per_epoch = steps_per_epoch(
+            len(self.train_split), config.batch_size, config.grad_accumulation, ranks.size
         )
         self.step = 0
         self.inputs = run_inputs(session)  # kept in each checkpoint, checked on --resume
@@ -331,7 +331,7 @@ class Run:
             data=config.data,
             run_dir=str(self.run_dir),
             total_steps=self.steps,
-            epochs=self.steps * config.grad_accumulation / self.micro_per_epoch,
+            epochs=self.steps / self.steps_per_epoch,
             train_pairs=len(train_split),
             valid_pairs=len(valid_split) if valid_split else 0,
             test_pairs=len(session.splits["test"]) if "test" in session.splits else 0,
@@ -463,8 +463,8 @@ class Run:
         if self.resume and self.ranks.size > 1:
             self.step = share_resume_point(self.ranks, self.step, self.model, self.optimizer)
         mx.eval(self.model.parameters(), self.optimizer.state)
-        batches = MicroBatches(
-            self.session, self.train_split, config, self.ranks, self.micro_per_epoch
+        batches = StepBatches(
+            self.session, self.train_split, config, self.ranks, self.steps_per_epoch
         )
         self.training_step = TrainingStep(
             self.session, config, self.optimizer, batches, self.cached_reference.get("train"),
@@ -498,7 +498,7 @@ class Run:
         accumulated = self.training_step.accumulate(self.step)
         self.check_failures(accumulated.failure)
         values, pairs, tokens = accumulated.totals(self.ranks)
-        grad_norm = self.training_step.apply(accumulated.grads)
+        grad_norm = self.training_step.apply(accumulated.grads, pairs)
         if not math.isfinite(grad_norm):
             raise TrainingFailed(
                 f"non-finite gradients at step {self.step + 1} (pairs "
@@ -509,7 +509,7 @@ class Run:
         seconds = time.perf_counter() - tic
         self.step_times.append(seconds)
         eta = float(np.mean(self.step_times[-20:])) * (self.steps - self.step)
-        epoch = self.step * self.config.grad_accumulation / self.micro_per_epoch
+        epoch = self.step / self.steps_per_epoch
         step_event = self.events.write(
             "step",
             self.step,

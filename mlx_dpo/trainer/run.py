@@ -243,7 +243,9 @@ class Run:
         except TrainingFailed as err:
             return str(err)
         except Exception as err:
-            message = failure_message(err, f"step {self.step + 1}", self._last_checkpoint())
+            message = failure_message(
+                err, f"step {self.step + 1}", self._last_checkpoint(), self.memory_hint()
+            )
             if resource_failure(err) is None:  # a bug: recorded, then the traceback
                 self.finish("failed", message)
                 raise
@@ -548,7 +550,7 @@ class Run:
 
     def guard_memory(self) -> None:
         """Stop between steps with a checkpoint rather than be killed by the system."""
-        problem = over_limit_message(mx.get_peak_memory(), self.memory_plan)
+        problem = over_limit_message(mx.get_peak_memory(), self.memory_plan, self.memory_hint())
         if problem and not self.stop.requested:
             self.events.write("log", self.step, level="error", message=problem)
             self.say(f"error: {problem}")
@@ -624,6 +626,11 @@ class Run:
             and self._due(self.config.eval_every)
             and not evaluated_at(self.run_dir, self.step)
         )
+
+    def memory_hint(self) -> str:
+        """How to go on after running out of memory: the resume command that keeps what the
+        run trains (rundir.out_of_memory_resume)."""
+        return rundir.out_of_memory_resume(self.config, self.run_dir)
 
     def _last_checkpoint(self) -> str | None:
         return self.status.status.last_checkpoint

@@ -54,8 +54,11 @@ from mlx_dpo.trainer.reporting import (
     truncation_warnings,
 )
 from mlx_dpo.trainer.resume import (
+    DATA_ORDER,
+    DATA_ORDER_KEY,
     INPUTS_KEY,
     check_same_inputs,
+    data_order_warning,
     evaluated_at,
     prepare_run_dir,
     restore_checkpoint,
@@ -462,6 +465,8 @@ class Run:
             self.status.record(last_checkpoint=str(resume_from))
             self.events.write("log", self.step, level="info", message=f"resumed from {resume_from}")
             self.say(f"resumed from {resume_from} at step {self.step}")
+            if warning := data_order_warning(resume_from):
+                self.reporter.warn(warning)
         if self.resume and self.ranks.size > 1:
             self.step = share_resume_point(self.ranks, self.step, self.model, self.optimizer)
         mx.eval(self.model.parameters(), self.optimizer.state)
@@ -600,7 +605,12 @@ class Run:
                 weights,
                 self.optimizer.state,
                 self.adapter_config,
-                {"best_eval": self.best_eval, "seed": self.config.seed, INPUTS_KEY: self.inputs},
+                {
+                    "best_eval": self.best_eval,
+                    "seed": self.config.seed,
+                    INPUTS_KEY: self.inputs,
+                    DATA_ORDER_KEY: DATA_ORDER,
+                },
                 loss_state,
             )
         except Exception as err:

@@ -5,6 +5,7 @@ that does it, and a resume that changes the pairs per step is refused with the n
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def run_out_of_memory_at_step_3(model, data, run_dir: Path, monkeypatch) -> str:
     error = next(line for line in lines if line.startswith("error: "))
     assert error.startswith(f"error: step 3: out of memory ({METAL_OUT_OF_MEMORY})")
     assert f"Last good checkpoint: {run_dir / 'checkpoints' / 'step-0000002'}." in error
+    state = json.loads((run_dir / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["data_order"] == "steps"
     command = (
         f"mlx-dpo train --resume --adapter-path {shlex.quote(str(run_dir.resolve()))} "
         "--batch-size 2 --grad-accumulation 4"
@@ -73,6 +76,7 @@ def test_out_of_memory_then_the_printed_resume_with_half_the_batch_equals_the_st
     assert main([*shlex.split(command)[1:], *extra, "--no-tui"]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "at step 2" in out
+    assert "warning:" not in out  # its checkpoints record today's data order
     for change in ["batch_size: 4 → 2", "grad_accumulation: 2 → 4"]:
         assert f"resumed with a changed setting: {change}" in out
     events = read_events(run_dir)

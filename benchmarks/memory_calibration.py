@@ -174,7 +174,7 @@ def measure(spec: str, work: Path) -> dict:
         mx.reset_peak_memory()
         loss, metrics, grads, _ = accumulate(None, arrays, extras, {})
         mx.eval(loss, metrics, grads)
-        grad_norm = apply(grads, 1)
+        grad_norm = apply(grads, mx.array(float(batch.num_pairs)))
         mx.eval(model.state, optimizer.state, grad_norm)
         del grads
         measured = mx.get_peak_memory()

@@ -1,7 +1,8 @@
 """Epochs, seeded shuffling, length buckets, padding and rank sharding.
 
-The order of the data is a pure function of (seed, epoch), so a resumed run only needs the
-step number to continue exactly where the interrupted one was.
+The order of the data is a pure function of (seed, epoch) and the effective batch (pairs per
+optimizer step), so a resumed run only needs the step number to continue exactly where the
+interrupted one was, with the same or another split of each step into micro-batches.
 """
 
 from __future__ import annotations
@@ -164,33 +165,79 @@ def epoch_batches(
     rank: int = 0,
     world_size: int = 1,
 ) -> list[list[int]]:
-    """Batches of pair positions for one epoch: a seeded shuffle, then (optionally) length
-    buckets inside windows, then a seeded shuffle of the batch order. Every pair appears
-    once per epoch; the last batch may be smaller. With several ranks each global batch of
-    batch_size × world_size pairs is dealt out, rank r taking every world_size-th pair."""
+    """Batches of pair positions for one epoch without gradient accumulation: the steps of
+    epoch_steps, one batch each."""
+    steps = epoch_steps(pairs, batch_size, 1, seed, epoch, bucket, rank, world_size)
+    return [micro for step in steps for micro in step]
+
+
+def epoch_steps(
+    pairs: Sequence[TokenizedPair],
+    batch_size: int,
+    grad_accumulation: int,
+    seed: int,
+    epoch: int,
+    bucket: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[list[list[int]]]:
+    """One epoch as optimizer steps, each a list of this rank's micro-batches (pair
+    positions). The epoch is cut into groups of E = batch_size × grad_accumulation ×
+    world_size pairs, one per step: a seeded shuffle, then (optionally) length buckets inside
+    windows of BUCKET_WINDOW groups, then a seeded shuffle of the group order. Each group is
+    dealt to the ranks (rank r takes every world_size-th pair) and cut into micro-batches of
+    at most batch_size pairs.
+
+    So which pairs each step sees, and in which order the steps come, is a function of
+    (seed, epoch, E) alone: batch 2 × accumulation 4 trains on exactly the groups of batch
+    4 × accumulation 2, which is what lets a run that ran out of memory go on with a smaller
+    batch (mlx_dpo/rundir.py). With accumulation 1 a group is a batch, as before
+    accumulation was part of the order. Every pair appears once per epoch; the last group
+    may be smaller (with several ranks, one smaller than the number of ranks is left out of
+    the epoch, since every rank needs a pair)."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(pairs))
-    global_batch = batch_size * world_size
+    step_pairs = batch_size * grad_accumulation * world_size
     if bucket:
-        window = global_batch * BUCKET_WINDOW
+        # Windows of whole groups: each group is a slice of a length-sorted window, so its
+        # micro-batches hold pairs of similar length and pad little.
+        window = step_pairs * BUCKET_WINDOW
         lengths = pair_lengths(pairs)
         chunks = []
         for start in range(0, len(order), window):
             chunk = order[start : start + window]
             chunks.append(chunk[np.argsort(lengths[chunk], kind="stable")])
         order = np.concatenate(chunks) if chunks else order
-    batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
-    if world_size > 1 and batches and len(batches[-1]) < world_size:
-        # Every rank needs at least one pair; a last global batch smaller than the number of
-        # ranks is left out of this epoch.
-        batches.pop()
+    groups = [order[i : i + step_pairs] for i in range(0, len(order), step_pairs)]
+    if world_size > 1 and groups and len(groups[-1]) < world_size:
+        groups.pop()
     if bucket:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return [[int(i) for i in batch[rank::world_size]] for batch in batches]
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    return [_micro_batches(group, batch_size, rank, world_size) for group in groups]
+
+
+def _micro_batches(
+    group: np.ndarray, batch_size: int, rank: int, world_size: int
+) -> list[list[int]]:
+    """This rank's share of a step's group, cut into micro-batches of at most batch_size
+    pairs. Every rank runs as many micro-batches as the largest share needs (a collective in
+    the step waits for all), never more than the smallest share has pairs: only a last group
+    with batch_size 1 on several ranks can give a rank one pair more than batch_size."""
+    share = group[rank::world_size]
+    largest, smallest = -(-len(group) // world_size), len(group) // world_size
+    count = max(1, min(-(-largest // batch_size), smallest))
+    return [[int(i) for i in part] for part in np.array_split(share, count)]
 
 
 def batches_per_epoch(num_pairs: int, batch_size: int, world_size: int = 1) -> int:
-    full, rest = divmod(num_pairs, batch_size * world_size)
+    return steps_per_epoch(num_pairs, batch_size, 1, world_size)
+
+
+def steps_per_epoch(
+    num_pairs: int, batch_size: int, grad_accumulation: int = 1, world_size: int = 1
+) -> int:
+    """Optimizer steps of an epoch (epoch_steps' groups): a last, smaller group counts."""
+    full, rest = divmod(num_pairs, batch_size * grad_accumulation * world_size)
     return full + (1 if rest and (world_size == 1 or rest >= world_size) else 0)
 
 

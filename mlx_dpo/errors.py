@@ -48,11 +48,17 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _MEMORY_MARKERS = ("[metal::malloc]", "Insufficient Memory", "out of memory", "bad_alloc")
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is the machine (or Metal) running out of memory."""
+    text = str(err) or type(err).__name__
+    return isinstance(err, MemoryError) or any(marker in text for marker in _MEMORY_MARKERS)
+
+
 def resource_failure(err: BaseException) -> str | None:
     """What ran out, said for a person, when `err` is the machine running out of memory or
     disk rather than a bug; None otherwise."""
     text = str(err) or type(err).__name__
-    if isinstance(err, MemoryError) or any(marker in text for marker in _MEMORY_MARKERS):
+    if is_out_of_memory(err):
         return (
             f"out of memory ({text}); lower --batch-size or --max-length, add "
             "--grad-checkpoint, or see what fits with `mlx-dpo train --plan`"

@@ -10,6 +10,9 @@ it marks the folder as an mlx-dpo run directory (with config.yaml, which older r
 `--resume` continues the run that config.yaml describes: settings that change what the run
 trains toward are refused with the list of differences, the others (RESUMABLE_CHANGES) are
 allowed and recorded (mlx_dpo/trainer/resume.py checks the weights and tokens once loaded).
+The batch size and the accumulation may change together when their product, the pairs per
+optimizer step, stays: each step then sees the same pairs (mlx_dpo/batching.py,
+epoch_steps), which is how a run that ran out of memory goes on (out_of_memory_resume).
 
 Plain Python (the CLI checks a run directory before it loads anything or starts the
 dashboard); the trainer takes the lock in mlx_dpo/trainer/run.py.
@@ -21,9 +24,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import shlex
 from pathlib import Path
 from typing import BinaryIO
 
+from mlx_dpo import loss_catalog, paths
 from mlx_dpo.config import CONFIG_KEYS, TrainConfig, load_config_file
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import CONFIG_FILE, LOCK_FILE
@@ -217,21 +222,109 @@ RESUMABLE_CHANGES = (
 )
 
 
+# How each optimizer step's pairs are split into micro-batches: resumable together when their
+# product (the effective batch) stays (batch_split_problem).
+BATCH_SPLIT = ("batch_size", "grad_accumulation")
+
+
 def _shown_value(value: object) -> str:
     return "unset" if value is None else repr(value)
 
 
+def micro_batch_losses(loss: str | list[str]) -> list[str]:
+    """The run's losses whose terms are computed over each micro-batch rather than pair by
+    pair, so that another split of the same step trains another objective: kto's KL estimate,
+    bco_pair's running reward mean (advanced per micro-batch), aot's sorted quantiles."""
+    coupled = loss_catalog.UNPAIRED | loss_catalog.SORTING | {"bco_pair"}
+    return [name for name in loss_catalog.loss_names(loss) if name in coupled]
+
+
+def _split(config: TrainConfig) -> str:
+    return f"batch {config.batch_size} × accumulation {config.grad_accumulation}"
+
+
+def batch_split_problem(saved: TrainConfig, config: TrainConfig) -> str | None:
+    """Why `config`'s batch size and accumulation cannot continue the run `saved` describes
+    (None: they can, or neither changed). They can when the pairs per optimizer step stay the
+    same and the loss is a mean over pairs: every step then sees the same pairs with the same
+    gradient (to float rounding)."""
+    if all(getattr(saved, k) == getattr(config, k) for k in BATCH_SPLIT):
+        return None
+    sizes = (saved.batch_size, config.batch_size)
+    if not all(isinstance(size, int) for size in sizes):  # `auto`: chosen once loaded
+        return f"batch_size: {_shown_value(sizes[0])} → {_shown_value(sizes[1])}"
+    before = saved.batch_size * saved.grad_accumulation
+    after = config.batch_size * config.grad_accumulation
+    if before != after:
+        return (
+            f"effective batch: {before} pairs per optimizer step ({_split(saved)}) → {after} "
+            f"({_split(config)})"
+        )
+    coupled = micro_batch_losses(config.loss)
+    if coupled:
+        return (
+            f"{_split(saved)} → {_split(config)}: the same {after} pairs per optimizer step, "
+            f"but {', '.join(coupled)} computes over each micro-batch, so another split trains "
+            "another objective"
+        )
+    return None
+
+
 def resume_changes(saved: TrainConfig, config: TrainConfig) -> tuple[list[str], list[str]]:
     """(refused, allowed): the settings of `config` that differ from the run's saved ones,
-    each as "key: saved → now"."""
+    each as "key: saved → now". A batch size and accumulation that change the effective
+    batch are one refused line with both (batch_split_problem)."""
     refused, allowed = [], []
     before, after = saved.to_dict(), config.to_dict()
+    split_problem = batch_split_problem(saved, config)
     for key in CONFIG_KEYS:
         if before[key] == after[key]:
             continue
         line = f"{key}: {_shown_value(before[key])} → {_shown_value(after[key])}"
-        (allowed if key in RESUMABLE_CHANGES else refused).append(line)
+        if key in BATCH_SPLIT and split_problem is not None:
+            if split_problem not in refused:
+                refused.append(split_problem)
+        elif key in RESUMABLE_CHANGES or key in BATCH_SPLIT:
+            allowed.append(line)
+        else:
+            refused.append(line)
     return refused, allowed
+
+
+def smaller_split(batch_size: int, grad_accumulation: int) -> tuple[int, int] | None:
+    """A smaller batch with the accumulation that keeps the effective batch: the largest batch
+    of at most half this one that divides batch × accumulation (4 × 2 → 2 × 4, 6 × 1 → 3 × 2,
+    3 × 1 → 1 × 3); None at batch 1."""
+    if batch_size <= 1:
+        return None
+    effective = batch_size * grad_accumulation
+    smaller = max(b for b in range(1, batch_size // 2 + 1) if effective % b == 0)
+    return smaller, effective // smaller
+
+
+def out_of_memory_resume(config: TrainConfig, run_dir: str | Path) -> str:
+    """The sentence that ends an out-of-memory message: the exact command that continues the
+    run with less memory and changes nothing it trains (resume_changes allows it). Half the
+    batch with twice the accumulation (the same pairs per optimizer step) while the batch can
+    shrink and the loss is a mean over pairs; else --grad-checkpoint; else what needs a new
+    run."""
+    command = f"mlx-dpo train --resume --adapter-path {shlex.quote(paths.shown(run_dir))}"
+    split = None
+    if isinstance(config.batch_size, int) and not micro_batch_losses(config.loss):
+        split = smaller_split(config.batch_size, config.grad_accumulation)
+    if split is not None:
+        effective = config.batch_size * config.grad_accumulation
+        also = "" if config.grad_checkpoint else " (add --grad-checkpoint to use less still)"
+        return (
+            f"To continue with the same {effective} pairs per optimizer step in smaller "
+            f"batches: {command} --batch-size {split[0]} --grad-accumulation {split[1]}{also}"
+        )
+    if not config.grad_checkpoint:
+        return f"To continue with less memory: {command} --grad-checkpoint"
+    return (
+        "A shorter --max-length or --quantize 4 needs a new run (another --adapter-path; "
+        "`mlx-dpo train --plan` shows what fits)"
+    )
 
 
 def check_resumed_config(run_dir: Path, config: TrainConfig) -> list[str]:

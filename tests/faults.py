@@ -9,6 +9,8 @@ reliability tests:
     python -m tests.faults slow:PHASE:S -- ARGS...    each batch of the reference precompute
                                                       (PHASE reference) or of an evaluation
                                                       (PHASE eval) takes S seconds longer
+    python -m tests.faults oom:N -- ARGS...           Metal runs out of memory in the first
+                                                      micro-batch of optimizer step N
 
 Nothing in mlx_dpo knows about this: the points are reached by wrapping the functions the
 trainer calls, in this process only."""
@@ -132,6 +134,36 @@ def slow_batches(phase: str, seconds: float) -> None:
         raise SystemExit(f"unknown phase {phase!r}")
 
 
+# What MLX raises when Metal cannot allocate a buffer in the middle of a step.
+METAL_OUT_OF_MEMORY = (
+    "[metal::malloc] Attempting to allocate 12884901888 bytes which is greater than the maximum "
+    "allowed buffer size of 10737418240 bytes."
+)
+
+
+def out_of_memory_at_step(compiled_step, nth: int):
+    """`compiled_step` (mlx_dpo/trainer/step.py) whose accumulate raises Metal's out-of-memory
+    error in the first micro-batch of optimizer step `nth` (1-based), as a too-large batch
+    does: the steps before it are applied (counted by apply), the step itself never is."""
+
+    def running_out(*args, **kwargs):
+        accumulate, apply = compiled_step(*args, **kwargs)
+        applied = {"steps": 0}
+
+        def accumulate_or_run_out(*inner, **kw):
+            if applied["steps"] == nth - 1:
+                raise RuntimeError(METAL_OUT_OF_MEMORY)
+            return accumulate(*inner, **kw)
+
+        def counting_apply(*inner, **kw):
+            applied["steps"] += 1
+            return apply(*inner, **kw)
+
+        return accumulate_or_run_out, counting_apply
+
+    return running_out
+
+
 def main() -> int:
     point, separator, *args = sys.argv[1:]
     assert separator == "--", __doc__
@@ -144,6 +176,10 @@ def main() -> int:
         kill_at_rename(int(where[0]))
     elif kind == "slow":
         slow_batches(where[0], float(where[1]))
+    elif kind == "oom":
+        from mlx_dpo.trainer import step
+
+        step.compiled_step = out_of_memory_at_step(step.compiled_step, int(where[0]))
     else:
         raise SystemExit(f"unknown fault point {point!r}")
     from mlx_dpo.cli import main as cli_main

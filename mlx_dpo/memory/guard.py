@@ -81,9 +81,10 @@ def will_not_fit_message(plan: MemoryPlan) -> str | None:
     )
 
 
-def over_limit_message(peak_bytes: int, plan: MemoryPlan) -> str | None:
+def over_limit_message(peak_bytes: int, plan: MemoryPlan, then: str | None = None) -> str | None:
     """A message naming what ran out and what to change, once the measured peak passes
-    GUARD_FRACTION of the limit; None while it is inside."""
+    GUARD_FRACTION of the limit, ending with `then` (how to go on from the checkpoint the stop
+    saves: rundir.out_of_memory_resume); None while it is inside."""
     if not plan.limit or peak_bytes <= GUARD_FRACTION * plan.limit:
         return None
     fixes = "; ".join(s.change for s in plan.suggestions) or _default_fixes(plan)
@@ -91,7 +92,7 @@ def over_limit_message(peak_bytes: int, plan: MemoryPlan) -> str | None:
         f"out of memory: MLX's peak {format_size(peak_bytes)} passed {GUARD_FRACTION:.0%} of the "
         f"{format_size(plan.limit)} it may use ({plan.limit_source}; the plan estimated "
         f"{format_size(plan.estimate.total)}). Stopped with a checkpoint instead of being "
-        f"killed. To fit, change: {fixes}"
+        f"killed. To fit, change: {fixes}" + (f". {then}" if then else "")
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlx_dpo.errors import resource_failure
+from mlx_dpo.errors import is_out_of_memory, resource_failure
 from mlx_dpo.events import (
     LOSS,
     REWARDS_ACCURACIES,
@@ -253,13 +253,19 @@ def truncation_warnings(name: str, cut: dict[str, int], max_length: int) -> list
     return warnings
 
 
-def failure_message(err: BaseException, doing: str, last_checkpoint: str | None) -> str:
-    """A resource failure said for a person, with what is safe on disk; a bug as it is."""
+def failure_message(
+    err: BaseException, doing: str, last_checkpoint: str | None, memory_hint: str | None = None
+) -> str:
+    """A resource failure said for a person, with what is safe on disk (and, out of memory,
+    `memory_hint`: how to go on, rundir.out_of_memory_resume); a bug as it is."""
     reason = resource_failure(err)
     if reason is None:
         return f"{type(err).__name__}: {err}"
-    return f"{doing}: {reason}. " + (
+    message = f"{doing}: {reason}. " + (
         f"Last good checkpoint: {last_checkpoint}"
         if last_checkpoint
         else "No checkpoint was saved yet"
     )
+    if memory_hint and is_out_of_memory(err):
+        message += f". {memory_hint}"
+    return message

@@ -14,6 +14,7 @@ tokens against the fingerprints the checkpoint records once they are loaded
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,13 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_dpo import checkpoints
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.errors import UserError
-from mlx_dpo.events import CONFIG_FILE, METRICS_FILE, read_events, truncate_events_after
+from mlx_dpo.events import (
+    ADAPTER_CONFIG_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    read_events,
+    truncate_events_after,
+)
 from mlx_dpo.model import adapter_weights
 from mlx_dpo.session import Session
 
@@ -125,6 +132,30 @@ def check_weights_match(saved: dict, expected: dict, path: Path) -> None:
 
 # What a checkpoint records of the run's inputs, to be the same on --resume.
 INPUTS_KEY = "inputs"
+# The data order a checkpoint's run went by, kept in its state.json: by optimizer step
+# (mlx_dpo/batching.py, epoch_steps). Checkpoints without it come from the order before, which
+# is the same one for runs without gradient accumulation only.
+DATA_ORDER_KEY, DATA_ORDER = "data_order", "steps"
+
+
+def data_order_warning(checkpoint: Path) -> str | None:
+    """A warning when a checkpoint was made in the order before epoch_steps with gradient
+    accumulation: from here its steps see other pairs than the interrupted run's would have
+    (each epoch still every pair once); None when its order is today's."""
+    if checkpoints.read_state(checkpoint).get(DATA_ORDER_KEY) == DATA_ORDER:
+        return None
+    try:
+        made_with = json.loads((checkpoint / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+        accumulation = int(made_with.get("grad_accumulation") or 1)
+    except (OSError, ValueError, TypeError, AttributeError):
+        accumulation = 1
+    if accumulation <= 1:
+        return None
+    return (
+        f"{checkpoint} comes from an older mlx-dpo, whose data order with grad_accumulation "
+        f"{accumulation} is not today's: the rest of the run sees its pairs in another order "
+        "than the interrupted run would have"
+    )
 
 
 def run_inputs(session: Session) -> dict[str, str]:

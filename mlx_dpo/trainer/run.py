@@ -18,7 +18,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from mlx_dpo import checkpoints, distributed, loss_catalog, reference, rundir
-from mlx_dpo.batching import batches_per_epoch
+from mlx_dpo.batching import steps_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
 from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import CONFIG_FILE, LOSS, EventWriter, read_events
@@ -54,8 +54,11 @@ from mlx_dpo.trainer.reporting import (
     truncation_warnings,
 )
 from mlx_dpo.trainer.resume import (
+    DATA_ORDER,
+    DATA_ORDER_KEY,
     INPUTS_KEY,
     check_same_inputs,
+    data_order_warning,
     evaluated_at,
     prepare_run_dir,
     restore_checkpoint,
@@ -71,7 +74,7 @@ from mlx_dpo.trainer.schedule import (
     learning_rate_at,
     total_steps,
 )
-from mlx_dpo.trainer.step import MicroBatches, TrainingStep
+from mlx_dpo.trainer.step import StepBatches, TrainingStep
 from mlx_dpo.unpaired import CompletionSplit, length_bias_figures
 
 
@@ -190,8 +193,8 @@ class Run:
         self.train_split = session.splits["train"]
         self.valid_split = session.splits.get("valid")
         self.steps = total_steps(config, len(self.train_split), ranks.size)
-        self.micro_per_epoch = batches_per_epoch(
-            len(self.train_split), config.batch_size, ranks.size
+        self.steps_per_epoch = steps_per_epoch(
+            len(self.train_split), config.batch_size, config.grad_accumulation, ranks.size
         )
         self.step = 0
         self.inputs = run_inputs(session)  # kept in each checkpoint, checked on --resume
@@ -243,7 +246,9 @@ class Run:
         except TrainingFailed as err:
             return str(err)
         except Exception as err:
-            message = failure_message(err, f"step {self.step + 1}", self._last_checkpoint())
+            message = failure_message(
+                err, f"step {self.step + 1}", self._last_checkpoint(), self.memory_hint()
+            )
             if resource_failure(err) is None:  # a bug: recorded, then the traceback
                 self.finish("failed", message)
                 raise
@@ -331,7 +336,7 @@ class Run:
             data=config.data,
             run_dir=str(self.run_dir),
             total_steps=self.steps,
-            epochs=self.steps * config.grad_accumulation / self.micro_per_epoch,
+            epochs=self.steps / self.steps_per_epoch,
             train_pairs=len(train_split),
             valid_pairs=len(valid_split) if valid_split else 0,
             test_pairs=len(session.splits["test"]) if "test" in session.splits else 0,
@@ -460,11 +465,13 @@ class Run:
             self.status.record(last_checkpoint=str(resume_from))
             self.events.write("log", self.step, level="info", message=f"resumed from {resume_from}")
             self.say(f"resumed from {resume_from} at step {self.step}")
+            if warning := data_order_warning(resume_from):
+                self.reporter.warn(warning)
         if self.resume and self.ranks.size > 1:
             self.step = share_resume_point(self.ranks, self.step, self.model, self.optimizer)
         mx.eval(self.model.parameters(), self.optimizer.state)
-        batches = MicroBatches(
-            self.session, self.train_split, config, self.ranks, self.micro_per_epoch
+        batches = StepBatches(
+            self.session, self.train_split, config, self.ranks, self.steps_per_epoch
         )
         self.training_step = TrainingStep(
             self.session, config, self.optimizer, batches, self.cached_reference.get("train"),
@@ -498,7 +505,7 @@ class Run:
         accumulated = self.training_step.accumulate(self.step)
         self.check_failures(accumulated.failure)
         values, pairs, tokens = accumulated.totals(self.ranks)
-        grad_norm = self.training_step.apply(accumulated.grads)
+        grad_norm = self.training_step.apply(accumulated.grads, pairs)
         if not math.isfinite(grad_norm):
             raise TrainingFailed(
                 f"non-finite gradients at step {self.step + 1} (pairs "
@@ -509,7 +516,7 @@ class Run:
         seconds = time.perf_counter() - tic
         self.step_times.append(seconds)
         eta = float(np.mean(self.step_times[-20:])) * (self.steps - self.step)
-        epoch = self.step * self.config.grad_accumulation / self.micro_per_epoch
+        epoch = self.step / self.steps_per_epoch
         step_event = self.events.write(
             "step",
             self.step,
@@ -548,7 +555,7 @@ class Run:
 
     def guard_memory(self) -> None:
         """Stop between steps with a checkpoint rather than be killed by the system."""
-        problem = over_limit_message(mx.get_peak_memory(), self.memory_plan)
+        problem = over_limit_message(mx.get_peak_memory(), self.memory_plan, self.memory_hint())
         if problem and not self.stop.requested:
             self.events.write("log", self.step, level="error", message=problem)
             self.say(f"error: {problem}")
@@ -599,7 +606,12 @@ class Run:
                 weights,
                 self.optimizer.state,
                 self.adapter_config,
-                {"best_eval": self.best_eval, "seed": self.config.seed, INPUTS_KEY: self.inputs},
+                {
+                    "best_eval": self.best_eval,
+                    "seed": self.config.seed,
+                    INPUTS_KEY: self.inputs,
+                    DATA_ORDER_KEY: DATA_ORDER,
+                },
                 loss_state,
             )
         except Exception as err:
@@ -625,6 +637,11 @@ class Run:
             and self._due(self.config.eval_every)
             and not evaluated_at(self.run_dir, self.step)
         )
+
+    def memory_hint(self) -> str:
+        """How to go on after running out of memory: the resume command that keeps what the
+        run trains (rundir.out_of_memory_resume)."""
+        return rundir.out_of_memory_resume(self.config, self.run_dir)
 
     def _last_checkpoint(self) -> str | None:
         return self.status.status.last_checkpoint

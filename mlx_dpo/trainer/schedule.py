@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import mlx.optimizers as optim
 
-from mlx_dpo.batching import batches_per_epoch
+from mlx_dpo.batching import steps_per_epoch
 from mlx_dpo.config import TrainConfig
 
 Schedule = Callable | float  # step (0-based) -> learning rate, or one constant rate
@@ -16,12 +16,13 @@ Schedule = Callable | float  # step (0-based) -> learning rate, or one constant 
 
 def total_steps(config: TrainConfig, num_pairs: int, world_size: int = 1) -> int:
     """Optimizer steps of a run: `iters` when given, else `epochs` (default 1) over the
-    train pairs, in global batches of batch_size × world_size × grad_accumulation."""
+    train pairs, in steps of batch_size × grad_accumulation × world_size pairs (a last,
+    smaller step in each epoch counts; batching.epoch_steps)."""
     if config.iters is not None:
         return config.iters
     epochs = 1.0 if config.epochs is None else config.epochs
-    micro = batches_per_epoch(num_pairs, config.batch_size, world_size)
-    return max(1, math.ceil(epochs * micro / config.grad_accumulation))
+    per_epoch = steps_per_epoch(num_pairs, config.batch_size, config.grad_accumulation, world_size)
+    return max(1, math.ceil(epochs * per_epoch))
 
 
 def build_schedule(config: TrainConfig, steps: int) -> Schedule:

@@ -21,7 +21,7 @@ from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map
 
 from mlx_dpo import loss_catalog
-from mlx_dpo.batching import Batch, epoch_batches
+from mlx_dpo.batching import Batch, epoch_steps
 from mlx_dpo.config import TrainConfig
 from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.distributed import Ranks
@@ -56,8 +56,9 @@ from mlx_dpo.trainer.batch_logps import (
 )
 from mlx_dpo.unpaired import CompletionSplit
 
-# Dropout noise of micro-batch k is drawn from seed * DROPOUT_SEED_STRIDE + k: a function of the
-# step, so a resumed run draws the same.
+# Dropout noise of micro-batch m of step s is drawn from seed * DROPOUT_SEED_STRIDE + k, with
+# k = s * grad_accumulation + m: a function of the step, so a resumed run draws the same (one
+# resumed with another split of its steps draws other noise of the same kind).
 DROPOUT_SEED_STRIDE = 1_000_003
 
 LossFn = Callable[..., tuple[mx.array, tuple[mx.array, LossState]]]
@@ -136,10 +137,15 @@ def compiled_step(
     rank_mean: RankMean | None = None,
 ) -> tuple[Callable, Callable]:
     """The training step, compiled once with the model's, optimizer's and RNG state explicit:
-    `accumulate(grads_so_far, inputs, extras, loss_state)` -> (loss, metrics, summed grads,
-    the loss state after this micro-batch), and `apply(grads, count)` -> grad norm
-    (averaged over micro-batches and ranks, clipped). The loss state (bco_pair's running
-    reward mean; {} for other losses) goes in and out as arrays, like the other state."""
+    `accumulate(grads_so_far, inputs, extras, loss_state)` -> (loss, metrics, grads, the
+    loss state after this micro-batch), where grads is the gradient of the loss summed over
+    the pairs (kto: completions) so far, and `apply(grads, items)` -> grad norm: the sum
+    divided by `items` (the step's pairs over every rank, divided by the number of ranks,
+    which the mean over ranks then undoes), clipped. So a step's gradient is the mean over
+    its pairs however they were split into micro-batches: 2 micro-batches of 2 pairs update
+    the weights as 1 of 4 does, and a last, smaller micro-batch weighs what its pairs
+    weigh. The loss state (bco_pair's running reward mean; {} for other losses) goes in and
+    out as arrays, like the other state."""
     model = session.model
     value_and_grad = nn.value_and_grad(model, make_loss_fn(session, config, rank_mean))
     state = [model.state, optimizer.state, mx.random.state]
@@ -147,13 +153,15 @@ def compiled_step(
     @partial(mx.compile, inputs=state, outputs=state)
     def accumulate(accumulated, inputs, extras, loss_state):
         (loss, (metrics, loss_state)), grads = value_and_grad(inputs, extras, loss_state)
+        items = _items(extras)  # a shape, fixed for each compiled trace
+        grads = tree_map(lambda g: g * items, grads)
         if accumulated is not None:
             grads = tree_map(lambda a, b: a + b, accumulated, grads)
         return loss, metrics, grads, loss_state
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def apply(grads, count):
-        grads = average_gradients(tree_map(lambda g: g / count, grads))
+    def apply(grads, items):
+        grads = average_gradients(tree_map(lambda g: g / items, grads))
         if config.max_grad_norm > 0:
             grads, grad_norm = optim.clip_grad_norm(grads, config.max_grad_norm)
         else:
@@ -164,15 +172,22 @@ def compiled_step(
     return accumulate, apply
 
 
+def _items(extras: dict[str, mx.array]) -> int:
+    """The pairs (kto: completions) of a micro-batch, from its extras."""
+    return (extras["desirable"] if "desirable" in extras else extras["chosen_tokens"]).shape[0]
+
+
 def _leaves(tree: Any) -> list[mx.array]:
     return [v for _, v in tree_flatten(tree)]
 
 
-class MicroBatches:
-    """Micro-batch k of a run: position k % per_epoch of epoch k // per_epoch's order, which is
-    a pure function of the seed and the epoch (so a resumed run reads the same batches). The
-    current epoch's order is kept. Pairs are batched in length buckets; kto's completions
-    shuffled plainly, and collated with their KL rows (Session.collate_split)."""
+class StepBatches:
+    """The micro-batches of optimizer step s of a run: step s % per_epoch of epoch
+    s // per_epoch (batching.epoch_steps), a pure function of the seed, the epoch and the
+    pairs per step, so a resumed run reads the same pairs in each step even with another
+    batch size and accumulation of the same product. The current epoch's order is kept.
+    Pairs are grouped in length buckets; kto's completions shuffled plainly, and collated
+    with their KL rows (Session.collate_split)."""
 
     def __init__(
         self,
@@ -187,16 +202,18 @@ class MicroBatches:
         self.config = config
         self.ranks = ranks
         self.per_epoch = per_epoch
-        self._orders: dict[int, list[list[int]]] = {}
+        self._orders: dict[int, list[list[list[int]]]] = {}
 
-    def __call__(self, k: int) -> Batch:
-        epoch, position = divmod(k, self.per_epoch)
+    def positions(self, step: int) -> list[list[int]]:
+        """The split positions of step `step`'s micro-batches on this rank."""
+        epoch, position = divmod(step, self.per_epoch)
         order = self._orders.get(epoch)
         if order is None:
             self._orders.clear()
-            order = self._orders[epoch] = epoch_batches(
+            order = self._orders[epoch] = epoch_steps(
                 self.split.pairs,
                 self.config.batch_size,
+                self.config.grad_accumulation,
                 self.config.seed,
                 epoch,
                 # Not for kto's completions: their length often goes with their label, and
@@ -205,7 +222,13 @@ class MicroBatches:
                 self.ranks.rank,
                 self.ranks.size,
             )
-        return self.session.collate_split(self.split, order[position])
+        return order[position]
+
+    def collate(self, positions: list[int]) -> Batch:
+        return self.session.collate_split(self.split, positions)
+
+    def __call__(self, step: int) -> list[Batch]:
+        return [self.collate(positions) for positions in self.positions(step)]
 
 
 class MetricTotals:
@@ -305,7 +328,7 @@ class TrainingStep:
         session: Session,
         config: TrainConfig,
         optimizer: optim.Optimizer,
-        batches: MicroBatches,
+        batches: StepBatches,
         train_reference: dict[str, np.ndarray] | None,
         loss_state: LossState | None = None,
     ):
@@ -327,9 +350,9 @@ class TrainingStep:
         accumulation = self.config.grad_accumulation
         split = self.batches.split
         done = Accumulated(None, MetricTotals(self.metric_names), 0, 0, [])
-        for micro in range(accumulation):
+        for micro, positions in enumerate(self.batches.positions(step)):
             k = step * accumulation + micro
-            batch = self.batches(k)
+            batch = self.batches.collate(positions)
             mx.random.seed(self.config.seed * DROPOUT_SEED_STRIDE + k)
             extras = step_extras(batch, split, self.train_reference)
             loss, metrics, done.grads, self.loss_state = self.accumulate_fn(
@@ -350,9 +373,11 @@ class TrainingStep:
             done.tokens += batch.num_tokens
         return done
 
-    def apply(self, grads: Any) -> float:
-        """Average the accumulated gradients (over micro-batches and ranks), clip, update the
-        LoRA weights; the gradient norm."""
-        grad_norm = self.apply_fn(grads, self.config.grad_accumulation)
+    def apply(self, grads: Any, pairs: int) -> float:
+        """The mean gradient over the step's `pairs` (kto: completions; every rank's, as
+        Accumulated.totals counts them), clipped, applied to the LoRA weights; the gradient
+        norm."""
+        items = mx.array(pairs / self.batches.ranks.size, dtype=mx.float32)
+        grad_norm = self.apply_fn(grads, items)
         mx.eval(self.model.state, self.optimizer.state, grad_norm)
         return grad_norm.item()

@@ -47,6 +47,8 @@ def test_the_guard_speaks_only_past_90_percent_of_the_limit():
         "To fit, change: a smaller --batch-size with --grad-accumulation, --grad-checkpoint, "
         "a shorter --max-length, --quantize 4"
     )
+    then = "To continue with the same 2 pairs per optimizer step in smaller batches: mlx-dpo ..."
+    assert over_limit_message(4_500_001, plan, then).endswith(f"--max-length 32. {then}")
     no_limit = plan_memory(MODEL, LENGTHS, Settings(batch_size=2), 0)
     assert over_limit_message(10**12, no_limit) is None
 

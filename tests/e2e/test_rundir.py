@@ -242,20 +242,109 @@ def test_the_trainer_the_dashboard_launches_holds_the_lock(
 def test_settings_that_change_the_run_are_refused_and_the_others_allowed():
     saved = TrainConfig(model="m", data="d", lora_rank=4, iters=8)
     refused = dict(model="other", data="d2", learning_rate=1e-4, lr_schedule="cosine",
-                   batch_size=2, grad_accumulation=2, beta=0.2, loss="ipo", lora_rank=8,
-                   lora_scale=10.0, lora_layers=2, lora_keys=["self_attn.q_proj"],
-                   max_length=512, seed=3, fields={"prompt": "q"})  # fmt: skip
+                   beta=0.2, loss="ipo", lora_rank=8, lora_scale=10.0, lora_layers=2,
+                   lora_keys=["self_attn.q_proj"], max_length=512, seed=3,
+                   fields={"prompt": "q"})  # fmt: skip
     allowed = dict(iters=None, epochs=2.0, reference="live", grad_checkpoint=True,
                    prefix_sharing=False, eval_every=5, save_every=5, health={"patience": 3},
                    memory_limit_gb=8.0, pause_timeout_minutes=1.0)  # fmt: skip
-    changed = dataclasses.replace(saved, **refused, **allowed)
+    # 4 × 1 → 2 × 3: another effective batch, one line for both settings.
+    changed = dataclasses.replace(saved, **refused, **allowed, batch_size=2, grad_accumulation=3)
     refused_lines, allowed_lines = rundir.resume_changes(saved, changed)
-    assert sorted(line.split(":")[0] for line in refused_lines) == sorted(refused)
+    assert sorted(line.split(":")[0] for line in refused_lines) == sorted(
+        [*refused, "effective batch"]
+    )
     assert sorted(line.split(":")[0] for line in allowed_lines) == sorted(allowed)
     assert "lora_rank: 4 → 8" in refused_lines and "iters: 8 → unset" in allowed_lines
     assert rundir.resume_changes(saved, saved) == ([], [])
     # A setting nobody listed as safe to change is the run's own.
     assert set(rundir.RESUMABLE_CHANGES) < set(TrainConfig.__dataclass_fields__)
+
+
+def test_a_smaller_batch_with_the_same_effective_batch_may_continue_a_run():
+    """The path out of an out-of-memory stop: the same pairs per optimizer step, split into
+    smaller micro-batches, continues the run (recorded as the allowed changes are); another
+    number of pairs per step is refused with the numbers."""
+    saved = TrainConfig(model="m", data="d", batch_size=4, grad_accumulation=2)
+    split = dataclasses.replace(saved, batch_size=2, grad_accumulation=4, grad_checkpoint=True)
+    assert rundir.resume_changes(saved, split) == (
+        [],
+        ["batch_size: 4 → 2", "grad_accumulation: 2 → 4", "grad_checkpoint: False → True"],
+    )
+    assert rundir.resume_changes(saved, dataclasses.replace(saved, batch_size=8, grad_accumulation=1)) == (
+        [], ["batch_size: 4 → 8", "grad_accumulation: 2 → 1"],
+    )  # fmt: skip
+    fewer = dataclasses.replace(saved, batch_size=2, grad_accumulation=3)
+    assert rundir.resume_changes(saved, fewer) == (
+        [
+            "effective batch: 8 pairs per optimizer step (batch 4 × accumulation 2) → 6 "
+            "(batch 2 × accumulation 3)"
+        ],
+        [],
+    )
+    assert rundir.resume_changes(saved, dataclasses.replace(saved, batch_size=2))[0] == [
+        "effective batch: 8 pairs per optimizer step (batch 4 × accumulation 2) → 4 "
+        "(batch 2 × accumulation 2)"
+    ]
+    assert rundir.resume_changes(saved, dataclasses.replace(saved, batch_size="auto"))[0] == [
+        "batch_size: 4 → 'auto'"
+    ]
+
+
+@pytest.mark.parametrize("loss", ["kto", "bco_pair", ["sigmoid", "aot"]])
+def test_a_loss_computed_over_each_micro_batch_keeps_its_split(loss):
+    saved = TrainConfig(model="m", data="d", loss=loss, batch_size=4, grad_accumulation=2)
+    split = dataclasses.replace(saved, batch_size=2, grad_accumulation=4)
+    refused, allowed = rundir.resume_changes(saved, split)
+    assert allowed == [] and len(refused) == 1
+    assert refused[0].startswith(
+        "batch 4 × accumulation 2 → batch 2 × accumulation 4: the same 8 pairs per optimizer "
+        "step, but "
+    )
+    assert refused[0].endswith(
+        "computes over each micro-batch, so another split trains another objective"
+    )
+    assert "To continue with less memory: mlx-dpo train --resume" in rundir.out_of_memory_resume(
+        saved, "/runs/a"
+    )
+
+
+def test_smaller_split_halves_the_batch_and_keeps_the_effective_batch():
+    assert rundir.smaller_split(4, 2) == (2, 4)
+    assert rundir.smaller_split(2, 4) == (1, 8)
+    assert rundir.smaller_split(6, 1) == (3, 2)
+    assert rundir.smaller_split(3, 1) == (1, 3)
+    assert rundir.smaller_split(5, 2) == (2, 5)
+    assert rundir.smaller_split(1, 8) is None
+    for batch, accumulation in ((4, 2), (7, 3), (16, 1), (9, 2)):
+        smaller, more = rundir.smaller_split(batch, accumulation)
+        assert smaller * more == batch * accumulation and smaller <= batch // 2
+
+
+def test_the_out_of_memory_hint_is_a_resume_command_the_rule_allows(tmp_path):
+    run_dir = tmp_path / "my run"
+    config = TrainConfig(model="m", data="d", batch_size=4, grad_accumulation=2)
+    hint = rundir.out_of_memory_resume(config, run_dir)
+    command = (
+        f"mlx-dpo train --resume --adapter-path '{run_dir}' --batch-size 2 --grad-accumulation 4"
+    )
+    assert hint == (
+        f"To continue with the same 8 pairs per optimizer step in smaller batches: {command} "
+        "(add --grad-checkpoint to use less still)"
+    )
+    resumed = dataclasses.replace(config, batch_size=2, grad_accumulation=4)
+    assert rundir.resume_changes(config, resumed)[0] == []
+    checkpointed = dataclasses.replace(config, grad_checkpoint=True)
+    assert rundir.out_of_memory_resume(checkpointed, run_dir).endswith("--grad-accumulation 4")
+    # Batch 1: nothing left to split; checkpointing, then what needs a new run.
+    one = dataclasses.replace(config, batch_size=1, grad_accumulation=8)
+    assert rundir.out_of_memory_resume(one, run_dir) == (
+        f"To continue with less memory: mlx-dpo train --resume --adapter-path '{run_dir}' "
+        "--grad-checkpoint"
+    )
+    assert rundir.out_of_memory_resume(
+        dataclasses.replace(one, grad_checkpoint=True), run_dir
+    ).startswith("A shorter --max-length or --quantize 4 needs a new run")
 
 
 def test_check_resumed_config_lists_every_refused_change(tmp_path):

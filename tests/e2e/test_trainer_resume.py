@@ -21,7 +21,10 @@ from mlx_dpo.distributed import Ranks
 from mlx_dpo.errors import UserError
 from mlx_dpo.events import read_events, send_command
 from mlx_dpo.trainer.resume import (
+    DATA_ORDER,
+    DATA_ORDER_KEY,
     ResumePoint,
+    data_order_warning,
     prepare_run_dir,
     restore_checkpoint,
     share_resume_point,
@@ -149,6 +152,23 @@ def test_restore_checkpoint_loads_weights_optimizer_state_and_the_best_eval(tmp_
         np.testing.assert_array_equal(np.array(restored[name]), np.array(value))
 
 
+def test_a_checkpoint_from_the_order_before_steps_is_named_when_it_accumulated(tmp_path):
+    """Checkpoints made before the data order went by optimizer step: the same order without
+    accumulation (nothing said), another with it (a warning naming the checkpoint)."""
+    path, _, _ = checkpoint_of(tmp_path, 2, 1.0)
+    assert data_order_warning(path) is None  # accumulation 1 (unset)
+    config_file = path / "adapter_config.json"
+    config_file.write_text(json.dumps({"fine_tune_type": "lora", "grad_accumulation": 2}))
+    warning = data_order_warning(path)
+    assert warning.startswith(f"{path} comes from an older mlx-dpo")
+    assert "grad_accumulation 2" in warning
+    state_file = path / "state.json"
+    state_file.write_text(
+        json.dumps({**json.loads(state_file.read_text()), DATA_ORDER_KEY: DATA_ORDER})
+    )
+    assert data_order_warning(path) is None
+
+
 def test_one_rank_shares_nothing():
     model = Tiny()
     optimizer = optim.AdamW(learning_rate=1e-2)
@@ -234,7 +254,14 @@ def run_files(run_dir: Path) -> dict[str, bytes]:
     [
         (["--lora-rank", "8"], ["lora_rank: 4 → 8"]),
         (["--beta", "0.1", "--seed", "3"], ["beta: 0.5 → 0.1", "seed: 0 → 3"]),
-        (["--batch-size", "2", "--loss", "ipo"], ["batch_size: 4 → 2", "loss: 'sigmoid' → 'ipo'"]),
+        (
+            ["--batch-size", "2", "--loss", "ipo"],
+            [
+                "effective batch: 4 pairs per optimizer step (batch 4 × accumulation 1) → 2 "
+                "(batch 2 × accumulation 1)",
+                "loss: 'sigmoid' → 'ipo'",
+            ],
+        ),
     ],
 )
 def test_resume_refuses_a_setting_that_changes_the_run_and_touches_nothing(

@@ -1,6 +1,6 @@
 """Batches (mlx_dpo/batching.py): both layouts hold exactly the pairs' tokens where the model
 reads them, padding rounds up, and the data order is a seeded function of the epoch that
-covers every pair once."""
+covers every pair once, the same steps of pairs for every split of the same effective batch."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from mlx_dpo.batching import (
     batches_per_epoch,
     collate,
     epoch_batches,
+    epoch_steps,
     length_sorted_batches,
     round_up,
+    steps_per_epoch,
 )
 from mlx_dpo.data import TokenizedPair
 
@@ -131,3 +133,69 @@ def test_forward_batches_are_length_sorted_and_cover_every_position():
     assert [b.tolist() for b in shards[1]] == [[5, 4], [0]]
     every = sorted(int(i) for shard in shards for b in shard for i in b)
     assert every == list(range(7))
+
+
+def test_without_accumulation_the_order_is_the_one_runs_were_made_with():
+    """Written down from the code before accumulation was part of the order: runs made then
+    with accumulation 1 resume with the same batches."""
+    assert epoch_batches(lengths_pairs(23), 4, 7, 1) == [
+        [19, 3, 18], [9, 13, 10, 16], [17, 11, 22, 4], [8, 21, 15, 5], [14, 2, 12, 1],
+        [6, 7, 0, 20],
+    ]  # fmt: skip
+    assert epoch_batches(lengths_pairs(25), 2, 7, 1, True, 1, 2) == [
+        [17, 11], [20, 3], [2, 1], [24, 21], [4, 6], [13, 10],
+    ]  # fmt: skip
+
+
+def step_groups(n, batch_size, accumulation, world_size=1, bucket=True, seed=5, epoch=2):
+    """Each step's pairs over every rank, in order (rank by rank, micro-batch by micro-batch)."""
+    pairs = lengths_pairs(n)
+    ranks = [
+        epoch_steps(pairs, batch_size, accumulation, seed, epoch, bucket, rank, world_size)
+        for rank in range(world_size)
+    ]
+    assert len({len(steps) for steps in ranks}) == 1
+    groups = []
+    for step in zip(*ranks, strict=True):
+        assert len({len(micros) for micros in step}) == 1  # every rank as many micro-batches
+        # At most batch_size pairs; batch 1 on several ranks may hold 2 in a last step whose
+        # pairs the ranks cannot share evenly (batching._micro_batches).
+        most = batch_size + (batch_size == 1 and world_size > 1)
+        assert all(micro and len(micro) <= most for micros in step for micro in micros)
+        groups.append(sorted(i for micros in step for micro in micros for i in micro))
+    return groups
+
+
+@pytest.mark.parametrize("n", [23, 24, 25, 64])
+@pytest.mark.parametrize("bucket", [True, False])
+def test_the_steps_are_the_same_pairs_for_every_split_of_the_effective_batch(n, bucket):
+    """8 pairs a step as 8 × 1, 4 × 2, 2 × 4 or 1 × 8: the same pairs in each step, the
+    steps in the same order, every pair once; a last, smaller step holds the same pairs too."""
+    splits = [(8, 1), (4, 2), (2, 4), (1, 8)]
+    expected = step_groups(n, 8, 1, bucket=bucket)
+    assert sorted(i for group in expected for i in group) == list(range(n))
+    assert len(expected) == steps_per_epoch(n, 8) == -(-n // 8)
+    for batch_size, accumulation in splits[1:]:
+        assert step_groups(n, batch_size, accumulation, bucket=bucket) == expected
+        assert steps_per_epoch(n, batch_size, accumulation) == len(expected)
+    # Two ranks, 4 pairs each a step, as 4 × 1 or 2 × 2 or 1 × 4: the same steps again.
+    two_ranks = step_groups(n, 4, 1, world_size=2, bucket=bucket)
+    for batch_size, accumulation in ((2, 2), (1, 4)):
+        assert step_groups(n, batch_size, accumulation, 2, bucket) == two_ranks
+    assert len(two_ranks) == steps_per_epoch(n, 2, 2, world_size=2)
+    # Another effective batch is another order.
+    assert step_groups(n, 4, 3, bucket=bucket) != expected
+
+
+def test_a_steps_micro_batches_are_its_pairs_by_length():
+    pairs = lengths_pairs(40)
+    for step in epoch_steps(pairs, 2, 4, seed=0, epoch=0):
+        lengths = [len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids),
+                   len(pairs[i].rejected_ids)) for micro in step for i in micro]  # fmt: skip
+        assert lengths == sorted(lengths)
+
+
+def test_a_last_smaller_step_is_cut_into_even_micro_batches():
+    # 26 pairs in steps of 16: the last step's 10 pairs as 4 + 3 + 3 (batch 4), not 4 + 4 + 2.
+    last = [s for s in epoch_steps(lengths_pairs(26), 4, 4, 0, 0) if sum(map(len, s)) == 10]
+    assert [len(micro) for micro in last[0]] == [4, 3, 3]

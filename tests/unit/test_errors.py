@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 
-from mlx_dpo.errors import UserError, resource_failure
+from mlx_dpo.errors import UserError, is_out_of_memory, resource_failure
 
 
 def test_a_user_error_lists_its_problems_under_the_message():
@@ -32,3 +32,7 @@ def test_memory_and_disk_failures_are_told_apart_from_bugs():
     assert resource_failure(short).startswith("disk full (")
     assert resource_failure(OSError(errno.ENOENT, "No such file")) is None
     assert resource_failure(ValueError("shapes do not match")) is None
+    assert is_out_of_memory(
+        RuntimeError("[METAL] Command buffer execution failed: Insufficient Memory")
+    )
+    assert is_out_of_memory(MemoryError()) and not is_out_of_memory(OSError(28, "No space"))

@@ -91,9 +91,10 @@ def test_compiled_step_with_checkpointing_and_sharing(llama_chatml, preference_d
         mx.eval(grads)
     finally:
         restore()
+    # The step's gradient is of the loss summed over the batch's 4 pairs.
     for name, value in tree_flatten(grads):
-        np.testing.assert_allclose(np.array(value), np.array(plain[name]), rtol=1e-4,
-                                   atol=1e-7, err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(np.array(value), 4 * np.array(plain[name]), rtol=1e-4,
+                                   atol=1e-6, err_msg=name)  # fmt: skip
 
 
 def test_generation_in_a_checkpointed_model_is_plain_generation(llama_chatml):

@@ -178,6 +178,17 @@ def test_failure_messages_say_what_ran_out_and_what_is_safe():
     assert failure_message(ValueError("boom"), "step 1", None) == "ValueError: boom"
 
 
+def test_an_out_of_memory_message_ends_with_how_to_go_on():
+    hint = "To continue with the same 8 pairs per optimizer step in smaller batches: mlx-dpo ..."
+    metal = RuntimeError("[metal::malloc] Unable to allocate 1073741824 bytes")
+    message = failure_message(metal, "step 3", "run/checkpoints/step-0000002", hint)
+    assert message.endswith(f"Last good checkpoint: run/checkpoints/step-0000002. {hint}")
+    # Only when memory ran out: a full disk or a bug says nothing of batches.
+    disk = failure_message(OSError(28, "No space left on device"), "saving step 2", None, hint)
+    assert hint not in disk
+    assert failure_message(ValueError("boom"), "step 1", None, hint) == "ValueError: boom"
+
+
 def test_elapsed_leaves_out_the_time_spent_paused(tmp_path, monkeypatch):
     """The `elapsed` of step and run_end events: wall time since the start, minus pauses,
     counted from the state events' own times (the dashboard reads the same times)."""

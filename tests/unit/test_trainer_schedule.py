@@ -28,8 +28,12 @@ def rates(schedule, steps: int) -> list[float]:
 
 def test_total_steps_from_iters_or_epochs():
     assert total_steps(config(iters=7), 1000) == 7
-    # 24 pairs in batches of 4: 6 micro-batches an epoch; accumulation 4 -> ceil(6 / 4) = 2.
+    # 24 pairs in steps of 4 × 4: one of 16 pairs and a last one of 8.
     assert total_steps(config(batch_size=4, grad_accumulation=4), 24) == 2
+    assert total_steps(config(batch_size=2, grad_accumulation=8, epochs=2), 24) == 4
+    # 25 pairs in steps of 8 (4 × 2 or 2 × 4): 3 full and a last one of 1 pair.
+    assert total_steps(config(batch_size=4, grad_accumulation=2), 25) == 4
+    assert total_steps(config(batch_size=2, grad_accumulation=4), 25) == 4
     assert total_steps(config(batch_size=4, epochs=2.5), 24) == 15
     # 2 ranks: global batches of 8 -> 3 an epoch.
     assert total_steps(config(batch_size=4), 24, world_size=2) == 3

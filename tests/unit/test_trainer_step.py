@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_dpo.batching import batches_per_epoch, collate, epoch_batches
+from mlx_dpo.batching import collate, epoch_steps, steps_per_epoch
 from mlx_dpo.distributed import Ranks
 from mlx_dpo.events import METRIC_NAMES
 from mlx_dpo.loss_catalog import metric_names
@@ -29,7 +29,7 @@ from mlx_dpo.trainer.batch_logps import (
 from mlx_dpo.trainer.schedule import build_optimizer
 from mlx_dpo.trainer.step import (
     MetricTotals,
-    MicroBatches,
+    StepBatches,
     TrainingStep,
     compiled_step,
     make_loss_fn,
@@ -147,31 +147,34 @@ def test_compiled_step_accumulates_averages_and_reports_the_norm(llama_chatml, p
     _, _, once, _ = accumulate(None, *inputs)
     _, _, twice, _ = accumulate(once, *inputs)
     mx.eval(once, twice)
+    # The gradient of the loss summed over the pairs: 4 pairs, twice.
     for name, value in tree_flatten(twice):
-        np.testing.assert_allclose(np.array(value), 2 * plain[name], rtol=1e-4, atol=1e-7)
-    # Averaged over the 2 micro-batches: the norm of one batch's gradient (no clipping).
-    norm = apply(twice, 2).item()
+        np.testing.assert_allclose(np.array(value), 8 * plain[name], rtol=1e-4, atol=1e-6)
+    # The mean over the 8 pairs: the norm of one batch's gradient (no clipping).
+    norm = apply(twice, mx.array(8.0)).item()
     expected = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in plain.values()))
     assert norm == pytest.approx(expected, rel=1e-4)
 
 
-def test_micro_batches_follow_the_epoch_order(llama_chatml, preference_data):
-    config = config_for(llama_chatml, preference_data, batch_size=5, seed=3)
+def test_a_steps_micro_batches_follow_the_epoch_order(llama_chatml, preference_data):
+    config = config_for(llama_chatml, preference_data, batch_size=5, grad_accumulation=2, seed=3)
     session = open_session(config, splits=("train",))
     split = session.splits["train"]
-    per_epoch = batches_per_epoch(len(split), 5)
-    batches = MicroBatches(session, split, config, Ranks(None, 0, 1), per_epoch)
-    for k in (0, 1, per_epoch - 1, per_epoch, per_epoch + 2, 1):
-        epoch, position = divmod(k, per_epoch)
-        order = epoch_batches(split.pairs, 5, 3, epoch, True)[position]
-        assert batches(k).pair_indices.tolist() == [split.pairs[i].index for i in order]
+    per_epoch = steps_per_epoch(len(split), 5, 2)
+    assert per_epoch == 3  # 24 pairs in steps of 10: 10, 10 and 4 (one micro-batch)
+    batches = StepBatches(session, split, config, Ranks(None, 0, 1), per_epoch)
+    for step in (0, 1, per_epoch - 1, per_epoch, per_epoch + 2, 1):
+        epoch, position = divmod(step, per_epoch)
+        order = epoch_steps(split.pairs, 5, 2, 3, epoch, True)[position]
+        got = [batch.pair_indices.tolist() for batch in batches(step)]
+        assert got == [[split.pairs[i].index for i in micro] for micro in order]
 
 
 def test_a_non_finite_loss_is_a_failure_naming_the_pairs(llama_chatml, preference_data):
     config = config_for(llama_chatml, preference_data, grad_accumulation=2)
     session = open_session(config, splits=("train",))
     split = session.splits["train"]
-    batches = MicroBatches(session, split, config, Ranks(None, 0, 1), 6)
+    batches = StepBatches(session, split, config, Ranks(None, 0, 1), 3)
     optimizer = build_optimizer(config, config.learning_rate)
     optimizer.init(session.model.trainable_parameters())
     reference = {
@@ -181,14 +184,14 @@ def test_a_non_finite_loss_is_a_failure_naming_the_pairs(llama_chatml, preferenc
     step = TrainingStep(session, config, optimizer, batches, reference)
     good = step.accumulate(0)
     assert good.failure is None and good.pairs == 8
-    assert good.tokens == sum(batches(k).num_tokens for k in (0, 1))
+    assert good.tokens == sum(batch.num_tokens for batch in batches(0))
     assert len(good.pair_indices) == 8
     metrics, pairs, tokens = good.totals(Ranks(None, 0, 1))
     assert (pairs, tokens) == (good.pairs, good.tokens) and list(metrics) == list(METRIC_NAMES)
-    assert math.isfinite(step.apply(good.grads))
+    assert math.isfinite(step.apply(good.grads, pairs))
     reference["chosen"][:] = math.nan
     bad = step.accumulate(1)
-    first = batches(2)
+    first = batches(1)[0]
     assert bad.failure.startswith("non-finite loss at step 2 (pairs ")
     assert split.pairs[int(first.pair_indices[0])].source in bad.failure
     assert bad.pairs == 0  # the first micro-batch already failed
@@ -318,3 +321,51 @@ def test_a_steps_kto_metrics_are_means_over_what_they_are_means_of():
     values = bco.means(Ranks(None, 0, 1))
     assert values["loss"] == pytest.approx((3 * 0.7 + 0.5) / 4)
     assert values["bco_reward_shift"] == pytest.approx(0.04)
+
+
+def test_a_steps_gradient_and_metrics_are_per_pair_means_whatever_the_split(
+    llama_chatml, preference_data
+):
+    """15 pairs a step as 5 × 3, 3 × 5 or 15 × 1: each step's gradient is the mean over its
+    pairs, equal for every split, and so are its metrics; also for the last, smaller step
+    (24 = 15 + 9: 9 pairs as 5 + 4, 3 + 3 + 3 or 9), whose micro-batches weigh what their
+    pairs weigh. Checked against the plain gradient of the mean loss of the step's pairs in
+    one batch."""
+    config = config_for(llama_chatml, preference_data, batch_size=15)
+    session = open_session(config, splits=("train",))
+    split = session.splits["train"]
+    reference = {"chosen": np.linspace(-60, -20, len(split)).astype(np.float32)}
+    reference["rejected"] = reference["chosen"][::-1].copy()
+    loss_fn = nn.value_and_grad(session.model, make_loss_fn(session, config))
+    results = {}
+    for batch_size, accumulation in ((15, 1), (5, 3), (3, 5)):
+        split_config = config_for(
+            llama_chatml, preference_data, batch_size=batch_size, grad_accumulation=accumulation
+        )
+        batches = StepBatches(session, split, split_config, Ranks(None, 0, 1), 2)
+        optimizer = build_optimizer(split_config, 0.0)  # learning rate 0: the weights stay
+        optimizer.init(session.model.trainable_parameters())
+        step = TrainingStep(session, split_config, optimizer, batches, reference)
+        for s in (0, 1):
+            done = step.accumulate(s)
+            metrics, pairs, _ = done.totals(Ranks(None, 0, 1))
+            sizes = [len(micro) for micro in batches.positions(s)]
+            grads = {k: np.array(v) / pairs for k, v in tree_flatten(done.grads)}
+            results[(batch_size, s)] = (sorted(done.pair_indices), grads, metrics, sizes,
+                                        step.apply(done.grads, pairs))  # fmt: skip
+    assert [results[(b, 1)][3] for b in (15, 5, 3)] == [[9], [5, 4], [3, 3, 3]]
+    for s in (0, 1):
+        indices, grads, metrics, _, norm = results[(15, s)]
+        positions = [i for i, p in enumerate(split.pairs) if p.index in indices]
+        whole = session.collate_split(split, positions)
+        _, plain = loss_fn(batch_arrays(whole), step_extras(whole, split, reference), {})
+        for name, value in tree_flatten(plain):
+            np.testing.assert_allclose(grads[name], np.array(value), rtol=1e-4, atol=1e-7)
+        for batch_size in (5, 3):
+            other = results[(batch_size, s)]
+            assert other[0] == indices
+            for name in grads:
+                np.testing.assert_allclose(other[1][name], grads[name], rtol=1e-4, atol=1e-7)
+            for name, value in metrics.items():
+                assert other[2][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+            assert other[4] == pytest.approx(norm, rel=1e-4)

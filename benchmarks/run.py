@@ -30,9 +30,12 @@ sys.path.insert(0, str(HERE))
 from common import QUANTIZED_MODEL, WORKLOADS  # noqa: E402
 
 TOOLS = ("mlx-dpo", "mlx-lm-lora", "trl-live", "trl-precomputed")
-# QLoRA on the workload's 4-bit model: only real-model workloads (W4) have one; by default
-# they run there, beside TOOLS. TRL has no 4-bit training on the CPU (bitsandbytes' kernels
-# need a GPU): the report says so in their place.
+# QLoRA on the workload's 4-bit model: only real-model workloads (W4) have one. Not run by
+# default: MLX's CPU quantized matmul runs at ~2.5 GFLOP/s against ~170 for float32 (a
+# (1800, 576) x (576, 1536) product, 4 bits, group 64: 1.28 s vs 19 ms), so W4's 4-bit
+# reference precompute alone takes ~40 s a pair here (hours for W4). Ask for them with
+# --tools on a machine with Metal. TRL has no 4-bit training on the CPU (bitsandbytes'
+# kernels need a GPU): the report says so in their place.
 QUANTIZED_TOOLS = ("mlx-dpo-q4", "mlx-lm-lora-q4")
 EXTRA_TOOLS = QUANTIZED_TOOLS + (
     "mlx-dpo-live",
@@ -72,7 +75,7 @@ VERSIONS = (
 )
 DEFAULT_STEPS = "W1=8,W2=3,W3=6,W4=4"
 # Seconds per tool run (--timeout overrides): W4 precomputes the reference of 232 pairs and
-# evaluates 32 after training, on a 135M model.
+# evaluates 32 after training, on a 135M model (~2-4 s a pair each in float32 here).
 DEFAULT_TIMEOUTS = {"W4": 3600}
 LOGIT_TOKENS = "1,87,85,71,84,201,489,277,900,311,293,328,1136,2"
 
@@ -579,7 +582,8 @@ def main() -> None:
     parser.add_argument("--workloads", default="W1,W2,W3")
     parser.add_argument(
         "--tools",
-        help=f"default: {','.join(TOOLS)}, and {','.join(QUANTIZED_TOOLS)} on W4",
+        help=f"default: {','.join(TOOLS)}; more: {','.join(EXTRA_TOOLS)} ("
+        f"{','.join(QUANTIZED_TOOLS)} only on W4: slow on a CPU)",
     )
     parser.add_argument(
         "--steps",
@@ -624,8 +628,7 @@ def main() -> None:
     except ValueError:
         parser.error(f"--steps: expected N or W1=N,W2=M,..., got {args.steps!r}")
     if args.tools is None:
-        real = any(WORKLOADS[w].source != "tiny" for w in workloads if w in WORKLOADS)
-        args.tools = ",".join(TOOLS + (QUANTIZED_TOOLS if real else ()))
+        args.tools = ",".join(TOOLS)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS] + [
         t for t in tools if t not in TOOLS + EXTRA_TOOLS

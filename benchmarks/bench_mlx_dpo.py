@@ -4,6 +4,8 @@ runs with --no-tui), reference cached. Writes a JSON result.
     python benchmarks/bench_mlx_dpo.py --workload DIR --steps N --warmup K --out RESULT.json
         [--loss sigmoid|orpo|simpo|...] [--reference cached|live]
 
+    [--model model|model_q4]
+
 A reference-free loss (orpo, simpo, cpo) runs no reference pass at all (nothing to precompute,
 nothing computed in the step); `reference_pass` in the result says whether the run had one.
 
@@ -11,6 +13,13 @@ Step times are the intervals between consecutive `step` events of the run's metr
 (the whole loop: data, compiled step, optimizer, event writing, health checks). The work of
 each step (pairs, tokens) is the trainer's own count; the batches are rebuilt with the
 trainer's batching (a pure function of seed and epoch) for the FLOP count.
+
+With a validation split (W4's data/valid.jsonl), the run does what `mlx-dpo train` does with
+one: the reference of both splits is precomputed before the first step, and the split is
+evaluated once after the last (Run.evaluate: evaluate_split with the cached reference); that
+evaluation is timed from its `state: evaluating` event to its `eval` event. MLX's peak memory
+is recorded for each phase (the peak reset before it): the reference precompute (forward
+only), the training steps, the evaluation (forward only); `mlx_peak_memory_mb` is the highest.
 """
 
 from __future__ import annotations
@@ -56,12 +65,18 @@ def main() -> None:
         action="store_true",
         help="recompute each block's activations in the backward (memory for speed)",
     )
+    parser.add_argument(
+        "--model",
+        default="model",
+        help="the workload's model folder to train: model (float32) or model_q4 (4-bit: QLoRA)",
+    )
     args = parser.parse_args()
 
     import mlx.core as mx
 
     from mlx_dpo import loss_catalog
     from mlx_dpo.config import CONFIG_KEYS, build_config
+    from mlx_dpo.trainer import run as run_module
     from mlx_dpo.trainer.run import RunOptions, train
 
     spec, stats = load_workload(args.workload)
@@ -72,11 +87,14 @@ def main() -> None:
     layout = {}
     if "prefix_sharing" in CONFIG_KEYS and args.layout == "rows":
         layout["prefix_sharing"] = False
+    if "sample_count" in CONFIG_KEYS:
+        # No greedy answers to the validation prompts at the end: no other tool generates.
+        layout["sample_count"] = 0
     config = build_config(
         {},
         {
             **layout,
-            "model": str(args.workload / "model"),
+            "model": str(args.workload / args.model),
             "data": str(args.workload / "data"),
             "iters": args.warmup + args.steps,
             "batch_size": spec.batch_size,
@@ -102,6 +120,7 @@ def main() -> None:
         lines.append(line)
         print(line, flush=True)
 
+    phase_peaks = watch_phase_peaks(run_module.Run, mx)
     run_dir = work / "run"
     tic = time.perf_counter()
     status = train(config, RunOptions(run_dir, on_line=on_line, handle_signals=False))
@@ -144,6 +163,9 @@ def main() -> None:
         match = re.search(r"reference log-probs for train: \d+ pairs in ([0-9.]+)s", line)
         if match:
             reference_seconds = float(match.group(1))
+    train_pairs = run_start.get("train_pairs") or stats.get("pairs")
+    eval_seconds, eval_pairs = final_eval_seconds(events), run_start.get("valid_pairs") or 0
+    peaks_mb = {k: v / 2**20 for k, v in phase_peaks.items()}
     write_result(
         args.out,
         {
@@ -151,21 +173,84 @@ def main() -> None:
             + ("" if args.loss == "sigmoid" else f"-{args.loss}")
             + ("-live" if args.reference == "live" and reference_pass else "")
             + ("-rows" if args.layout == "rows" else "")
-            + ("-gc" if args.grad_checkpoint else ""),
+            + ("-gc" if args.grad_checkpoint else "")
+            + ("-q4" if args.model == "model_q4" else ""),
+            "model": args.model,
             "prefix_sharing": shared,
             "workload": spec.name,
             "loss": args.loss,
             "reference": args.reference if reference_pass else None,
             "reference_pass": reference_pass,
             "reference_precompute_seconds": reference_seconds,
+            "reference_precompute_pairs": train_pairs if reference_seconds is not None else None,
+            "reference_precompute_seconds_per_pair": (
+                reference_seconds / train_pairs if reference_seconds and train_pairs else None
+            ),
+            "eval_seconds": eval_seconds,
+            "eval_pairs": eval_pairs if eval_seconds is not None else None,
+            "eval_seconds_per_pair": eval_seconds / eval_pairs
+            if eval_seconds and eval_pairs
+            else None,
+            "mlx_peak_reference_mb": peaks_mb.get("reference"),
+            "mlx_peak_training_mb": peaks_mb.get("training"),
+            "mlx_peak_eval_mb": peaks_mb.get("eval"),
             "trainable_parameters": run_start["trainable_parameters"],
             "total_parameters": run_start["total_parameters"],
-            "mlx_peak_memory_mb": mx.get_peak_memory() / 2**20,
+            # The highest of the phases (the peak is reset between them).
+            "mlx_peak_memory_mb": max([mx.get_peak_memory() / 2**20, *peaks_mb.values()]),
             "total_seconds": total,
             **summary,
             "steps": steps,
         },
     )
+
+
+def watch_phase_peaks(run_class, mx) -> dict[str, int]:
+    """MLX's peak memory of each phase of the run, by wrapping the trainer's Run methods:
+    the reference precompute (reset before it), the training steps (from its end to the final
+    evaluation, or the end of the run) and the evaluation. Filled in as the run goes."""
+    peaks: dict[str, int] = {}
+    reset = getattr(mx, "reset_peak_memory", None)
+    original_reference, original_evaluate = run_class.reference_logps, run_class.evaluate
+
+    def reference_logps(self):
+        if reset:
+            reset()
+        try:
+            return original_reference(self)
+        finally:
+            peaks["reference"] = mx.get_peak_memory()
+            if reset:
+                reset()
+
+    def evaluate(self):
+        if "eval" not in peaks:
+            peaks["training"] = mx.get_peak_memory()
+            if reset:
+                reset()
+        try:
+            return original_evaluate(self)
+        finally:
+            peaks["eval"] = mx.get_peak_memory()
+
+    run_class.reference_logps, run_class.evaluate = reference_logps, evaluate
+    return peaks
+
+
+def final_eval_seconds(events: list[dict]) -> float | None:
+    """The seconds of the run's last evaluation: from its `state: evaluating` event to its
+    `eval` event (None without one)."""
+    evals = [e for e in events if e["event"] == "eval"]
+    if not evals:
+        return None
+    started = [
+        e
+        for e in events
+        if e["event"] == "state"
+        and e.get("state") == "evaluating"
+        and e["time"] <= evals[-1]["time"]
+    ]
+    return evals[-1]["time"] - started[-1]["time"] if started else None
 
 
 def rebuild_batches(config, count: int) -> list[list[tuple[int, int, int]]]:

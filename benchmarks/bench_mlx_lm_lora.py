@@ -2,6 +2,7 @@
 Writes a JSON result.
 
     python benchmarks/bench_mlx_lm_lora.py --workload DIR --steps N --warmup K --out RESULT.json
+        [--model model|model_q4]
 
 What this wrapper changes, without editing the installed package:
 - Linux guards: mlx-lm-lora calls `mx.set_wired_limit(mx.device_info()[
@@ -12,6 +13,10 @@ What this wrapper changes, without editing the installed package:
   q/k/v/o (as the other tools use) to the same `linear_to_lora_layers` call.
 - Measurement hooks: a training callback (report every step) timestamps the steps, and the
   batch iterator is wrapped to count each batch's real (non-pad) tokens.
+- Evaluation: with a validation split (W4), its trainer would evaluate it inside the loop at
+  steps 1 and `iters` (in the measured step times); the wrapper gives the training loop no
+  validation split and, after training, runs its own `evaluate_dpo` once over the whole split
+  (the call its loop makes, with the trained model and its reference model), timed.
 It loads a second full model as its reference and runs four forward passes a step
 (policy and reference, chosen and rejected), as it does on macOS.
 """
@@ -57,6 +62,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument(
+        "--model",
+        default="model",
+        help="the workload's model folder: model (float32) or model_q4 (4-bit: QLoRA)",
+    )
     args = parser.parse_args()
 
     import mlx.core as mx
@@ -79,12 +89,14 @@ def main() -> None:
 
     batch_work: list[tuple[int, int]] = []
     original_batches = dpo_trainer.iterate_dpo_batches
+    counting = [True]  # off for the evaluation after training
 
     def counting_batches(*a, **kw):
         for batch in original_batches(*a, **kw):
-            chosen, rejected = batch[0], batch[1]
-            tokens = int((chosen != 0).sum().item() + (rejected != 0).sum().item())
-            batch_work.append((chosen.shape[0], tokens))
+            if counting[0]:
+                chosen, rejected = batch[0], batch[1]
+                tokens = int((chosen != 0).sum().item() + (rejected != 0).sum().item())
+                batch_work.append((chosen.shape[0], tokens))
             yield batch
 
     dpo_trainer.iterate_dpo_batches = counting_batches
@@ -101,7 +113,7 @@ def main() -> None:
         if getattr(cli_args, key, None) is None:
             setattr(cli_args, key, value)
     settings = {
-        "model": str(args.workload / "model"),
+        "model": str(args.workload / args.model),
         "data": str(args.workload / "data"),
         "train": True,
         "train_mode": "dpo",
@@ -130,9 +142,29 @@ def main() -> None:
     start_marks: list[float] = []
     original_train_dpo = lora_train.train_dpo
 
+    evaluation: dict = {}
+
     def timed_train_dpo(*a, **kw):
+        val_dataset = kw.pop("val_dataset", None)
         start_marks.append(time.perf_counter())
-        return original_train_dpo(*a, **kw)
+        out = original_train_dpo(*a, **kw, val_dataset=None)
+        if val_dataset is not None and len(val_dataset) > 0:
+            counting[0] = False
+            eval_tic = time.perf_counter()
+            dpo_trainer.evaluate_dpo(
+                model=kw["model"],
+                ref_model=kw["ref_model"],
+                dataset=val_dataset,
+                batch_size=cli_args.batch_size,
+                num_batches=-1,
+                max_seq_length=cli_args.max_seq_length,
+                beta=cli_args.beta,
+                delta=cli_args.delta,
+                loss_type=cli_args.dpo_cpo_loss_type,
+            )
+            evaluation["seconds"] = time.perf_counter() - eval_tic
+            evaluation["pairs"] = len(val_dataset)
+        return out
 
     lora_train.train_dpo = timed_train_dpo
     trainable: list[int] = []
@@ -158,10 +190,16 @@ def main() -> None:
     write_result(
         args.out,
         {
-            "tool": "mlx-lm-lora",
+            "tool": "mlx-lm-lora" + ("-q4" if args.model == "model_q4" else ""),
+            "model": args.model,
             "workload": spec.name,
             "reference": "live (second model)",
             "reference_precompute_seconds": None,
+            "eval_seconds": evaluation.get("seconds"),
+            "eval_pairs": evaluation.get("pairs"),
+            "eval_seconds_per_pair": (
+                evaluation["seconds"] / evaluation["pairs"] if evaluation else None
+            ),
             "lora_keys": keys,
             "trainable_parameters": trainable[0] if trainable else None,
             "mlx_peak_memory_mb": mx.get_peak_memory() / 2**20,

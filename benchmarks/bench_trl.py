@@ -10,6 +10,11 @@ once before training (`precomputed`, TRL's `precompute_ref_log_probs=True`; that
 separately). The data are the workload's records as conversations, so TRL applies the same
 ChatML template. A trainer callback timestamps the steps; the data collator is wrapped to
 count each batch's real (attention-mask) tokens. This process never imports MLX.
+
+With a validation split (data/valid.jsonl, W4) it is the trainer's eval_dataset (no evaluation
+during training) and `trainer.evaluate()` runs once after training, timed. With `precomputed`,
+TRL precomputes the reference of both splits in __init__ (train first; both timed, reported
+apart), as it does for any user who passes an eval_dataset.
 """
 
 from __future__ import annotations
@@ -66,24 +71,30 @@ def main() -> None:
     model_dir = str(args.workload / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    records = [
-        json.loads(line)
-        for line in (args.workload / "data" / "train.jsonl").read_text().splitlines()
-    ]
-    dataset = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": r["prompt"]}],
-                "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                "rejected": [{"role": "assistant", "content": r["rejected"]}],
-            }
-            for r in records
-        ]
-    )
+
+    def conversations(name: str) -> Dataset | None:
+        path = args.workload / "data" / f"{name}.jsonl"
+        if not path.exists():
+            return None
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return Dataset.from_list(
+            [
+                {
+                    "prompt": [{"role": "user", "content": r["prompt"]}],
+                    "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                    "rejected": [{"role": "assistant", "content": r["rejected"]}],
+                }
+                for r in records
+            ]
+        )
+
+    dataset, eval_dataset = conversations("train"), conversations("valid")
     precompute = args.reference == "precomputed"
     config = DPOConfig(
         output_dir=str(work / "out"),
         per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        eval_strategy="no",
         learning_rate=spec.learning_rate,
         lr_scheduler_type="constant",
         weight_decay=0.0,
@@ -138,6 +149,7 @@ def main() -> None:
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[Timer()],
@@ -153,6 +165,11 @@ def main() -> None:
     trainer.data_collator = counting_collator
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
+    eval_seconds = None
+    if eval_dataset is not None:
+        eval_tic = time.perf_counter()
+        trainer.evaluate()
+        eval_seconds = time.perf_counter() - eval_tic
     total = time.perf_counter() - tic
 
     count = args.warmup + args.steps
@@ -162,13 +179,26 @@ def main() -> None:
         {"seconds": marks[i + 1] - marks[i], "pairs": batch_work[i][0], "tokens": batch_work[i][1]}
         for i in range(count)
     ]
+    train_pairs, eval_pairs = len(dataset), len(eval_dataset) if eval_dataset is not None else 0
+    reference_seconds = precompute_seconds[0] if precompute_seconds else None
     write_result(
         args.out,
         {
             "tool": f"trl-{args.reference}",
             "workload": spec.name,
             "reference": args.reference,
-            "reference_precompute_seconds": precompute_seconds[0] if precompute_seconds else None,
+            "reference_precompute_seconds": reference_seconds,
+            "reference_precompute_pairs": train_pairs if reference_seconds is not None else None,
+            "reference_precompute_seconds_per_pair": (
+                reference_seconds / train_pairs if reference_seconds is not None else None
+            ),
+            # The validation split's precompute (TRL does it in __init__ after train's).
+            "eval_reference_precompute_seconds": (
+                precompute_seconds[1] if len(precompute_seconds) > 1 else None
+            ),
+            "eval_seconds": eval_seconds,
+            "eval_pairs": eval_pairs if eval_seconds is not None else None,
+            "eval_seconds_per_pair": eval_seconds / eval_pairs if eval_seconds else None,
             "trainable_parameters": trainable,
             "torch_threads": torch.get_num_threads(),
             "total_seconds": total,

@@ -42,6 +42,10 @@ class Workload:
     beta: float = 0.1
     max_length: int = 1024
     seed: int = 0
+    # "tiny": a random-weight model built here; "smollm2": SmolLM2-135M-Instruct's real
+    # weights from its GGUF file, with real English data (workloads.build_real_workload).
+    source: str = "tiny"
+    eval_pairs: int = 0  # pairs of data/valid.jsonl (0: no validation split)
 
 
 WORKLOADS = {
@@ -54,7 +58,28 @@ WORKLOADS = {
     "W3": Workload(
         "W3", 8192, (385, 415), (36, 44), "vocab 8192, prompt ~400, responses ~40", "v8192"
     ),
+    "W4": Workload(
+        "W4",
+        49_152,
+        (92, 108),
+        (102, 138),
+        "SmolLM2-135M-Instruct (real weights), real English text, prompt ~100, responses ~120",
+        "smollm2-135m",
+        pairs=200,
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        intermediate_size=1536,
+        tokenizer_vocab=49_152,
+        source="smollm2",
+        eval_pairs=32,
+    ),
 }
+
+# The 4-bit copy of a workload's model (mlx_lm.convert -q: group size 64, 4 bits), for the
+# MLX tools' QLoRA rows; only real-model workloads have one.
+QUANTIZED_MODEL = "model_q4"
 
 
 def load_workload(folder: Path) -> tuple[Workload, dict]:

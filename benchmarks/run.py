@@ -3,6 +3,7 @@
     python benchmarks/run.py [--workloads W1,W2,W3] [--steps N] [--warmup K]
                              [--tools mlx-dpo,mlx-lm-lora,trl-live,trl-precomputed]
                              [--rounds R]
+    python benchmarks/run.py --workloads W4     # the real model (SmolLM2-135M-Instruct)
 
 Each tool runs in its own process, one after another, on the same data with the same LoRA
 rank and targets, batch size, sequence lengths and learning rate, in float32. Results: a
@@ -26,10 +27,23 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import WORKLOADS  # noqa: E402
+from common import QUANTIZED_MODEL, WORKLOADS  # noqa: E402
 
 TOOLS = ("mlx-dpo", "mlx-lm-lora", "trl-live", "trl-precomputed")
-EXTRA_TOOLS = ("mlx-dpo-live", "mlx-dpo-rows", "mlx-dpo-gc", "mlx-dpo-orpo", "mlx-dpo-simpo")
+# QLoRA on the workload's 4-bit model: only real-model workloads (W4) have one. Not run by
+# default: MLX's CPU quantized matmul runs at ~2.5 GFLOP/s against ~170 for float32 (a
+# (1800, 576) x (576, 1536) product, 4 bits, group 64: 1.28 s vs 19 ms), so W4's 4-bit
+# reference precompute alone takes ~40 s a pair here (hours for W4). Ask for them with
+# --tools on a machine with Metal. TRL has no 4-bit training on the CPU (bitsandbytes'
+# kernels need a GPU): the report says so in their place.
+QUANTIZED_TOOLS = ("mlx-dpo-q4", "mlx-lm-lora-q4")
+EXTRA_TOOLS = QUANTIZED_TOOLS + (
+    "mlx-dpo-live",
+    "mlx-dpo-rows",
+    "mlx-dpo-gc",
+    "mlx-dpo-orpo",
+    "mlx-dpo-simpo",
+)
 # Reference-free losses, measured against sigmoid DPO (mlx-dpo, and mlx-dpo-live if run).
 REFERENCE_FREE_TOOLS = {"mlx-dpo-orpo": "orpo", "mlx-dpo-simpo": "simpo"}
 # Modules each tool needs beyond mlx-dpo's own dependencies.
@@ -41,6 +55,8 @@ NEEDS = {
     "mlx-dpo-orpo": (),
     "mlx-dpo-simpo": (),
     "mlx-lm-lora": ("mlx_lm_lora",),
+    "mlx-dpo-q4": (),
+    "mlx-lm-lora-q4": ("mlx_lm_lora",),
     "trl-live": ("torch", "transformers", "trl", "peft", "datasets"),
     "trl-precomputed": ("torch", "transformers", "trl", "peft", "datasets"),
 }
@@ -57,7 +73,10 @@ VERSIONS = (
     "datasets",
     "numpy",
 )
-DEFAULT_STEPS = "W1=8,W2=3,W3=6"
+DEFAULT_STEPS = "W1=8,W2=3,W3=6,W4=4"
+# Seconds per tool run (--timeout overrides): W4 precomputes the reference of 232 pairs and
+# evaluates 32 after training, on a 135M model (~2-4 s a pair each in float32 here).
+DEFAULT_TIMEOUTS = {"W4": 3600}
 LOGIT_TOKENS = "1,87,85,71,84,201,489,277,900,311,293,328,1136,2"
 
 
@@ -67,6 +86,10 @@ def command_for(tool: str, workload: Path, steps: int, warmup: int, out: Path) -
     py = sys.executable
     if tool == "mlx-dpo":
         return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--reference", "cached"]
+    if tool == "mlx-dpo-q4":
+        return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--model", QUANTIZED_MODEL]
+    if tool == "mlx-lm-lora-q4":
+        return [py, str(HERE / "bench_mlx_lm_lora.py"), *common, "--model", QUANTIZED_MODEL]
     if tool == "mlx-dpo-live":
         return [py, str(HERE / "bench_mlx_dpo.py"), *common, "--reference", "live"]
     if tool == "mlx-dpo-rows":
@@ -225,7 +248,8 @@ def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
         f"Commit {meta['commit']} (engine {meta['engine']}), {meta['machine']}; measured steps "
         + ", ".join(f"{w} {n}" for w, n in meta["steps"].items())
         + f" after {meta['warmup']} warm-up steps per tool; batch 4 pairs, LoRA rank 8 on "
-        "q/k/v/o of every layer, float32.  ",
+        "q/k/v/o of every layer, float32 (`-q4` rows: 4-bit base weights, QLoRA; their ratios "
+        "are to mlx-dpo-q4).  ",
         f"Load average before {meta['load_before']}, after {meta['load_after']} "
         f"({os.cpu_count()} cores); total time {meta['total_seconds'] / 60:.1f} min.  ",
         "Float32 matmul peak (MLX, best of a few shapes): "
@@ -240,15 +264,16 @@ def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
     ]
     header = (
         "| workload | tool | pairs/s | tokens/s | step s (mean / median) | ref. precompute s "
-        "| peak RSS MB | MLX peak MB | pairs/s ÷ mlx-dpo | RSS ÷ mlx-dpo | MLX peak ÷ mlx-dpo "
-        "| load |"
+        "| ref. precompute s/pair | eval s/pair | peak RSS MB | MLX peak MB | pairs/s ÷ mlx-dpo "
+        "| RSS ÷ mlx-dpo | MLX peak ÷ mlx-dpo | load |"
     )
-    lines += [header, "|" + "---|" * 12]
+    lines += [header, "|" + "---|" * 14]
     for workload, by_tool in results.items():
-        base = by_tool.get("mlx-dpo", {})
         for tool, r in by_tool.items():
+            # 4-bit rows against mlx-dpo's 4-bit row, the others against mlx-dpo's.
+            base = by_tool.get("mlx-dpo-q4" if tool.endswith("-q4") else "mlx-dpo", {})
             if "error" in r:
-                lines.append(f"| {workload} | {tool} | failed: {r['error']} |" + " |" * 9)
+                lines.append(f"| {workload} | {tool} | failed: {r['error']} |" + " |" * 11)
                 continue
             label = f"{tool} (shared prompts)" if r.get("prefix_sharing") else tool
             lines.append(
@@ -261,6 +286,8 @@ def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
                         _fmt(r["tokens_per_second"], 0),
                         f"{r['step_seconds_mean']:.2f} / {r['step_seconds_median']:.2f}",
                         _fmt(r.get("reference_precompute_seconds"), 1),
+                        _fmt(precompute_per_pair(meta, workload, r), 3),
+                        _fmt(r.get("eval_seconds_per_pair"), 3),
                         _fmt(r["peak_rss_mb"], 0),
                         _fmt(r.get("mlx_peak_memory_mb"), 0),
                         _ratio(r["pairs_per_second"], base.get("pairs_per_second")),
@@ -271,7 +298,14 @@ def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
                 )
                 + " |"
             )
+        if any(t in by_tool for t in QUANTIZED_TOOLS):
+            for tool in ("trl-live-q4", "trl-precomputed-q4"):
+                lines.append(
+                    f"| {workload} | {tool} | – (TRL/PEFT have no 4-bit training on the CPU: "
+                    "bitsandbytes needs a GPU) |" + " |" * 11
+                )
     lines.append("")
+    lines += phase_peak_lines(results)
     lines += reference_free_lines(results)
     targets = evaluate_targets(meta, results)
     if targets:
@@ -296,6 +330,40 @@ def report(meta: dict, results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
         lines.append("")
     data = {"meta": meta, "results": results, "targets": targets}
     return "\n".join(lines), data
+
+
+def precompute_per_pair(meta: dict, workload: str, r: dict) -> float | None:
+    """The reference precompute's seconds per train pair (results from before that field:
+    its seconds over the workload's pairs)."""
+    if r.get("reference_precompute_seconds_per_pair") is not None:
+        return r["reference_precompute_seconds_per_pair"]
+    seconds = r.get("reference_precompute_seconds")
+    pairs = meta.get("workload_stats", {}).get(workload, {}).get("pairs")
+    return seconds / pairs if seconds is not None and pairs else None
+
+
+def phase_peak_lines(results: dict[str, dict[str, dict]]) -> list[str]:
+    """MLX's peak memory of each phase of an mlx-dpo run (the peak reset between phases)."""
+    rows = []
+    for workload, by_tool in results.items():
+        for tool, r in by_tool.items():
+            if r.get("mlx_peak_training_mb") is None and r.get("mlx_peak_reference_mb") is None:
+                continue
+            rows.append(
+                f"| {workload} | {tool} | {_fmt(r.get('mlx_peak_reference_mb'), 0)} | "
+                f"{_fmt(r.get('mlx_peak_training_mb'), 0)} | {_fmt(r.get('mlx_peak_eval_mb'), 0)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "MLX peak memory (MB) of each phase of the mlx-dpo runs: the reference precompute and "
+        "the evaluation are forward passes only; training is the steps.",
+        "",
+        "| workload | tool | reference precompute | training | evaluation |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def reference_free_lines(results: dict[str, dict[str, dict]]) -> list[str]:
@@ -402,6 +470,7 @@ def evaluate_targets(meta: dict, results: dict[str, dict[str, dict]]) -> list[di
                 "met": shared / rows >= 1.3,
             }
         )
+    out += forward_pass_targets(meta, results)
     for workload, limit in (("W1", 0.5), ("W2", 0.3)):
         for key, label in (("mlx_peak_memory_mb", "MLX peak"), ("peak_rss_mb", "peak RSS")):
             ours, theirs = value(workload, "mlx-dpo", key), value(workload, "mlx-lm-lora", key)
@@ -416,6 +485,67 @@ def evaluate_targets(meta: dict, results: dict[str, dict[str, dict]]) -> list[di
     return out
 
 
+def forward_pass_targets(meta: dict, results: dict[str, dict[str, dict]]) -> list[dict]:
+    """Issue 21's targets: the reference precompute and the evaluation cost per pair at most a
+    third of a training step's time per pair (W1, W3, W4); W4: mlx-dpo's precompute ≥ 1.3×
+    TRL's speed, training ≥ 2× TRL-precomputed and ≥ 3× mlx-lm-lora; the forward-only
+    passes' MLX peak at most the training steps'."""
+    out = []
+    for workload in ("W1", "W3", "W4"):
+        r = results.get(workload, {}).get("mlx-dpo", {})
+        if not r.get("pairs_per_second"):
+            continue
+        step_per_pair = 1 / r["pairs_per_second"]
+        for label, per_pair in (
+            ("reference precompute", precompute_per_pair(meta, workload, r)),
+            ("eval", r.get("eval_seconds_per_pair")),
+        ):
+            if per_pair is not None:
+                out.append(
+                    {
+                        "target": f"{workload} {label} per pair ≤ 1/3 of a training step per pair",
+                        "measured": f"{per_pair / step_per_pair:.2f} ({per_pair:.3f} s vs "
+                        f"{step_per_pair:.3f} s)",
+                        "met": per_pair <= step_per_pair / 3,
+                    }
+                )
+        for label, key in (("reference precompute", "mlx_peak_reference_mb"),
+                           ("eval", "mlx_peak_eval_mb")):  # fmt: skip
+            forward, training = r.get(key), r.get("mlx_peak_training_mb")
+            if forward and training:
+                out.append(
+                    {
+                        "target": f"{workload} MLX peak of the {label} (forward only) ≤ the "
+                        "training steps'",
+                        "measured": f"{forward:,.0f} vs {training:,.0f} MB",
+                        "met": forward <= training,
+                    }
+                )
+    w4 = results.get("W4", {})
+    ours = w4.get("mlx-dpo", {})
+    theirs = w4.get("trl-precomputed", {})
+    a, b = precompute_per_pair(meta, "W4", ours), precompute_per_pair(meta, "W4", theirs)
+    if a and b:
+        out.append(
+            {
+                "target": "W4 reference precompute ≥ 1.3× TRL's speed",
+                "measured": f"{b / a:.2f}× ({a:.3f} vs {b:.3f} s/pair)",
+                "met": b / a >= 1.3,
+            }
+        )
+    for tool, factor in (("trl-precomputed", 2), ("mlx-lm-lora", 3)):
+        mine, other = ours.get("pairs_per_second"), w4.get(tool, {}).get("pairs_per_second")
+        if mine and other:
+            out.append(
+                {
+                    "target": f"W4 pairs/s ≥ {factor}× {tool}",
+                    "measured": f"{mine / other:.2f}×",
+                    "met": mine / other >= factor,
+                }
+            )
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -426,7 +556,8 @@ def run_tool(args, w: str, tool: str, steps: int, log_dir: Path, suffix: str) ->
     cmd = command_for(tool, args.work_dir / w, steps, args.warmup, out)
     print(f"{w} {tool}{suffix} ...", flush=True)
     load_start = round(os.getloadavg()[0], 2)
-    code, seconds = run_logged(cmd, log, args.timeout)
+    timeout = args.timeout or DEFAULT_TIMEOUTS.get(w, 900)
+    code, seconds = run_logged(cmd, log, timeout)
     load_end = round(os.getloadavg()[0], 2)
     if code != 0 or not out.exists():
         reason = "timed out" if code == 124 else f"exit code {code}"
@@ -449,7 +580,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workloads", default="W1,W2,W3")
-    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument(
+        "--tools",
+        help=f"default: {','.join(TOOLS)}; more: {','.join(EXTRA_TOOLS)} ("
+        f"{','.join(QUANTIZED_TOOLS)} only on W4: slow on a CPU)",
+    )
     parser.add_argument(
         "--steps",
         default=DEFAULT_STEPS,
@@ -460,7 +595,13 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=HERE / ".work")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--name", help="results file name (default: date and time)")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per tool run")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds per tool run (default 900; "
+        + ", ".join(f"{w} {t}" for w, t in DEFAULT_TIMEOUTS.items())
+        + ")",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the workloads")
     parser.add_argument(
         "--rounds",
@@ -486,6 +627,8 @@ def main() -> None:
         steps = parse_steps(args.steps, workloads)
     except ValueError:
         parser.error(f"--steps: expected N or W1=N,W2=M,..., got {args.steps!r}")
+    if args.tools is None:
+        args.tools = ",".join(TOOLS)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS] + [
         t for t in tools if t not in TOOLS + EXTRA_TOOLS
@@ -546,9 +689,11 @@ def main() -> None:
         runs: dict[str, list[dict]] = {tool: [] for tool in tools}
         for round_index in range(args.rounds):
             for tool in tools:
+                if tool in QUANTIZED_TOOLS and WORKLOADS[w].source == "tiny":
+                    continue  # no 4-bit model (random weights, nothing to compare)
                 suffix = f"-r{round_index + 1}" if args.rounds > 1 else ""
                 runs[tool].append(run_tool(args, w, tool, steps[w], log_dir, suffix))
-        results[w] = {tool: merge_rounds(runs[tool]) for tool in tools}
+        results[w] = {tool: merge_rounds(runs[tool]) for tool in tools if runs[tool]}
 
     peaks["after"] = measure_peak(log_dir, "after")
     load_after = [round(x, 2) for x in os.getloadavg()]

@@ -24,6 +24,7 @@ from mlx_dpo.adapter_config import read_adapter_config
 from mlx_dpo.errors import UserError, read_json_object
 from mlx_dpo.events import ADAPTER_CONFIG_FILE, ADAPTER_FILE, Progress, atomic_write_json
 from mlx_dpo.gguf import find_gguf, load_gguf
+from mlx_dpo.platform import is_metal
 from mlx_dpo.safetensors_header import check_safetensors
 
 ADAPTER_LEAVES = ("lora_a", "lora_b")
@@ -215,7 +216,9 @@ def load_model(
     if gguf_file is not None:
         net, tokenizer, config = load_gguf(gguf_file, on_note)
         check_finite_weights(read_weights(net, progress), model)
-        return _quantize_at_load(net, tokenizer, gguf_file, config, model, quantize)
+        return _noted_if_slow(
+            _quantize_at_load(net, tokenizer, gguf_file, config, model, quantize), on_note
+        )
     updates, notes = normalize_model_config(read_model_config(path), str(path / "config.json"))
     for note in notes:
         on_note(note)
@@ -240,7 +243,25 @@ def load_model(
         ) from None
     check_finite_weights(read_weights(net, progress), model)
     tokenizer = _load_tokenizer(path, trust_remote_code, config.get("eos_token_id"))
-    return _quantize_at_load(net, tokenizer, path, config, model, quantize)
+    return _noted_if_slow(_quantize_at_load(net, tokenizer, path, config, model, quantize), on_note)
+
+
+# Said when a quantized model runs on MLX's CPU backend (measured: benchmarks/README.md, W4).
+QUANTIZED_ON_CPU_NOTE = (
+    "quantized weights on MLX's CPU backend: its quantized matrix products run ~70x slower than "
+    "float32 ones (2.5 against ~170 GFLOP/s measured on a 2-core Linux Xeon, mlx 0.32), so on a "
+    "CPU a full-precision copy of the model trains far faster (`mlx_lm.convert --dequantize` "
+    "makes one; a Mac's GPU has fast quantized kernels)"
+)
+
+
+def _noted_if_slow(
+    loaded: tuple[nn.Module, Any, Path, dict], on_note: Callable[[str], None]
+) -> tuple[nn.Module, Any, Path, dict]:
+    """`loaded`, after telling `on_note` when its quantized weights will run on a CPU."""
+    if "quantization" in loaded[3] and not is_metal():
+        on_note(QUANTIZED_ON_CPU_NOTE)
+    return loaded
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:

@@ -98,3 +98,21 @@ def test_quantizing_a_quantized_base_is_refused(full_precision, small_data, tmp_
     quantized = quantize_folder(full_precision, tmp_path / "q4", 4)
     with pytest.raises(UserError, match="already quantized"):
         session_for(quantized, small_data, quantize=8)
+
+
+def test_quantized_weights_on_a_cpu_are_said_to_be_slow(full_precision, tmp_path):
+    """MLX's CPU quantized matrix products are ~70x slower than float32 ones (benchmarks/
+    README.md, W4): a user loading a quantized model on a CPU hears it, once; a full-precision
+    model says nothing of the kind."""
+    from mlx_dpo.model import QUANTIZED_ON_CPU_NOTE, load_model
+    from mlx_dpo.platform import is_metal
+
+    if is_metal():
+        pytest.skip("Metal has fast quantized kernels: nothing to say")
+    notes: list[str] = []
+    load_model(str(full_precision), on_note=notes.append)
+    assert QUANTIZED_ON_CPU_NOTE not in notes
+    load_model(str(full_precision), quantize=4, on_note=notes.append)
+    assert notes.count(QUANTIZED_ON_CPU_NOTE) == 1
+    load_model(str(quantize_folder(full_precision, tmp_path / "q8", 8)), on_note=notes.append)
+    assert notes.count(QUANTIZED_ON_CPU_NOTE) == 2

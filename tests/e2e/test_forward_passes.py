@@ -34,6 +34,7 @@ def test_the_reference_pass_and_the_evaluation_take_the_plans_batch(
 
     monkeypatch.setattr(run_module, "compute_reference", counted_reference)
     monkeypatch.setattr(run_module, "evaluate_split", counted_evaluation)
+    monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))  # nothing cached yet
     config = config_for(llama_chatml, preference_data, tmp_path / "run", iters=2, eval_every=2)
     status, events = run(config)
     assert status == "completed"

@@ -331,6 +331,7 @@ def test_a_stop_during_an_evaluation_comes_between_its_batches(
     llama_chatml, preference_data, tmp_path, monkeypatch
 ):
     from mlx_dpo.trainer import evaluation
+    from mlx_dpo.trainer import run as run_module
 
     row_sums = evaluation.row_sums
     batches: list[str] = []
@@ -342,6 +343,8 @@ def test_a_stop_during_an_evaluation_comes_between_its_batches(
         return row_sums(*args, **kwargs)
 
     monkeypatch.setattr(evaluation, "row_sums", signalling_rows)
+    # Batches of 4: the plan's forward batch would take the tiny model's 8 pairs in one.
+    monkeypatch.setattr(run_module, "forward_batch_for", lambda *args: 4)
     run_dir = tmp_path / "run"
     config = config_for(llama_chatml, preference_data, run_dir, iters=6, eval_every=2)
     lines: list[str] = []
@@ -379,6 +382,8 @@ def test_a_stop_command_during_the_reference_pass_then_resume_continues_it(
         return batch
 
     monkeypatch.setattr(run_module, "compute_reference", counting)
+    # Batches of 4: the plan's forward batch would take 16 of the tiny model's pairs at once.
+    monkeypatch.setattr(run_module, "forward_batch_for", lambda *args: 4)
     monkeypatch.setenv("MLX_DPO_CACHE", str(tmp_path / "cache"))  # nothing cached yet
     config = config_for(llama_chatml, preference_data, run_dir, iters=2, batch_size=4)
     lines: list[str] = []

@@ -127,7 +127,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(
     b = mx.load(str(run_dir / "adapters.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
-        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), **SAME_WEIGHTS)
     assert [e["step"] for e in read_events(run_dir) if e["event"] == "step"] == list(range(1, 9))
 
 
@@ -212,12 +212,18 @@ def assert_nothing_torn(run_dir: Path) -> None:
         load_checkpoint(checkpoint)
 
 
+# Equal up to float noise: OpenBLAS's AVX-512 kernels (mlx_dpo/platform.py picks them) do
+# not give bit-identical products from one process to the next, and a 1e-7 difference grows
+# over the steps; a lost or repeated step, or another order of pairs, differs by ~1e-2.
+SAME_WEIGHTS = {"rtol": 1e-5, "atol": 1e-6}
+
+
 def assert_same_adapters(expected_dir: Path, run_dir: Path) -> None:
     a = mx.load(str(expected_dir / "adapters.safetensors"))
     b = mx.load(str(run_dir / "adapters.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
-        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.array(a[name]), np.array(b[name]), **SAME_WEIGHTS)
 
 
 def resume_to_the_end(model, data, run_dir: Path) -> None:

@@ -82,6 +82,23 @@ WORKLOADS = {
 QUANTIZED_MODEL = "model_q4"
 
 
+def mlx_dpo_settings(spec: Workload, folder: Path) -> dict[str, Any]:
+    """The mlx-dpo config values a profile of the workload in `folder` runs with: its model
+    and data, batch, constant learning rate, LoRA, max length and seed."""
+    return {
+        "model": str(folder / "model"),
+        "data": str(folder / "data"),
+        "batch_size": spec.batch_size,
+        "learning_rate": spec.learning_rate,
+        "lr_schedule": "constant",
+        "lora_rank": spec.lora_rank,
+        "lora_scale": spec.lora_scale,
+        "lora_keys": list(spec.lora_keys),
+        "max_length": spec.max_length,
+        "seed": spec.seed,
+    }
+
+
 def load_workload(folder: Path) -> tuple[Workload, dict]:
     """The workload's settings and token statistics, as build_workload wrote them."""
     saved = json.loads((Path(folder) / "workload.json").read_text())

@@ -32,7 +32,7 @@ from pathlib import Path
 import mlx_dpo  # noqa: F401  (first: the system OpenBLAS)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_workload  # noqa: E402
+from common import load_workload, mlx_dpo_settings  # noqa: E402
 
 
 def fastest(fn, repeat: int) -> float:
@@ -69,21 +69,7 @@ def main() -> None:
     from mlx_dpo.trainer.step import make_loss_fn, step_extras
 
     spec, _ = load_workload(args.workload)
-    config = build_config(
-        {},
-        {
-            "model": str(args.workload / "model"),
-            "data": str(args.workload / "data"),
-            "batch_size": spec.batch_size,
-            "learning_rate": spec.learning_rate,
-            "lr_schedule": "constant",
-            "lora_rank": spec.lora_rank,
-            "lora_scale": spec.lora_scale,
-            "lora_keys": list(spec.lora_keys),
-            "max_length": spec.max_length,
-            "seed": spec.seed,
-        },
-    )
+    config = build_config({}, mlx_dpo_settings(spec, args.workload))
     session = open_session(config, splits=("train",))
     model = session.model
     split = session.splits["train"]

@@ -33,7 +33,7 @@ from pathlib import Path
 import mlx_dpo  # noqa: F401  (first: the system OpenBLAS)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_workload  # noqa: E402
+from common import load_workload, mlx_dpo_settings  # noqa: E402
 from flops import step_flops  # noqa: E402
 
 
@@ -70,22 +70,7 @@ def main() -> None:
     spec, _ = load_workload(args.workload)
     # The row layout (each row its own prompt), where an engine also has prefix sharing.
     layout = {"prefix_sharing": False} if "prefix_sharing" in CONFIG_KEYS else {}
-    config = build_config(
-        {},
-        {
-            **layout,
-            "model": str(args.workload / "model"),
-            "data": str(args.workload / "data"),
-            "batch_size": spec.batch_size,
-            "learning_rate": spec.learning_rate,
-            "lr_schedule": "constant",
-            "lora_rank": spec.lora_rank,
-            "lora_scale": spec.lora_scale,
-            "lora_keys": list(spec.lora_keys),
-            "max_length": spec.max_length,
-            "seed": spec.seed,
-        },
-    )
+    config = build_config({}, {**layout, **mlx_dpo_settings(spec, args.workload)})
     session = open_session(config, splits=("train",))
     model = session.model
     split = session.splits["train"]

@@ -2,7 +2,7 @@
 
 The run directory's adapters.safetensors + adapter_config.json are exactly what mlx-lm's
 `load(..., adapter_path=RUN_DIR)` expects. A checkpoint adds the optimizer state and the step
-(the data order is a function of the step, see batching.epoch_batches).
+(the data order is a function of the step, see batching.epoch_steps).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import numpy as np
 from mlx_dpo import checkpoints, distributed, loss_catalog, reference, rundir
 from mlx_dpo.batching import steps_per_epoch
 from mlx_dpo.config import TrainConfig, save_config, thresholds_from_dict
+from mlx_dpo.data import TokenizedSplit
 from mlx_dpo.errors import UserError, resource_failure
 from mlx_dpo.events import CONFIG_FILE, LOSS, EventWriter, read_events
 from mlx_dpo.grad_checkpoint import checkpoint_blocks
@@ -197,6 +198,7 @@ class Run:
             len(self.train_split), config.batch_size, config.grad_accumulation, ranks.size
         )
         self.step = 0
+        self._forward_batches: dict[str, int] = {}  # split name -> forward_batch
         self.inputs = run_inputs(session)  # kept in each checkpoint, checked on --resume
         self.best_eval: dict | None = None
         self.final_eval: dict | None = None
@@ -420,7 +422,7 @@ class Run:
                 reference.cache_key(self.session.weights_fingerprint, split),
                 split,
                 compute_reference(self.session, split, columns),
-                forward_batch_for(self.session, self.config, split),
+                self.forward_batch(split),
                 ReferenceProgress(name, self.events, self.say, unit),
                 ranks=self.ranks,
                 should_stop=self.control.stop_requested,
@@ -576,7 +578,7 @@ class Run:
                 self.cached_reference.get("valid"),
                 loss_state=self.training_step.loss_state,
                 should_stop=self.control.stop_requested,
-                batch_size=forward_batch_for(self.session, self.config, self.valid_split),
+                batch_size=self.forward_batch(self.valid_split),
             )
         except EvaluationStopped:
             self.say(f"stopped during the evaluation at step {self.step}")
@@ -637,6 +639,13 @@ class Run:
             and self._due(self.config.eval_every)
             and not evaluated_at(self.run_dir, self.step)
         )
+
+    def forward_batch(self, split: TokenizedSplit) -> int:
+        """Pairs a batch of the reference and evaluation passes over `split`
+        (memory.session.forward_batch_for), worked out once a split."""
+        if split.name not in self._forward_batches:
+            self._forward_batches[split.name] = forward_batch_for(self.session, self.config, split)
+        return self._forward_batches[split.name]
 
     def memory_hint(self) -> str:
         """How to go on after running out of memory: the resume command that keeps what the
